@@ -1,0 +1,169 @@
+"""One settings object for every profile.
+
+Values come from (highest first) keyword arguments, ``RECSYS_*`` environment variables, a YAML
+file named by ``RECSYS_CONFIG_FILE``, then the defaults below. ``recsys config show`` prints the
+effective values with secrets masked; ``recsys config schema`` prints the JSON schema.
+
+Only the factories in this module (and the store/client builders that call them) look at
+``profile``; the rest of the code asks the settings for a URI or a path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from recsys.errors import RecsysError
+
+Profile = Literal["local", "prod"]
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*:)(?P<pw>[^@]+)(?P<tail>@)")
+
+
+def mask_url(url: str | None) -> str | None:
+    """Return ``url`` with any password replaced by ``***`` (``redis://:pw@h`` -> ``redis://:***@h``)."""
+    if url is None:
+        return None
+    return _URL_PASSWORD.sub(r"\g<head>***\g<tail>", url)
+
+
+class Settings(BaseSettings):
+    """Effective configuration of the recommender. See the module docstring for the sources."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSYS_",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    profile: Profile = Field("local", description="local: embedded stores; prod: servers by URL.")
+    data_dir: Path = Field(
+        Path(".recsys"),
+        description="Root of the data lake, the local stores and the logs (local profile).",
+    )
+    seed: int = Field(42, description="Seed for every random choice the pipeline makes.")
+
+    # Registry
+    model_name: str = Field("recsys-recommender", description="MLflow registered model name.")
+    experiment_name: str = Field("recsys", description="MLflow experiment for training runs.")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow server URL (prod). Local default: sqlite file under data_dir."
+    )
+
+    # Prod services
+    redis_url: str | None = Field(None, description="Feast online store (prod), redis://host:port")
+    postgres_url: str | None = Field(
+        None, description="PostgreSQL for MLflow/Prefect backends (prod), postgresql://..."
+    )
+    prefect_api_url: str | None = Field(None, description="Prefect server API URL (prod).")
+
+    # Serving
+    serve_host: str = Field("127.0.0.1", description="Address the service binds to.")
+    serve_port: int = Field(3000, ge=1, le=65535, description="Port the service binds to.")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for /admin endpoints; unset disables them."
+    )
+    max_k: int = Field(100, ge=1, le=1000, description="Largest k a /recommend call may ask.")
+
+    # Training defaults (the thin path; the search space lives with the model)
+    als_factors: int = Field(64, ge=2, le=1024)
+    als_regularization: float = Field(0.05, gt=0)
+    als_alpha: float = Field(2.0, gt=0, description="Confidence = 1 + alpha * weight.")
+    als_iterations: int = Field(15, ge=1, le=500)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("RECSYS_CONFIG_FILE")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise RecsysError(
+                    f"RECSYS_CONFIG_FILE={config_file} does not exist; "
+                    "point it at a YAML file or unset it"
+                )
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    # ---- factories: the only places that look at the profile -------------------------------
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking and registry URI for this profile."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        if self.profile == "prod":
+            raise RecsysError(
+                "profile prod needs RECSYS_MLFLOW_TRACKING_URI (the MLflow server URL)"
+            )
+        return f"sqlite:///{self.data_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Where new experiments keep artifacts; None lets the MLflow server decide."""
+        if self.profile == "prod" or self.mlflow_tracking_uri:
+            return None
+        return (self.data_dir / "mlartifacts").as_uri()
+
+    @cached_property
+    def lake(self):  # -> recsys.lake.Lake, imported late to keep this module dependency-free
+        from recsys.lake import Lake
+
+        return Lake(self.data_dir)
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings as plain JSON-able values, with secrets and URL passwords masked."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "***" if value.get_secret_value() else None
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, str) and "://" in value:
+                value = mask_url(value)
+            out[name] = value
+        out["tracking_uri (effective)"] = mask_url(self._effective_tracking_uri())
+        return out
+
+    def _effective_tracking_uri(self) -> str:
+        try:
+            return self.tracking_uri
+        except RecsysError as exc:
+            return f"<unset: {exc}>"
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning validation problems into one readable RecsysError."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise RecsysError(f"invalid settings ({problems}); check RECSYS_* variables") from None

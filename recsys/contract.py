@@ -1,0 +1,237 @@
+"""The data contract: the one definition of interactions, items and users, used everywhere.
+
+Every source (synthetic world, MovieLens, a production batch) is mapped to these frames, and
+every batch that enters the clean lake passes :func:`validate_interactions`. A row that fails is
+never dropped: it is returned with the reason(s) so the caller can quarantine it.
+
+Identifiers are non-negative 64-bit integers; timestamps are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "like", "rating")
+"""Allowed ``event_type`` values: ``rating`` carries 0.5-5 stars; the others a weight >= 0."""
+
+EVENT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "like": 3.0,
+    "add_to_cart": 4.0,
+    "purchase": 8.0,
+    "rating": 1.0,  # ratings are weighted by their value instead (see implicit_weight)
+}
+"""How strongly one event says "this user wants this item" (implicit-feedback confidence)."""
+
+RATING_RANGE = (0.5, 5.0)
+MAX_EVENT_VALUE = 1e6
+EARLIEST_TIMESTAMP = datetime(1990, 1, 1, tzinfo=UTC)
+FUTURE_TOLERANCE = timedelta(days=1)
+
+INTERACTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+ITEMS_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field("title", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),  # the primary category
+        pa.field("genres", pa.string(), nullable=False),  # all categories, "|"-separated
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+USERS_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("age", pa.int64(), nullable=True),
+        pa.field("gender", pa.string(), nullable=True),
+        pa.field("occupation", pa.string(), nullable=True),
+    ]
+)
+
+INTERACTION_COLUMNS = tuple(INTERACTIONS_SCHEMA.names)
+ITEM_COLUMNS = tuple(ITEMS_SCHEMA.names)
+USER_COLUMNS = tuple(USERS_SCHEMA.names)
+
+
+@dataclass
+class ContractResult:
+    """Outcome of a contract check: ``clean`` + ``rejected`` rows add up to the input rows.
+
+    ``rejected`` keeps every original column (as text when the schema itself was wrong) plus
+    ``reason``: one or more ``kind:detail`` codes joined by ``;``.
+    """
+
+    clean: pd.DataFrame
+    rejected: pd.DataFrame
+    schema_errors: list[str] = field(default_factory=list)
+
+    @property
+    def n_input(self) -> int:
+        return len(self.clean) + len(self.rejected)
+
+    def reason_counts(self) -> dict[str, int]:
+        """How many rejected rows carry each reason code."""
+        if self.rejected.empty:
+            return {}
+        codes = self.rejected["reason"].str.split(";").explode()
+        return {str(k): int(v) for k, v in codes.value_counts().sort_index().items()}
+
+
+def to_utc(series: pd.Series) -> pd.Series:
+    """Parse ``series`` as UTC timestamps; naive values are taken as UTC, unparseable become NaT."""
+    if pd.api.types.is_datetime64_any_dtype(series):
+        if getattr(series.dt, "tz", None) is None:
+            return series.dt.tz_localize("UTC")
+        return series.dt.tz_convert("UTC")
+    if pd.api.types.is_numeric_dtype(series):
+        # A number is not a timestamp in this contract: seconds or milliseconds is a guess.
+        return pd.Series(pd.NaT, index=series.index, dtype="datetime64[ns, UTC]")
+    return pd.to_datetime(series, utc=True, errors="coerce", format="ISO8601")
+
+
+def _as_int_ids(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Return (ids as Int64, mask of values that are present but not non-negative integers)."""
+    numeric = pd.to_numeric(series, errors="coerce")
+    present = series.notna()
+    integral = numeric.notna() & np.isfinite(numeric.astype("float64")) & (numeric % 1 == 0)
+    bad = present & ~(integral & (numeric >= 0))
+    ids = numeric.where(~bad & present).astype("Float64").astype("Int64")
+    return ids, bad
+
+
+def validate_interactions(
+    frame: pd.DataFrame,
+    *,
+    known_items: set[int] | np.ndarray | None = None,
+    now: datetime | None = None,
+) -> ContractResult:
+    """Check a batch of interactions against the contract.
+
+    Args:
+        frame: the raw batch, any dtypes.
+        known_items: when given, rows whose ``item_id`` is not in the catalog are rejected.
+        now: upper bound for timestamps (plus one day of clock skew); defaults to the wall clock.
+
+    Returns:
+        A :class:`ContractResult`. Schema problems (a missing, renamed or unknown column) reject
+        every row with a ``schema:`` reason, because a changed schema means the producer changed.
+        Row problems reject only that row: ``null:<col>``, ``type:<col>``, ``range:<col>``,
+        ``domain:event_type``, ``unknown_item``, ``duplicate`` (an exact copy of an earlier row).
+    """
+    now = now or datetime.now(UTC)
+    columns = [str(c) for c in frame.columns]
+    missing = [c for c in INTERACTION_COLUMNS if c not in columns]
+    unknown = [c for c in columns if c not in INTERACTION_COLUMNS]
+    schema_errors = [f"schema:missing_column:{c}" for c in missing]
+    schema_errors += [f"schema:unknown_column:{c}" for c in unknown]
+    if schema_errors:
+        rejected = frame.copy()
+        rejected.columns = columns
+        rejected["reason"] = ";".join(schema_errors)
+        return ContractResult(_empty_interactions(), rejected.reset_index(drop=True), schema_errors)
+
+    frame = frame.reset_index(drop=True)
+    reasons: list[tuple[str, np.ndarray]] = []
+
+    def flag(code: str, mask: pd.Series | np.ndarray) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.any():
+            reasons.append((code, mask))
+
+    for col in INTERACTION_COLUMNS:
+        flag(f"null:{col}", frame[col].isna())
+
+    user_id, bad_user = _as_int_ids(frame["user_id"])
+    item_id, bad_item = _as_int_ids(frame["item_id"])
+    flag("type:user_id", bad_user)
+    flag("type:item_id", bad_item)
+
+    event_type = frame["event_type"].astype("string").str.strip().str.lower()
+    flag("domain:event_type", frame["event_type"].notna() & ~event_type.isin(EVENT_TYPES))
+
+    value = pd.to_numeric(frame["value"], errors="coerce").astype("float64")
+    flag("type:value", frame["value"].notna() & value.isna())
+    finite = np.isfinite(value.to_numpy(dtype="float64", na_value=np.nan))
+    is_rating = (event_type == "rating").fillna(False).to_numpy()
+    lo, hi = RATING_RANGE
+    out_of_range = value.notna().to_numpy() & (
+        ~finite
+        | (is_rating & ((value < lo) | (value > hi)).fillna(False).to_numpy())
+        | (~is_rating & ((value < 0) | (value > MAX_EVENT_VALUE)).fillna(False).to_numpy())
+    )
+    flag("range:value", out_of_range)
+
+    timestamp = to_utc(frame["timestamp"])
+    flag("type:timestamp", frame["timestamp"].notna() & timestamp.isna())
+    ts_ok = timestamp.notna()
+    flag(
+        "range:timestamp",
+        ts_ok
+        & ((timestamp < EARLIEST_TIMESTAMP) | (timestamp > now + FUTURE_TOLERANCE)).fillna(False),
+    )
+
+    if known_items is not None:
+        known = np.asarray(list(known_items) if isinstance(known_items, set) else known_items)
+        flag("unknown_item", item_id.notna() & ~item_id.isin(known))
+
+    normalized = pd.DataFrame(
+        {
+            "user_id": user_id,
+            "item_id": item_id,
+            "event_type": event_type,
+            "value": value,
+            "timestamp": timestamp,
+        }
+    )
+    flag("duplicate", normalized.duplicated(keep="first"))
+
+    bad = np.zeros(len(frame), dtype=bool)
+    reason = np.full(len(frame), "", dtype=object)
+    for code, mask in reasons:
+        reason[mask] = np.where(reason[mask] == "", code, reason[mask] + ";" + code)
+        bad |= mask
+
+    clean = normalized.loc[~bad].reset_index(drop=True)
+    clean = clean.astype({"user_id": "int64", "item_id": "int64", "event_type": "object"})
+    clean["timestamp"] = clean["timestamp"].astype("datetime64[us, UTC]")
+    rejected = frame.loc[bad].copy()
+    rejected["reason"] = reason[bad]
+    return ContractResult(clean, rejected.reset_index(drop=True), [])
+
+
+def _empty_interactions() -> pd.DataFrame:
+    return INTERACTIONS_SCHEMA.empty_table().to_pandas()
+
+
+def implicit_weight(frame: pd.DataFrame) -> np.ndarray:
+    """Implicit-feedback strength per interaction (ratings: their value; else EVENT_WEIGHTS)."""
+    weights = frame["event_type"].map(EVENT_WEIGHTS).fillna(1.0).to_numpy(dtype="float64")
+    is_rating = (frame["event_type"] == "rating").to_numpy()
+    return np.where(is_rating, frame["value"].to_numpy(dtype="float64"), weights)
+
+
+def conform(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """Cast a frame of valid values to the exact Arrow ``schema`` (column order too).
+
+    Raises:
+        ValueError: a required column is missing or a value does not fit the type.
+    """
+    missing = [n for n in schema.names if n not in frame.columns]
+    if missing:
+        raise ValueError(f"missing columns {missing}")
+    table = pa.Table.from_pandas(frame[list(schema.names)], preserve_index=False)
+    return table.cast(schema)

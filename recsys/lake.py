@@ -1,0 +1,224 @@
+"""The data lake under one data directory (local profile) and the rules of each zone.
+
+Layout (all under ``RECSYS_DATA_DIR``, default ``./.recsys``)::
+
+    raw/interactions/<YYYY-MM-DD>.parquet   immutable landing zone, one batch per day
+    raw/catalog/items.parquet, users.parquet
+    clean/interactions/<YYYY-MM-DD>.parquet contract-checked rows of each batch
+    clean/catalog/items.parquet, users.parquet
+    quarantine/<batch>/rows.parquet          rejected rows, every column + ``reason``
+    quarantine/<batch>/report.json           counts per reason, when and why
+    features/                                Feast offline sources and online store
+    logs/                                    request, feedback and incident logs
+    reports/                                 HTML reports, plots, JSON snapshots
+    world/                                   synthetic world ground truth (tastes, click model)
+
+Raw files are never rewritten: writing different bytes to an existing raw batch is an error,
+writing the same bytes again is a no-op. Every write goes to a temporary file first and is
+renamed into place, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys.contract import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA, conform
+from recsys.errors import RecsysError
+
+ZONES = ("raw", "clean", "quarantine", "features", "logs", "reports", "world")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """Serialize ``table`` deterministically (same rows -> same bytes)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", write_statistics=True)
+    return sink.getvalue().to_pybytes()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Lake:
+    """Paths and read/write rules of the lake rooted at ``root``."""
+
+    root: Path
+
+    def zone(self, name: str) -> Path:
+        if name not in ZONES:
+            raise ValueError(f"unknown lake zone {name!r}; zones are {ZONES}")
+        return self.root / name
+
+    def init(self) -> Lake:
+        for name in ZONES:
+            self.zone(name).mkdir(parents=True, exist_ok=True)
+        return self
+
+    # ---- raw: immutable ---------------------------------------------------------------------
+
+    def raw_batch_path(self, batch: str) -> Path:
+        return self.zone("raw") / "interactions" / f"{batch}.parquet"
+
+    def raw_catalog_path(self, what: str) -> Path:
+        return self.zone("raw") / "catalog" / f"{what}.parquet"
+
+    def write_raw(self, path: Path, table: pa.Table) -> bool:
+        """Land ``table`` at ``path`` in the raw zone. Returns True if written, False if identical.
+
+        Raises:
+            RecsysError: the file exists with different content (the raw zone is immutable).
+        """
+        data = parquet_bytes(table)
+        if path.exists():
+            if hashlib.sha256(data).hexdigest() == file_sha256(path):
+                return False
+            raise RecsysError(
+                f"raw file {path} already exists with different content; the raw zone is "
+                "immutable: land the new data as a new batch or use a fresh data directory"
+            )
+        _atomic_write_bytes(path, data)
+        return True
+
+    def raw_batches(self) -> list[str]:
+        """Names of the landed interaction batches, oldest first."""
+        folder = self.zone("raw") / "interactions"
+        return sorted(p.stem for p in folder.glob("*.parquet")) if folder.exists() else []
+
+    def read_raw_batch(self, batch: str) -> pd.DataFrame:
+        path = self.raw_batch_path(batch)
+        if not path.exists():
+            raise RecsysError(f"no raw batch {batch!r} under {path.parent}")
+        return pq.read_table(path).to_pandas()
+
+    # ---- clean ------------------------------------------------------------------------------
+
+    def clean_batch_path(self, batch: str) -> Path:
+        return self.zone("clean") / "interactions" / f"{batch}.parquet"
+
+    def clean_catalog_path(self, what: str) -> Path:
+        return self.zone("clean") / "catalog" / f"{what}.parquet"
+
+    def write_clean_batch(self, batch: str, frame: pd.DataFrame) -> Path:
+        """Replace the clean copy of ``batch`` (idempotent: a re-ingest overwrites it whole)."""
+        path = self.clean_batch_path(batch)
+        _atomic_write_bytes(path, parquet_bytes(conform(frame, INTERACTIONS_SCHEMA)))
+        return path
+
+    def write_clean_catalog(self, items: pd.DataFrame, users: pd.DataFrame) -> None:
+        for what, frame, schema in (("items", items, ITEMS_SCHEMA), ("users", users, USERS_SCHEMA)):
+            data = parquet_bytes(conform(frame, schema))
+            _atomic_write_bytes(self.clean_catalog_path(what), data)
+
+    def clean_batches(self) -> list[str]:
+        folder = self.zone("clean") / "interactions"
+        return sorted(p.stem for p in folder.glob("*.parquet")) if folder.exists() else []
+
+    def read_clean_interactions(self, batches: list[str] | None = None) -> pd.DataFrame:
+        """All clean interactions (or those of ``batches``), sorted by timestamp."""
+        names = self.clean_batches() if batches is None else batches
+        if not names:
+            raise RecsysError(
+                f"no clean interactions under {self.zone('clean')}; run `recsys data generate` "
+                "(or `recsys data movielens --data-path DIR`) first"
+            )
+        tables = [pq.read_table(self.clean_batch_path(n)) for n in names]
+        frame = pa.concat_tables(tables).to_pandas()
+        return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+    def read_clean_catalog(self, what: str) -> pd.DataFrame:
+        path = self.clean_catalog_path(what)
+        if not path.exists():
+            raise RecsysError(f"no clean {what} catalog at {path}; generate or load data first")
+        return pq.read_table(path).to_pandas()
+
+    # ---- quarantine -------------------------------------------------------------------------
+
+    def quarantine_dir(self, batch: str) -> Path:
+        return self.zone("quarantine") / batch
+
+    def quarantine_batch(
+        self, batch: str, rejected: pd.DataFrame, reason_counts: dict[str, int], **extra: Any
+    ) -> Path | None:
+        """Keep rejected rows with their reasons; replaces an earlier quarantine of ``batch``.
+
+        Columns are stored as text when their types are mixed, so nothing is lost to a cast.
+        Returns the folder, or None (and removes a stale quarantine) when nothing was rejected.
+        """
+        folder = self.quarantine_dir(batch)
+        if rejected.empty:
+            for stale in ("rows.parquet", "report.json"):
+                (folder / stale).unlink(missing_ok=True)
+            return None
+        try:
+            table = pa.Table.from_pandas(rejected, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            table = pa.Table.from_pandas(rejected.astype("string"), preserve_index=False)
+        _atomic_write_bytes(folder / "rows.parquet", parquet_bytes(table))
+        report = {
+            "batch": batch,
+            "quarantined_rows": len(rejected),
+            "reasons": reason_counts,
+            "quarantined_at": datetime.now(UTC).isoformat(),
+            **extra,
+        }
+        _atomic_write_bytes(folder / "report.json", json.dumps(report, indent=2).encode())
+        return folder
+
+    def keep_unreadable(self, batch: str, source: Path, error: str) -> Path:
+        """Copy a file that could not be read at all into quarantine, with the error."""
+        folder = self.quarantine_dir(batch)
+        _atomic_write_bytes(folder / f"original{source.suffix}", source.read_bytes())
+        report = {
+            "batch": batch,
+            "source": str(source),
+            "unreadable": error,
+            "quarantined_at": datetime.now(UTC).isoformat(),
+        }
+        _atomic_write_bytes(folder / "report.json", json.dumps(report, indent=2).encode())
+        return folder
+
+    # ---- other zones ------------------------------------------------------------------------
+
+    def world_dir(self) -> Path:
+        return self.zone("world")
+
+    def logs_dir(self) -> Path:
+        return self.zone("logs")
+
+    def reports_dir(self) -> Path:
+        return self.zone("reports")
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as pretty JSON atomically."""
+    _atomic_write_bytes(path, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
