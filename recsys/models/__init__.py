@@ -1,0 +1,1 @@
+"""Candidate sources behind one interface (see :mod:`recsys.models.base`)."""

@@ -1,0 +1,164 @@
+"""The MLflow registry: log a release as one model version, move aliases, load by alias.
+
+Aliases: ``champion`` (serves most traffic), ``challenger`` (the canary), ``previous`` (the last
+good champion). A model version carries the release folder as its artifact, the holdout metrics
+and the metadata as tags, so the registry alone says what is served and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recsys.config import Settings
+from recsys.errors import RecsysError
+from recsys.release import Release
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS = "previous"
+_PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+
+
+@dataclass(frozen=True)
+class RegisteredRelease:
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+
+
+def configure_mlflow(settings: Settings) -> Any:
+    """Point MLflow at this profile's tracking/registry store; returns an MlflowClient."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+    from mlflow import MlflowClient
+
+    if settings.profile == "local":
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return MlflowClient(settings.tracking_uri, settings.tracking_uri)
+
+
+def _ensure_experiment(settings: Settings) -> str:
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(settings.experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlflow.create_experiment(
+        settings.experiment_name, artifact_location=settings.artifact_location
+    )
+
+
+def _flat_metrics(metrics: dict[str, dict[str, float]], k: int) -> dict[str, float]:
+    return {
+        f"{model}_{name}_at_{k}"
+        if name not in {"coverage", "novelty", "users"}
+        else f"{model}_{name}": float(value)
+        for model, values in metrics.items()
+        for name, value in values.items()
+    }
+
+
+def log_release(
+    settings: Settings,
+    release: Release,
+    metrics: dict[str, dict[str, float]],
+    *,
+    aliases: tuple[str, ...] = (),
+    tags: dict[str, str] | None = None,
+) -> RegisteredRelease:
+    """Log ``release`` in a new run, register it as a version of ``settings.model_name``.
+
+    The release folder becomes the model's artifact; params, holdout metrics and metadata are
+    logged to the run and tagged on the version. ``aliases`` are pointed at the new version.
+    """
+    import mlflow
+
+    client = configure_mlflow(settings)
+    experiment_id = _ensure_experiment(settings)
+    meta = release.meta
+    k = int(meta.get("k", 10))
+    with tempfile.TemporaryDirectory(prefix="release-") as tmp:
+        folder = release.save(Path(tmp) / "release")
+        with mlflow.start_run(experiment_id=experiment_id, run_name="train") as run:
+            mlflow.log_params({f"als_{k_}": v for k_, v in meta.get("params", {}).items()})
+            mlflow.log_params(
+                {
+                    "window_start": meta["training_window"]["start"],
+                    "window_end": meta["training_window"]["end"],
+                    "data_fingerprint": meta["data_fingerprint"],
+                    "n_users": release.n_users,
+                    "n_items": release.n_items,
+                }
+            )
+            mlflow.log_metrics(_flat_metrics(metrics, k))
+            info = mlflow.pyfunc.log_model(
+                name="recommender",
+                python_model=str(_PYFUNC_FILE),
+                artifacts={"release": str(folder)},
+                registered_model_name=settings.model_name,
+                metadata={"data_fingerprint": meta["data_fingerprint"]},
+            )
+    version = str(info.registered_model_version)
+    version_tags = {
+        "data_fingerprint": meta["data_fingerprint"],
+        "training_window": f"{meta['training_window']['start']}..{meta['training_window']['end']}",
+        "als_ndcg_at_k": f"{metrics['als']['ndcg']:.6f}",
+        "popularity_ndcg_at_k": f"{metrics['popularity']['ndcg']:.6f}",
+        **(tags or {}),
+    }
+    for key, value in version_tags.items():
+        client.set_model_version_tag(settings.model_name, version, key, value)
+    for alias in aliases:
+        client.set_registered_model_alias(settings.model_name, alias, version)
+    return RegisteredRelease(settings.model_name, version, run.info.run_id, info.model_uri)
+
+
+def version_for_alias(settings: Settings, alias: str) -> str | None:
+    """The version number ``alias`` points at, or None when it is unset."""
+    from mlflow.exceptions import MlflowException
+
+    client = configure_mlflow(settings)
+    try:
+        return str(client.get_model_version_by_alias(settings.model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def download_release(settings: Settings, alias: str, dest: Path) -> tuple[str, Path]:
+    """Download the release behind ``alias`` into ``dest``; returns (version, release folder).
+
+    Raises:
+        RecsysError: no model or no such alias in the registry.
+    """
+    import mlflow
+
+    version = version_for_alias(settings, alias)
+    if version is None:
+        raise RecsysError(
+            f"no model version has alias {alias!r} in {settings.model_name!r} at "
+            f"{settings.tracking_uri}; run `recsys train` first"
+        )
+    uri = f"models:/{settings.model_name}/{version}"
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    candidates = [p.parent for p in local.rglob("release.json")]
+    if not candidates:
+        raise RecsysError(f"model version {version} has no release folder; it is not ours")
+    return version, candidates[0]
+
+
+def load_release(settings: Settings, alias: str = CHAMPION) -> tuple[str, Release]:
+    """(version, Release) behind ``alias``, read without pickle."""
+    dest = Path(tempfile.mkdtemp(prefix=f"recsys-{alias}-"))
+    version, folder = download_release(settings, alias, dest)
+    return version, Release.load(folder)
