@@ -77,9 +77,9 @@ class Settings(BaseSettings):
     max_k: int = Field(100, ge=1, le=1000, description="Largest k a /recommend call may ask.")
 
     # Training defaults (the thin path; the search space lives with the model)
-    als_factors: int = Field(64, ge=2, le=1024)
-    als_regularization: float = Field(0.05, gt=0)
-    als_alpha: float = Field(2.0, gt=0, description="Confidence = 1 + alpha * weight.")
+    als_factors: int = Field(32, ge=2, le=1024)
+    als_regularization: float = Field(10.0, gt=0)
+    als_alpha: float = Field(1.0, gt=0, description="Confidence = alpha * weight.")
     als_iterations: int = Field(15, ge=1, le=500)
 
     @field_validator("data_dir")

@@ -7,6 +7,8 @@ and the metadata as tags, so the registry alone says what is served and why.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -102,13 +104,17 @@ def log_release(
                 }
             )
             mlflow.log_metrics(_flat_metrics(metrics, k))
-            info = mlflow.pyfunc.log_model(
-                name="recommender",
-                python_model=str(_PYFUNC_FILE),
-                artifacts={"release": str(folder)},
-                registered_model_name=settings.model_name,
-                metadata={"data_fingerprint": meta["data_fingerprint"]},
-            )
+            chatter = io.StringIO()  # MLflow prints registration notices straight to stderr
+            with contextlib.redirect_stderr(chatter):
+                info = mlflow.pyfunc.log_model(
+                    name="recommender",
+                    python_model=str(_PYFUNC_FILE),
+                    artifacts={"release": str(folder)},
+                    registered_model_name=settings.model_name,
+                    metadata={"data_fingerprint": meta["data_fingerprint"]},
+                    signature=_signature(),
+                )
+            logger.info("mlflow: %s", chatter.getvalue().strip())
     version = str(info.registered_model_version)
     version_tags = {
         "data_fingerprint": meta["data_fingerprint"],
@@ -122,6 +128,24 @@ def log_release(
     for alias in aliases:
         client.set_registered_model_alias(settings.model_name, alias, version)
     return RegisteredRelease(settings.model_name, version, run.info.run_id, info.model_uri)
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("long", "user_id"), ColSpec("long", "k", required=False)]),
+        outputs=Schema(
+            [
+                ColSpec("long", "user_id"),
+                ColSpec("long", "rank"),
+                ColSpec("long", "item_id"),
+                ColSpec("double", "score"),
+                ColSpec("string", "fallback"),
+            ]
+        ),
+    )
 
 
 def version_for_alias(settings: Settings, alias: str) -> str | None:

@@ -22,9 +22,9 @@ logger = logging.getLogger(__name__)
 class ALSParams:
     """Hyperparameters of implicit ALS. Confidence of an observed pair = alpha * weight."""
 
-    factors: int = 64
-    regularization: float = 0.05
-    alpha: float = 2.0
+    factors: int = 32
+    regularization: float = 10.0
+    alpha: float = 1.0
     iterations: int = 15
     seed: int = 42
 

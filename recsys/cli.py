@@ -1,0 +1,311 @@
+"""The ``recsys`` command line. Every stage a person may want to run alone is a command here.
+
+    recsys config show | schema
+    recsys data generate | movielens --data-path DIR | ingest
+    recsys train [--window-days N]
+    recsys serve
+    recsys demo
+
+Errors a user can cause end with one ``recsys: error: ...`` line and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer._click import exceptions as cli_errors  # typer vendors click since 0.2x
+
+from recsys.config import Settings, get_settings
+from recsys.console import console, err_console, quiet_libraries, table
+from recsys.errors import RecsysError
+
+app = typer.Typer(
+    help="Self-healing recommender: data, training, registry, serving.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Show the effective settings or their schema.", no_args_is_help=True)
+data_app = typer.Typer(help="Land and ingest data into the lake.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library logs.")] = False,
+) -> None:
+    quiet_libraries(verbose)
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+# ---- config ---------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print the effective settings (secrets masked)."""
+    values = _settings().masked()
+    if as_json:
+        print(json.dumps(values, indent=2, default=str))
+        return
+    console.print(table("Effective settings", ["setting", "value"], values.items()))
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON schema of the settings (RECSYS_<NAME> environment variables)."""
+    print(json.dumps(Settings.model_json_schema(), indent=2))
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+def _print_ingest(reports) -> None:
+    raw = sum(r.raw_rows for r in reports)
+    clean = sum(r.clean_rows for r in reports)
+    bad = [r for r in reports if r.quarantined_rows]
+    rows = [[len(reports), raw, clean, raw - clean]]
+    console.print(table("Ingest", ["batches", "raw rows", "clean rows", "quarantined"], rows))
+    for r in bad[:10]:
+        console.print(f"  quarantined {r.quarantined_rows} row(s) of {r.batch}: {r.reasons}")
+
+
+@data_app.command("generate")
+def data_generate(
+    users: Annotated[int, typer.Option(min=1, help="Number of users.")] = 2000,
+    items: Annotated[int, typer.Option(min=1, help="Number of items.")] = 500,
+    days: Annotated[int, typer.Option(min=1, help="Number of daily batches.")] = 14,
+    interactions: Annotated[int, typer.Option(min=0, help="Interactions over all days.")] = 60_000,
+    categories: Annotated[int, typer.Option(min=1, help="Item categories.")] = 12,
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 42,
+    drift_day: Annotated[
+        int | None, typer.Option(help="From this day (0-based) some users change tastes.")
+    ] = None,
+    drift_share: Annotated[float, typer.Option(help="Share of users that drift.")] = 0.3,
+    new_item_share: Annotated[float, typer.Option(help="Share of items created later.")] = 0.1,
+    start_date: Annotated[str, typer.Option(help="First day, YYYY-MM-DD (UTC).")] = "2026-01-01",
+    ingest: Annotated[bool, typer.Option(help="Also contract-check into the clean zone.")] = True,
+) -> None:
+    """Generate a synthetic world: one immutable raw parquet batch per day, plus ground truth."""
+    import time
+
+    from recsys.ingest import ingest_all
+    from recsys.synthetic import WorldConfig, write_world
+
+    settings = _settings()
+    cfg = WorldConfig(
+        n_users=users,
+        n_items=items,
+        n_days=days,
+        n_interactions=interactions,
+        n_categories=categories,
+        seed=seed,
+        drift_day=drift_day,
+        drift_share=drift_share,
+        new_item_share=new_item_share,
+        start_date=start_date,
+    )
+    started = time.perf_counter()
+    manifest = write_world(cfg, settings.lake.init(), show_progress=True)
+    elapsed = time.perf_counter() - started
+    summary = manifest.get("summary", {})
+    console.print(
+        table(
+            f"Synthetic world in {settings.data_dir} ({elapsed:.1f}s)",
+            ["", "value"],
+            [[k, v] for k, v in summary.items() if not isinstance(v, dict | list)],
+        )
+    )
+    if ingest:
+        _print_ingest(ingest_all(settings.lake, show_progress=True))
+
+
+@data_app.command("movielens")
+def data_movielens(
+    data_path: Annotated[
+        Path, typer.Option("--data-path", help="Folder with u.data, u.item, u.user.")
+    ],
+    ingest: Annotated[bool, typer.Option(help="Also contract-check into the clean zone.")] = True,
+) -> None:
+    """Land MovieLens-100K (GroupLens layout) in the raw zone, one batch per day."""
+    from recsys.ingest import ingest_all, land_dataset
+    from recsys.movielens import load_movielens
+
+    settings = _settings()
+    dataset = load_movielens(data_path)
+    batches = land_dataset(settings.lake, dataset)
+    console.print(
+        f"landed {len(dataset.interactions)} ratings, {len(dataset.items)} items, "
+        f"{len(dataset.users)} users as {len(batches)} daily batches in {settings.data_dir}"
+    )
+    if ingest:
+        _print_ingest(ingest_all(settings.lake, show_progress=True))
+
+
+@data_app.command("ingest")
+def data_ingest() -> None:
+    """Contract-check every raw batch into the clean zone (bad rows to quarantine). Idempotent."""
+    from recsys.ingest import ingest_all
+
+    reports = ingest_all(_settings().lake, show_progress=True)
+    _print_ingest(reports)
+    if any(r.quarantined_rows for r in reports):
+        raise typer.Exit(3)
+
+
+# ---- train ----------------------------------------------------------------------------------
+
+
+@app.command("train")
+def train(
+    window_days: Annotated[
+        int | None, typer.Option(min=1, help="Train on the last N days (default: all).")
+    ] = None,
+    test_days: Annotated[
+        int | None, typer.Option(min=1, help="Days held out for evaluation (default 15%).")
+    ] = None,
+    k: Annotated[int, typer.Option(min=1, max=1000, help="Cut-off of the metrics.")] = 10,
+    alias: Annotated[str, typer.Option(help="Alias to point at the new version.")] = "champion",
+) -> None:
+    """Train ALS on the clean lake, evaluate on a temporal holdout, register in MLflow."""
+    from recsys.models.als import ALSParams
+    from recsys.registry import log_release
+    from recsys.train import train_and_evaluate
+
+    settings = _settings()
+    params = ALSParams(
+        factors=settings.als_factors,
+        regularization=settings.als_regularization,
+        alpha=settings.als_alpha,
+        iterations=settings.als_iterations,
+        seed=settings.seed,
+    )
+    with console.status("training ALS and baselines"):
+        result = train_and_evaluate(
+            settings.lake,
+            params,
+            window_days=window_days,
+            test_days=test_days,
+            k=k,
+            model_name=settings.model_name,
+        )
+    names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage", "novelty"]
+    console.print(
+        table(
+            f"Holdout at k={k}: last {result.window['test_days']} day(s) "
+            f"from {result.window['holdout_start'][:10]}",
+            ["model", *names],
+            [[m, *(v[n] for n in names)] for m, v in result.metrics.items()],
+        )
+    )
+    for note in result.notes:
+        err_console.print(f"[bold yellow]{note}[/]")
+    with console.status("registering in MLflow"):
+        registered = log_release(settings, result.release, result.metrics, aliases=(alias,))
+    console.print(
+        f"registered {registered.name} version {registered.version} as {alias!r} "
+        f"(fit {result.fit_seconds:.1f}s, run {registered.run_id})"
+    )
+
+
+# ---- serve and demo -------------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port.")] = None,
+) -> None:
+    """Run the BentoML service in the foreground (Ctrl-C stops it)."""
+    from recsys.server import PROJECT_ROOT, bentoml_command, service_env
+
+    settings = _settings()
+    command = bentoml_command(host or settings.serve_host, port or settings.serve_port)
+    os.chdir(PROJECT_ROOT)
+    os.execve(command[0], command, service_env(settings))
+
+
+@app.command("demo")
+def demo(
+    dataset: Annotated[str, typer.Option(help="synthetic or movielens.")] = "synthetic",
+    data_path: Annotated[
+        Path | None, typer.Option("--data-path", help="ml-100k folder (movielens).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the world and the traffic.")] = 42,
+    users: Annotated[int, typer.Option(min=10, help="Synthetic users.")] = 2000,
+    items: Annotated[int, typer.Option(min=10, help="Synthetic items.")] = 500,
+    days: Annotated[int, typer.Option(min=2, help="Synthetic days.")] = 14,
+    requests: Annotated[int, typer.Option(min=1, max=100_000, help="HTTP requests.")] = 60,
+) -> None:
+    """Generate -> ingest -> train -> register -> serve -> real HTTP traffic -> results."""
+    from recsys.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(
+        dataset=dataset,
+        data_path=data_path,
+        seed=seed,
+        users=users,
+        items=items,
+        days=days,
+        interactions=max(users * 30, 1000),
+        requests=requests,
+    )
+    result = run_demo(_settings(), opts)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+# ---- entry point ----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: run the app, turn user errors into one line and an exit code."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="recsys", standalone_mode=False)
+    except cli_errors.NoArgsIsHelpError as exc:
+        err_console.print(exc.format_message(), markup=False)
+        sys.exit(2)
+    except cli_errors.UsageError as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx else ""
+        err_console.print(f"recsys: error: {exc.format_message()}{hint}", markup=False)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("recsys: interrupted", markup=False)
+        sys.exit(130)
+    except RecsysError as exc:
+        err_console.print(f"recsys: error: {exc}", markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except cli_errors.ClickException as exc:
+        err_console.print(f"recsys: error: {exc.format_message()}", markup=False)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if os.environ.get("RECSYS_DEBUG"):
+            raise
+        err_console.print(
+            f"recsys: internal error: {type(exc).__name__}: {exc} "
+            "(set RECSYS_DEBUG=1 for the traceback)",
+            markup=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

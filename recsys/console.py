@@ -1,0 +1,52 @@
+"""Terminal output shared by the CLI and the demo: one rich console, tables, quiet libraries."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+_NOISY = ("mlflow", "alembic", "urllib3", "httpx", "bentoml", "implicit", "numexpr")
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """Keep third-party INFO chatter and telemetry out of the user's terminal."""
+    for key, value in {
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "MLFLOW_LOGGING_LEVEL": "INFO" if verbose else "ERROR",
+        "BENTOML_DO_NOT_TRACK": "true",
+        "DO_NOT_TRACK": "true",
+        "FEAST_USAGE": "False",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "OPENBLAS_NUM_THREADS": "1",
+    }.items():
+        os.environ.setdefault(key, value)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose:
+        warnings.filterwarnings("ignore")
+
+
+def table(
+    title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric: int = 4
+) -> Table:
+    """A rich table; floats are shown with ``numeric`` decimals."""
+    out = Table(title=title, title_justify="left")
+    for name in columns:
+        out.add_column(str(name))
+    for row in rows:
+        out.add_row(*(f"{v:.{numeric}f}" if isinstance(v, float) else str(v) for v in row))
+    return out

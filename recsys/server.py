@@ -1,0 +1,141 @@
+"""Start and stop a real ``bentoml serve`` process on loopback, and wait for it to be ready.
+
+Used by ``recsys demo``, ``recsys serve`` and the tests: the service always runs as its own
+process, exactly as users run it, never in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from recsys.config import Settings
+from recsys.errors import RecsysError
+
+SERVICE_TARGET = "serving.service:RecommenderService"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+QUIET_ENV = {
+    "BENTOML_DO_NOT_TRACK": "true",
+    "DO_NOT_TRACK": "true",
+    "FEAST_USAGE": "False",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def bentoml_command(host: str, port: int) -> list[str]:
+    executable = Path(sys.executable).with_name("bentoml")
+    program = [str(executable)] if executable.exists() else [sys.executable, "-m", "bentoml"]
+    return [*program, "serve", SERVICE_TARGET, "--host", host, "--port", str(port)]
+
+
+def service_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the service process: the caller's, the settings made explicit, quiet."""
+    env = {**os.environ, **QUIET_ENV}
+    env["RECSYS_PROFILE"] = settings.profile
+    env["RECSYS_DATA_DIR"] = str(settings.data_dir)
+    env["RECSYS_MODEL_NAME"] = settings.model_name
+    env.setdefault("BENTOML_HOME", str(settings.data_dir / "bentoml"))
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+    )
+    env.update(extra or {})
+    return env
+
+
+class ServiceProcess:
+    """A ``bentoml serve`` child process. Use as a context manager; it always stops cleanly."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.host = host or settings.serve_host
+        self.port = port or free_port(self.host)
+        self.log_path = log_path or settings.data_dir / "logs" / f"service-{self.port}.log"
+        self.env = service_env(settings, env)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> ServiceProcess:
+        """Start the server and return once ``/readyz`` answers 200.
+
+        Raises:
+            RecsysError: the process exited or was not ready in ``timeout`` seconds (the
+                message carries the last lines of its log).
+        """
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            bentoml_command(self.host, self.port),
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RecsysError(f"the service exited at start: {self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RecsysError(f"the service was not ready after {timeout:.0f}s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(text[-lines:]) or "(empty log)"
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM the process group, SIGKILL it after ``timeout`` s; returns the exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait(timeout=5)
+        except ProcessLookupError:
+            return self.process.wait(timeout=5)
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
