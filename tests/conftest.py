@@ -1,0 +1,73 @@
+"""Shared fixtures: an isolated data directory per test, a small trained world per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# No telemetry, one BLAS thread: set before any library is imported by a test module.
+for _key, _value in {
+    "FEAST_USAGE": "False",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}.items():
+    os.environ[_key] = _value
+for _key in [k for k in os.environ if k.startswith("RECSYS_")]:
+    del os.environ[_key]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ML100K = REPO_ROOT.parent / "shared" / "data" / "ml-100k"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh RECSYS_DATA_DIR for one test."""
+    folder = tmp_path / "recsys-data"
+    monkeypatch.setenv("RECSYS_DATA_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def settings(data_dir: Path):
+    from recsys.config import get_settings
+
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def ml100k() -> Path:
+    """The real MovieLens-100K files shipped beside the repository (../shared/data/ml-100k)."""
+    if not (ML100K / "u.data").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"MovieLens-100K is missing at {ML100K}; CI must have shared/ beside it")
+        pytest.skip(f"MovieLens-100K not found at {ML100K}")
+    return ML100K
+
+
+@pytest.fixture(scope="session")
+def trained_world(tmp_path_factory: pytest.TempPathFactory):
+    """A small synthetic world, ingested, trained and registered as champion (built once).
+
+    Returns (settings, registered release, train result). Tests must not modify it.
+    """
+    from recsys.config import Settings
+    from recsys.ingest import ingest_all
+    from recsys.models.als import ALSParams
+    from recsys.registry import CHAMPION, log_release
+    from recsys.synthetic import WorldConfig, write_world
+    from recsys.train import train_and_evaluate
+
+    folder = tmp_path_factory.mktemp("trained-world")
+    settings = Settings(data_dir=folder)
+    cfg = WorldConfig(n_users=600, n_items=200, n_days=8, n_interactions=20_000, seed=7)
+    write_world(cfg, settings.lake.init())
+    ingest_all(settings.lake)
+    result = train_and_evaluate(settings.lake, ALSParams(seed=7), k=10)
+    registered = log_release(settings, result.release, result.metrics, aliases=(CHAMPION,))
+    return settings, registered, result

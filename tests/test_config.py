@@ -1,0 +1,72 @@
+"""Settings: profiles, environment prefix, YAML file, masking, readable errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsys.config import Settings, get_settings, mask_url
+from recsys.errors import RecsysError
+
+
+def test_local_profile_keeps_everything_under_the_data_dir(settings, data_dir: Path):
+    assert settings.profile == "local"
+    assert settings.data_dir == data_dir.resolve()
+    assert settings.tracking_uri == f"sqlite:///{data_dir.resolve() / 'mlflow.db'}"
+    assert settings.artifact_location.startswith("file://")
+    assert settings.lake.root == data_dir.resolve()
+    assert settings.serve_host == "127.0.0.1"
+
+
+def test_environment_variables_use_the_recsys_prefix(monkeypatch, data_dir):
+    monkeypatch.setenv("RECSYS_SERVE_PORT", "3456")
+    monkeypatch.setenv("RECSYS_MODEL_NAME", "shop-recs")
+    settings = get_settings()
+    assert settings.serve_port == 3456
+    assert settings.model_name == "shop-recs"
+
+
+def test_prod_profile_needs_a_tracking_server(monkeypatch, data_dir):
+    monkeypatch.setenv("RECSYS_PROFILE", "prod")
+    settings = get_settings()
+    with pytest.raises(RecsysError, match="RECSYS_MLFLOW_TRACKING_URI"):
+        _ = settings.tracking_uri
+    monkeypatch.setenv("RECSYS_MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert get_settings().tracking_uri == "http://127.0.0.1:5000"
+    assert get_settings().artifact_location is None
+
+
+def test_yaml_file_is_read_and_environment_wins(tmp_path, monkeypatch, data_dir):
+    config = tmp_path / "recsys.yaml"
+    config.write_text("model_name: from-yaml\nmax_k: 50\n")
+    monkeypatch.setenv("RECSYS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("RECSYS_MAX_K", "20")
+    settings = get_settings()
+    assert settings.model_name == "from-yaml"
+    assert settings.max_k == 20
+
+
+def test_missing_yaml_file_is_a_readable_error(monkeypatch, data_dir):
+    monkeypatch.setenv("RECSYS_CONFIG_FILE", "/nonexistent/recsys.yaml")
+    with pytest.raises(RecsysError, match="RECSYS_CONFIG_FILE"):
+        get_settings()
+
+
+def test_invalid_value_is_one_readable_error(monkeypatch, data_dir):
+    monkeypatch.setenv("RECSYS_SERVE_PORT", "not-a-port")
+    with pytest.raises(RecsysError, match="serve_port"):
+        get_settings()
+
+
+def test_secrets_and_url_passwords_are_masked(data_dir):
+    settings = Settings(
+        admin_token="s3cret-token",
+        redis_url="redis://:hunter2@127.0.0.1:6379/0",
+        postgres_url="postgresql://app:pa55word@127.0.0.1:5432/test",
+    )
+    shown = str(settings.masked())
+    assert "s3cret-token" not in shown and "hunter2" not in shown and "pa55word" not in shown
+    assert settings.masked()["admin_token"] == "***"
+    assert "redis://:***@127.0.0.1:6379/0" in shown
+    assert mask_url("postgresql://app@host/db") == "postgresql://app@host/db"

@@ -1,0 +1,109 @@
+"""The data contract: every bad row is caught with its reason, and no row is lost."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.contract import (
+    INTERACTIONS_SCHEMA,
+    conform,
+    implicit_weight,
+    validate_interactions,
+)
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def batch(**overrides) -> pd.DataFrame:
+    rows = {
+        "user_id": [1, 2, 3],
+        "item_id": [10, 11, 12],
+        "event_type": ["click", "view", "rating"],
+        "value": [1.0, 1.0, 4.0],
+        "timestamp": pd.to_datetime(["2026-05-01T10:00:00Z"] * 3),
+    }
+    rows.update(overrides)
+    return pd.DataFrame(rows)
+
+
+def test_a_valid_batch_passes_whole_with_exact_types():
+    result = validate_interactions(batch(), known_items={10, 11, 12}, now=NOW)
+    assert len(result.clean) == 3 and result.rejected.empty
+    table = conform(result.clean, INTERACTIONS_SCHEMA)
+    assert table.schema.equals(INTERACTIONS_SCHEMA)
+    assert str(result.clean["timestamp"].dt.tz) == "UTC"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"user_id": [1, None, 3]}, "null:user_id"),
+        ({"item_id": [10, 11.5, 12]}, "type:item_id"),
+        ({"user_id": [1, -2, 3]}, "type:user_id"),
+        ({"event_type": ["click", "teleport", "rating"]}, "domain:event_type"),
+        ({"value": [1.0, 1.0, 9.0]}, "range:value"),
+        ({"value": [1.0, np.inf, 4.0]}, "range:value"),
+        ({"value": [1.0, "lots", 4.0]}, "type:value"),
+        (
+            {"timestamp": ["2026-05-01T10:00:00Z", "yesterday", "2026-05-01T10:00:00Z"]},
+            "type:timestamp",
+        ),
+        (
+            {"timestamp": pd.to_datetime(["2026-05-01", "2031-01-01", "2026-05-01"], utc=True)},
+            "range:timestamp",
+        ),
+        (
+            {"timestamp": pd.to_datetime(["2026-05-01", "1970-01-02", "2026-05-01"], utc=True)},
+            "range:timestamp",
+        ),
+        ({"item_id": [10, 999, 12]}, "unknown_item"),
+    ],
+)
+def test_each_bad_row_is_rejected_with_its_reason(overrides, reason):
+    result = validate_interactions(batch(**overrides), known_items={10, 11, 12}, now=NOW)
+    assert len(result.clean) == 2
+    assert len(result.rejected) == 1
+    assert reason in result.rejected.loc[0, "reason"].split(";")
+    assert result.n_input == 3
+
+
+def test_exact_duplicates_are_quarantined_not_dropped():
+    frame = pd.concat([batch(), batch().iloc[[0, 0]]], ignore_index=True)
+    result = validate_interactions(frame, now=NOW)
+    assert len(result.clean) == 3
+    assert result.reason_counts() == {"duplicate": 2}
+    assert len(result.clean) + len(result.rejected) == len(frame)
+
+
+def test_a_renamed_column_rejects_the_whole_batch_with_the_schema_reason():
+    frame = batch().rename(columns={"item_id": "itemId"})
+    result = validate_interactions(frame, now=NOW)
+    assert result.clean.empty and len(result.rejected) == 3
+    assert "schema:missing_column:item_id" in result.schema_errors
+    assert "schema:unknown_column:itemId" in result.schema_errors
+    assert "itemId" in result.rejected.columns  # the original data is kept
+
+
+def test_several_problems_in_one_row_are_all_named():
+    frame = batch(user_id=[1, None, 3], event_type=["click", "bogus", "rating"])
+    result = validate_interactions(frame, now=NOW)
+    assert set(result.rejected.loc[0, "reason"].split(";")) == {"null:user_id", "domain:event_type"}
+
+
+def test_naive_timestamps_are_taken_as_utc_and_numbers_are_not_timestamps():
+    naive = batch(timestamp=pd.to_datetime(["2026-05-01 10:00"] * 3))
+    result = validate_interactions(naive, now=NOW)
+    assert result.clean["timestamp"].iloc[0] == pd.Timestamp("2026-05-01 10:00", tz="UTC")
+    numeric = batch(timestamp=[1_700_000_000] * 3)
+    assert validate_interactions(numeric, now=NOW).reason_counts() == {"type:timestamp": 3}
+
+
+def test_implicit_weight_uses_rating_values_and_event_strength():
+    frame = batch(event_type=["view", "purchase", "rating"], value=[1.0, 1.0, 4.5])
+    weights = implicit_weight(frame)
+    assert weights[1] > weights[0]
+    assert weights[2] == 4.5
