@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=False, highlight=False)
+# Piped output (CI logs, files) gets a wide console so tables are not cut to 80 columns.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 140
+console = Console(stderr=False, highlight=False, width=_WIDTH)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 _NOISY = ("mlflow", "alembic", "urllib3", "httpx", "bentoml", "implicit", "numexpr")

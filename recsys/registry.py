@@ -113,6 +113,7 @@ def log_release(
                     registered_model_name=settings.model_name,
                     metadata={"data_fingerprint": meta["data_fingerprint"]},
                     signature=_signature(),
+                    input_example=_input_example(release),
                 )
             logger.info("mlflow: %s", chatter.getvalue().strip())
     version = str(info.registered_model_version)
@@ -128,6 +129,13 @@ def log_release(
     for alias in aliases:
         client.set_registered_model_alias(settings.model_name, alias, version)
     return RegisteredRelease(settings.model_name, version, run.info.run_id, info.model_uri)
+
+
+def _input_example(release: Release):
+    import pandas as pd
+
+    user = int(release.user_ids[0]) if release.n_users else 0
+    return pd.DataFrame({"user_id": [user], "k": [3]})
 
 
 def _signature():

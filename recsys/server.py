@@ -83,8 +83,8 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 90.0) -> ServiceProcess:
-        """Start the server and return once ``/readyz`` answers 200.
+    def start(self, timeout: float = 90.0, *, probe: str = "/readyz") -> ServiceProcess:
+        """Start the server and return once ``probe`` (``/readyz``; ``/livez``) answers 200.
 
         Raises:
             RecsysError: the process exited or was not ready in ``timeout`` seconds (the
@@ -106,7 +106,7 @@ class ServiceProcess:
             if self.process.poll() is not None:
                 raise RecsysError(f"the service exited at start: {self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{probe}", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -17,8 +17,8 @@ import uuid
 from typing import Annotated
 
 import bentoml
-from bentoml.exceptions import ServiceUnavailable
 from pydantic import Field
+from starlette.responses import JSONResponse
 
 from recsys.config import get_settings
 from recsys.errors import RecsysError
@@ -78,7 +78,7 @@ class RecommenderService:
     ) -> RecommendResponse:
         """Top-k items the user has not seen yet, best first."""
         if self.release is None:
-            raise ServiceUnavailable(f"no model loaded: {self.load_error}")
+            return JSONResponse({"error": f"no model loaded: {self.load_error}"}, status_code=503)
         answer = self.release.recommend(user_id, k)
         return RecommendResponse(
             request_id=uuid.uuid4().hex,

@@ -1,0 +1,123 @@
+"""The `recsys` command as a user runs it: a real subprocess, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RECSYS = [str(Path(sys.executable).with_name("recsys"))]
+
+
+def run(args: list[str], data_dir: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*RECSYS, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RECSYS_DATA_DIR": str(data_dir), **env},
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, needle: str) -> None:
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("recsys: error:") and needle in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_config_show_prints_effective_settings_as_json(data_dir):
+    proc = run(["config", "show", "--json"], data_dir, RECSYS_ADMIN_TOKEN="tok-123")
+    assert proc.returncode == 0, proc.stderr
+    values = json.loads(proc.stdout)
+    assert values["profile"] == "local"
+    assert values["data_dir"] == str(data_dir.resolve())
+    assert values["admin_token"] == "***" and "tok-123" not in proc.stdout
+
+
+def test_config_schema_is_the_json_schema_of_the_settings(data_dir):
+    proc = run(["config", "schema"], data_dir)
+    schema = json.loads(proc.stdout)
+    assert {"profile", "data_dir", "mlflow_tracking_uri", "admin_token"} <= set(
+        schema["properties"]
+    )
+
+
+def test_user_errors_are_one_readable_line(data_dir, tmp_path):
+    assert_one_line_error(run(["trian"], data_dir), 2, "No such command")
+    assert_one_line_error(run(["train", "--window-days", "0"], data_dir), 2, "--window-days")
+    assert_one_line_error(
+        run(["data", "movielens", "--data-path", str(tmp_path / "nope")], data_dir),
+        2,
+        "not a folder",
+    )
+    assert_one_line_error(run(["train"], data_dir), 2, "recsys data generate")
+    assert_one_line_error(run(["config", "show"], data_dir, RECSYS_SERVE_PORT="x"), 2, "serve_port")
+    assert_one_line_error(run(["data", "generate", "--drift-share", "3"], data_dir), 2, "drift")
+
+
+def test_generate_then_train_registers_a_champion(data_dir):
+    gen = run(
+        [
+            "data",
+            "generate",
+            "--users",
+            "300",
+            "--items",
+            "80",
+            "--days",
+            "6",
+            "--interactions",
+            "6000",
+            "--seed",
+            "3",
+        ],
+        data_dir,
+    )
+    assert gen.returncode == 0, gen.stderr
+    assert len(list((data_dir / "raw" / "interactions").glob("*.parquet"))) == 6
+    assert len(list((data_dir / "clean" / "interactions").glob("*.parquet"))) == 6
+    assert (data_dir / "world" / "ground_truth.npz").is_file()
+    again = run(
+        [
+            "data",
+            "generate",
+            "--users",
+            "300",
+            "--items",
+            "80",
+            "--days",
+            "6",
+            "--interactions",
+            "6000",
+            "--seed",
+            "4",
+        ],
+        data_dir,
+    )
+    assert_one_line_error(again, 2, "different synthetic world")
+
+    train = run(["train", "--window-days", "6"], data_dir)
+    assert train.returncode == 0, train.stderr
+    assert "registered recsys-recommender version 1 as 'champion'" in train.stdout
+    assert "popularity" in train.stdout and "ndcg" in train.stdout
+
+
+def test_movielens_command_lands_the_real_data(data_dir, ml100k):
+    proc = run(["data", "movielens", "--data-path", str(ml100k)], data_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "landed 100000 ratings, 1682 items, 943 users" in proc.stdout
+
+
+@pytest.mark.parametrize("target", ["help"])
+def test_make_help_lists_every_target(target):
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(["make", "-s", target], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0
+    for name in ("install", "demo", "test", "lint", "clean"):
+        assert f"  {name} " in proc.stdout

@@ -1,0 +1,54 @@
+"""The MLflow registry round trip: log, register, alias, load by alias (pyfunc and ours)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.errors import RecsysError
+from recsys.registry import CHAMPION, configure_mlflow, load_release, version_for_alias
+
+
+def test_champion_alias_points_at_the_registered_version(trained_world):
+    settings, registered, _ = trained_world
+    assert version_for_alias(settings, CHAMPION) == registered.version
+    client = configure_mlflow(settings)
+    version = client.get_model_version(settings.model_name, registered.version)
+    assert len(version.tags["data_fingerprint"]) == 64
+    run = client.get_run(registered.run_id)
+    assert "als_ndcg_at_10" in run.data.metrics
+    assert "popularity_ndcg_at_10" in run.data.metrics
+    assert run.data.params["als_factors"] == "32"
+
+
+def test_release_loaded_by_alias_answers_like_the_trained_one(trained_world):
+    settings, registered, result = trained_world
+    version, release = load_release(settings, CHAMPION)
+    assert version == registered.version
+    assert release.meta["training_window"] == result.window
+    for user in result.release.user_ids[:20]:
+        a = release.recommend(int(user), 10)
+        b = result.release.recommend(int(user), 10)
+        assert np.array_equal(a.item_ids, b.item_ids)
+
+
+def test_pyfunc_flavour_predicts_from_the_alias_uri(trained_world):
+    import mlflow
+
+    settings, _, result = trained_world
+    configure_mlflow(settings)
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@{CHAMPION}")
+    user = int(result.release.user_ids[0])
+    out = model.predict(pd.DataFrame({"user_id": [user, 10**9], "k": [5, 3]}))
+    known = out[out["user_id"] == user]
+    assert known["rank"].tolist() == [1, 2, 3, 4, 5]
+    assert known["item_id"].tolist() == result.release.recommend(user, 5).item_ids.tolist()
+    assert set(out.loc[out["user_id"] == 10**9, "fallback"]) == {"cold_start"}
+
+
+def test_missing_alias_is_a_readable_error(trained_world):
+    settings, _, _ = trained_world
+    assert version_for_alias(settings, "no-such-alias") is None
+    with pytest.raises(RecsysError, match="recsys train"):
+        load_release(settings, "no-such-alias")
