@@ -21,7 +21,7 @@ import typer
 from typer._click import exceptions as cli_errors  # typer vendors click since 0.2x
 
 from recsys.config import Settings, get_settings
-from recsys.console import console, err_console, quiet_libraries, table
+from recsys.console import console, err_console, ingest_table, quiet_libraries, table
 from recsys.errors import RecsysError
 
 app = typer.Typer(
@@ -73,12 +73,8 @@ def config_schema() -> None:
 
 
 def _print_ingest(reports) -> None:
-    raw = sum(r.raw_rows for r in reports)
-    clean = sum(r.clean_rows for r in reports)
-    bad = [r for r in reports if r.quarantined_rows]
-    rows = [[len(reports), raw, clean, raw - clean]]
-    console.print(table("Ingest", ["batches", "raw rows", "clean rows", "quarantined"], rows))
-    for r in bad[:10]:
+    console.print(ingest_table(reports))
+    for r in [r for r in reports if r.quarantined_rows][:10]:
         console.print(f"  quarantined {r.quarantined_rows} row(s) of {r.batch}: {r.reasons}")
 
 
@@ -188,36 +184,20 @@ def train(
     alias: Annotated[str, typer.Option(help="Alias to point at the new version.")] = "champion",
 ) -> None:
     """Train ALS on the clean lake, evaluate on a temporal holdout, register in MLflow."""
-    from recsys.models.als import ALSParams
     from recsys.registry import log_release
-    from recsys.train import train_and_evaluate
+    from recsys.train import als_params, holdout_rows, train_and_evaluate
 
     settings = _settings()
-    params = ALSParams(
-        factors=settings.als_factors,
-        regularization=settings.als_regularization,
-        alpha=settings.als_alpha,
-        iterations=settings.als_iterations,
-        seed=settings.seed,
-    )
     with console.status("training ALS and baselines"):
         result = train_and_evaluate(
             settings.lake,
-            params,
+            als_params(settings),
             window_days=window_days,
             test_days=test_days,
             k=k,
             model_name=settings.model_name,
         )
-    names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage", "novelty"]
-    console.print(
-        table(
-            f"Holdout at k={k}: last {result.window['test_days']} day(s) "
-            f"from {result.window['holdout_start'][:10]}",
-            ["model", *names],
-            [[m, *(v[n] for n in names)] for m, v in result.metrics.items()],
-        )
-    )
+    console.print(table(*holdout_rows(result)))
     for note in result.notes:
         err_console.print(f"[bold yellow]{note}[/]")
     with console.status("registering in MLflow"):

@@ -53,3 +53,15 @@ def table(
     for row in rows:
         out.add_row(*(f"{v:.{numeric}f}" if isinstance(v, float) else str(v) for v in row))
     return out
+
+
+def ingest_table(reports: Sequence[Any]) -> Table:
+    """Totals of a list of IngestReport: batches, raw, clean and quarantined rows."""
+    raw = sum(r.raw_rows for r in reports)
+    clean = sum(r.clean_rows for r in reports)
+    quarantined = sum(r.quarantined_rows for r in reports)
+    return table(
+        "Ingest",
+        ["batches", "raw rows", "clean rows", "quarantined rows"],
+        [[len(reports), raw, clean, quarantined]],
+    )

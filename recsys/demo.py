@@ -20,13 +20,12 @@ import numpy as np
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from recsys.config import Settings
-from recsys.console import console, table
+from recsys.console import console, ingest_table, table
 from recsys.errors import RecsysError
 from recsys.ingest import IngestReport, ingest_all, land_dataset
-from recsys.models.als import ALSParams
 from recsys.registry import CHAMPION, log_release
 from recsys.server import ServiceProcess
-from recsys.train import train_and_evaluate
+from recsys.train import als_params, holdout_rows, train_and_evaluate
 
 
 @dataclass
@@ -124,13 +123,7 @@ def run_demo(settings: Settings, opts: DemoOptions) -> DemoResult:
         progress.advance(task)
 
         step("train ALS + baselines")
-        params = ALSParams(
-            factors=settings.als_factors,
-            regularization=settings.als_regularization,
-            alpha=settings.als_alpha,
-            iterations=settings.als_iterations,
-            seed=opts.seed,
-        )
+        params = als_params(settings, seed=opts.seed)
         trained = train_and_evaluate(lake, params, k=opts.k, model_name=settings.model_name)
         progress.advance(task)
 
@@ -205,25 +198,8 @@ def _expected_ctr(world_dir: Path, responses: list[dict], release, opts: DemoOpt
 def _print_report(
     reports: list[IngestReport], trained, version: str, responses, result, opts
 ) -> None:
-    raw = sum(r.raw_rows for r in reports)
-    clean = sum(r.clean_rows for r in reports)
-    quarantined = sum(r.quarantined_rows for r in reports)
-    console.print(
-        table(
-            "Ingest",
-            ["batches", "raw rows", "clean rows", "quarantined rows"],
-            [[len(reports), raw, clean, quarantined]],
-        )
-    )
-    metric_names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage"]
-    console.print(
-        table(
-            f"Holdout quality at k={opts.k} ({trained.window['test_days']} last day(s), "
-            f"{trained.metrics['als']['users']} users)",
-            ["model", *metric_names],
-            [[name, *(vals[m] for m in metric_names)] for name, vals in trained.metrics.items()],
-        )
-    )
+    console.print(ingest_table(reports))
+    console.print(table(*holdout_rows(trained)))
     for note in trained.notes:
         console.print(f"[bold yellow]{note}[/]")
     sample = responses[:8]

@@ -39,7 +39,7 @@ from recsys.errors import RecsysError
 ZONES = ("raw", "clean", "quarantine", "features", "logs", "reports", "world")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -106,7 +106,7 @@ class Lake:
                 f"raw file {path} already exists with different content; the raw zone is "
                 "immutable: land the new data as a new batch or use a fresh data directory"
             )
-        _atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data)
         return True
 
     def raw_batches(self) -> list[str]:
@@ -131,13 +131,13 @@ class Lake:
     def write_clean_batch(self, batch: str, frame: pd.DataFrame) -> Path:
         """Replace the clean copy of ``batch`` (idempotent: a re-ingest overwrites it whole)."""
         path = self.clean_batch_path(batch)
-        _atomic_write_bytes(path, parquet_bytes(conform(frame, INTERACTIONS_SCHEMA)))
+        atomic_write_bytes(path, parquet_bytes(conform(frame, INTERACTIONS_SCHEMA)))
         return path
 
     def write_clean_catalog(self, items: pd.DataFrame, users: pd.DataFrame) -> None:
         for what, frame, schema in (("items", items, ITEMS_SCHEMA), ("users", users, USERS_SCHEMA)):
             data = parquet_bytes(conform(frame, schema))
-            _atomic_write_bytes(self.clean_catalog_path(what), data)
+            atomic_write_bytes(self.clean_catalog_path(what), data)
 
     def clean_batches(self) -> list[str]:
         folder = self.zone("clean") / "interactions"
@@ -183,7 +183,7 @@ class Lake:
             table = pa.Table.from_pandas(rejected, preserve_index=False)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             table = pa.Table.from_pandas(rejected.astype("string"), preserve_index=False)
-        _atomic_write_bytes(folder / "rows.parquet", parquet_bytes(table))
+        atomic_write_bytes(folder / "rows.parquet", parquet_bytes(table))
         report = {
             "batch": batch,
             "quarantined_rows": len(rejected),
@@ -191,20 +191,20 @@ class Lake:
             "quarantined_at": datetime.now(UTC).isoformat(),
             **extra,
         }
-        _atomic_write_bytes(folder / "report.json", json.dumps(report, indent=2).encode())
+        atomic_write_bytes(folder / "report.json", json.dumps(report, indent=2).encode())
         return folder
 
     def keep_unreadable(self, batch: str, source: Path, error: str) -> Path:
         """Copy a file that could not be read at all into quarantine, with the error."""
         folder = self.quarantine_dir(batch)
-        _atomic_write_bytes(folder / f"original{source.suffix}", source.read_bytes())
+        atomic_write_bytes(folder / f"original{source.suffix}", source.read_bytes())
         report = {
             "batch": batch,
             "source": str(source),
             "unreadable": error,
             "quarantined_at": datetime.now(UTC).isoformat(),
         }
-        _atomic_write_bytes(folder / "report.json", json.dumps(report, indent=2).encode())
+        atomic_write_bytes(folder / "report.json", json.dumps(report, indent=2).encode())
         return folder
 
     # ---- other zones ------------------------------------------------------------------------
@@ -221,4 +221,4 @@ class Lake:
 
 def write_json(path: Path, payload: Any) -> None:
     """Write ``payload`` as pretty JSON atomically."""
-    _atomic_write_bytes(path, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+    atomic_write_bytes(path, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from recsys.contract import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA, conform
 from recsys.errors import RecsysError
-from recsys.lake import Lake, _atomic_write_bytes, file_sha256, write_json
+from recsys.lake import Lake, atomic_write_bytes, file_sha256, write_json
 
 GROUND_TRUTH_FILE = "ground_truth.npz"
 WORLD_FILE = "world.json"
@@ -798,7 +798,7 @@ def write_world(cfg: WorldConfig, lake: Lake, show_progress: bool = False) -> di
         paths.append(path)
 
     world_dir = lake.world_dir()
-    _atomic_write_bytes(world_dir / GROUND_TRUTH_FILE, _npz_bytes(world.ground_truth()))
+    atomic_write_bytes(world_dir / GROUND_TRUTH_FILE, _npz_bytes(world.ground_truth()))
     summary = world.summary()
     write_json(
         world_dir / WORLD_FILE,

@@ -47,6 +47,29 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
 
 
+def als_params(settings, seed: int | None = None) -> ALSParams:
+    """ALS hyperparameters from the settings (``RECSYS_ALS_*``); ``seed`` overrides theirs."""
+    return ALSParams(
+        factors=settings.als_factors,
+        regularization=settings.als_regularization,
+        alpha=settings.als_alpha,
+        iterations=settings.als_iterations,
+        seed=settings.seed if seed is None else seed,
+    )
+
+
+def holdout_rows(result: TrainResult) -> tuple[str, list[str], list[list]]:
+    """(title, columns, rows) of the holdout metrics table for ``result``."""
+    names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage", "novelty"]
+    title = (
+        f"Holdout at k={result.release.meta.get('k', 10)}: last {result.window['test_days']} "
+        f"day(s) from {result.window['holdout_start'][:10]}, "
+        f"{result.metrics['als']['users']} users"
+    )
+    rows = [[model, *(values[n] for n in names)] for model, values in result.metrics.items()]
+    return title, ["model", *names], rows
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in _LIBRARIES:
