@@ -113,14 +113,6 @@ def data_generate(
         new_item_share=new_item_share,
         start_date=start_date,
     )
-    existing = settings.lake.world_dir() / "world.json"
-    if existing.is_file():
-        landed = json.loads(existing.read_text()).get("config", {})
-        if landed and landed != cfg.to_dict():
-            raise RecsysError(
-                f"{settings.data_dir} already holds a different synthetic world (raw data is "
-                "immutable); use a fresh RECSYS_DATA_DIR or the same options as before"
-            )
     started = time.perf_counter()
     manifest = write_world(cfg, settings.lake.init(), show_progress=True)
     elapsed = time.perf_counter() - started

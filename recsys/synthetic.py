@@ -31,6 +31,7 @@ In Python, :func:`generate_world` builds the same world in memory without writin
 from __future__ import annotations
 
 import io
+import json
 import math
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -779,8 +780,16 @@ def write_world(cfg: WorldConfig, lake: Lake, show_progress: bool = False) -> di
         "written": number of raw files newly written}``.
 
     Raises:
-        RecsysError: the lake already holds a different world (a raw file with other bytes).
+        RecsysError: the lake already holds a different world (checked before any work).
     """
+    landed_file = lake.world_dir() / WORLD_FILE
+    if landed_file.is_file():
+        landed = json.loads(landed_file.read_text()).get("config")
+        if landed and landed != cfg.to_dict():
+            raise RecsysError(
+                f"{lake.root} already holds a different synthetic world (raw data is "
+                "immutable); use a fresh RECSYS_DATA_DIR or the same options as before"
+            )
     world = generate_world(cfg, show_progress=show_progress)
     written = 0
     paths: list[Path] = []
