@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from typer._click import exceptions as cli_errors  # typer vendors click since 0.2x
 
@@ -172,31 +173,95 @@ def train(
     test_days: Annotated[
         int | None, typer.Option(min=1, help="Days held out for evaluation (default 15%).")
     ] = None,
+    budget_s: Annotated[
+        float, typer.Option(min=0, help="Seconds for the hyperparameter search (0: none).")
+    ] = 30.0,
     k: Annotated[int, typer.Option(min=1, max=1000, help="Cut-off of the metrics.")] = 10,
-    alias: Annotated[str, typer.Option(help="Alias to point at the new version.")] = "champion",
+    tolerance: Annotated[
+        float, typer.Option(min=0, max=1, help="Gate: allowed relative nDCG loss vs champion.")
+    ] = 0.02,
 ) -> None:
-    """Train ALS on the clean lake, evaluate on a temporal holdout, register in MLflow."""
-    from recsys.registry import log_release
-    from recsys.train import als_params, holdout_rows, train_and_evaluate
+    """Search, train ALS + item-kNN + ranker, evaluate on a temporal holdout, gate, register."""
+    from recsys.gate import register_with_gate
+    from recsys.train import lift_over, pipeline_params, train_and_evaluate
 
     settings = _settings()
-    with console.status("training ALS and baselines"):
+    with console.status(f"searching ({budget_s:g}s budget) and training"):
         result = train_and_evaluate(
             settings.lake,
-            als_params(settings),
+            pipeline_params(settings),
             window_days=window_days,
             test_days=test_days,
+            budget_s=budget_s,
             k=k,
             model_name=settings.model_name,
+        )
+    _print_training(result)
+    with console.status("gating and registering in MLflow"):
+        registered, decision = register_with_gate(settings, result, tolerance)
+    verdict = f"as {decision.alias!r}" if decision.passed else "REJECTED (no alias)"
+    console.print(
+        f"registered {registered.name} version {registered.version} {verdict}: "
+        f"{decision.reason} (run {registered.run_id}, {result.fit_seconds:.1f}s)"
+    )
+    if "pipeline" in result.metrics:
+        console.print(f"pipeline vs ALS alone: {lift_over(result.metrics):+.1%} nDCG@{k}")
+
+
+def _print_training(result) -> None:
+    from recsys.train import holdout_rows
+
+    if result.trials:
+        best_als = max(result.trials, key=lambda t: t["als_ndcg"])
+        best_knn = max(result.trials, key=lambda t: t["itemknn_ndcg"])
+        console.print(
+            f"search: {len(result.trials)} trial(s); best validation nDCG: ALS "
+            f"{best_als['als_ndcg']:.4f} (trial {best_als['trial']}), item-kNN "
+            f"{best_knn['itemknn_ndcg']:.4f} (trial {best_knn['trial']})"
         )
     console.print(table(*holdout_rows(result)))
     for note in result.notes:
         err_console.print(f"[bold yellow]{note}[/]")
-    with console.status("registering in MLflow"):
-        registered = log_release(settings, result.release, result.metrics, aliases=(alias,))
+
+
+@app.command("evaluate")
+def evaluate(
+    alias: Annotated[str, typer.Option(help="Registry alias (or version number).")] = "champion",
+    test_days: Annotated[
+        int | None, typer.Option(min=1, help="Days held out (default 15% of the data).")
+    ] = None,
+    k: Annotated[int, typer.Option(min=1, max=1000, help="Cut-off of the metrics.")] = 10,
+) -> None:
+    """Evaluate a registered model on the newest holdout of the lake, beside the baselines.
+
+    Its configuration and ranker are refit on the days before the holdout, so the score is
+    never measured on data the model has seen."""
+    from recsys.pipeline import fit_stage
+    from recsys.registry import load_release
+    from recsys.train import evaluate_stage, holdout_start
+
+    settings = _settings()
+    version, release = load_release(settings, alias)
+    frame = settings.lake.read_clean_interactions()
+    n_days = int(frame["timestamp"].dt.floor("D").nunique())
+    test_days = test_days or max(1, round(n_days * 0.15))
+    cut = holdout_start(frame, test_days)
+    catalog = settings.lake.read_clean_catalog("items")
+    item_ids = np.unique(np.concatenate([catalog["item_id"].to_numpy(), frame["item_id"]]))
+    with console.status(f"evaluating version {version} on the last {test_days} day(s)"):
+        stage = fit_stage(
+            frame[frame["timestamp"] < cut], catalog, item_ids, release.params, as_of=cut
+        )
+        metrics = evaluate_stage(
+            stage, release.ranker, frame[frame["timestamp"] >= cut], k, release.params.candidates
+        )
+    names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage", "novelty"]
     console.print(
-        f"registered {registered.name} version {registered.version} as {alias!r} "
-        f"(fit {result.fit_seconds:.1f}s, run {registered.run_id})"
+        table(
+            f"{settings.model_name} v{version} ({alias}) at k={k}: holdout from {cut.date()}",
+            ["model", *names],
+            [[m, *(v[n] for n in names)] for m, v in metrics.items()],
+        )
     )
 
 

@@ -22,10 +22,11 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from recsys.config import Settings
 from recsys.console import console, ingest_table, table
 from recsys.errors import RecsysError
+from recsys.gate import register_with_gate
 from recsys.ingest import IngestReport, ingest_all, land_dataset
-from recsys.registry import CHAMPION, log_release
+from recsys.registry import CHAMPION, version_for_alias
 from recsys.server import ServiceProcess
-from recsys.train import als_params, holdout_rows, train_and_evaluate
+from recsys.train import holdout_rows, lift_over, pipeline_params, train_and_evaluate
 
 
 @dataclass
@@ -39,6 +40,7 @@ class DemoOptions:
     interactions: int = 60_000
     requests: int = 60
     k: int = 10
+    budget_s: float = 5.0
 
 
 @dataclass
@@ -122,13 +124,16 @@ def run_demo(settings: Settings, opts: DemoOptions) -> DemoResult:
         reports = ingest_all(lake)
         progress.advance(task)
 
-        step("train ALS + baselines")
-        params = als_params(settings, seed=opts.seed)
-        trained = train_and_evaluate(lake, params, k=opts.k, model_name=settings.model_name)
+        step("train ALS + item-kNN + ranker, with baselines")
+        params = pipeline_params(settings, seed=opts.seed)
+        trained = train_and_evaluate(
+            lake, params, k=opts.k, budget_s=opts.budget_s, model_name=settings.model_name
+        )
         progress.advance(task)
 
-        step("register in MLflow")
-        registered = log_release(settings, trained.release, trained.metrics, aliases=(CHAMPION,))
+        step("gate and register in MLflow")
+        registered, decision = register_with_gate(settings, trained)
+        served_version = version_for_alias(settings, CHAMPION)
         progress.advance(task)
 
         step("start bentoml serve")
@@ -155,7 +160,7 @@ def run_demo(settings: Settings, opts: DemoOptions) -> DemoResult:
             progress.advance(task)
 
     result = DemoResult(
-        model_version=registered.version,
+        model_version=str(served_version),
         requests=len(plan),
         errors=errors,
         latencies_ms=latencies,
@@ -163,7 +168,11 @@ def run_demo(settings: Settings, opts: DemoOptions) -> DemoResult:
     )
     if world_dir is not None:
         result.expected_ctr = _expected_ctr(world_dir, responses, trained.release, opts)
-    _print_report(reports, trained, registered.version, responses, result, opts)
+    console.print(
+        f"registered version {registered.version}: "
+        f"{'as ' + repr(decision.alias) if decision.passed else 'REJECTED'} ({decision.reason})"
+    )
+    _print_report(reports, trained, str(served_version), responses, result, opts)
     return result
 
 
@@ -186,10 +195,10 @@ def _expected_ctr(world_dir: Path, responses: list[dict], release, opts: DemoOpt
     if not served_u:
         return {}
     return {
-        "served (ALS champion)": float(
+        "served (champion)": float(
             np.mean(clicks.click_probability(np.array(served_u), np.array(served_i), day))
         ),
-        "popular list": float(
+        "cold-start list": float(
             np.mean(clicks.click_probability(np.array(popular_u), np.array(popular_i), day))
         ),
     }
@@ -200,6 +209,8 @@ def _print_report(
 ) -> None:
     console.print(ingest_table(reports))
     console.print(table(*holdout_rows(trained)))
+    if "pipeline" in trained.metrics:
+        console.print(f"pipeline vs ALS alone: {lift_over(trained.metrics):+.1%} nDCG@{opts.k}")
     for note in trained.notes:
         console.print(f"[bold yellow]{note}[/]")
     sample = responses[:8]

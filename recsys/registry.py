@@ -71,6 +71,17 @@ def _flat_metrics(metrics: dict[str, dict[str, float]], k: int) -> dict[str, flo
     }
 
 
+def _flat_params(payload: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in payload.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_params(value, f"{name}."))
+        else:
+            out[name] = str(value)
+    return out
+
+
 def log_release(
     settings: Settings,
     release: Release,
@@ -78,11 +89,14 @@ def log_release(
     *,
     aliases: tuple[str, ...] = (),
     tags: dict[str, str] | None = None,
+    trials: list[dict] | None = None,
+    ranker_history: list[dict] | None = None,
 ) -> RegisteredRelease:
     """Log ``release`` in a new run, register it as a version of ``settings.model_name``.
 
-    The release folder becomes the model's artifact; params, holdout metrics and metadata are
-    logged to the run and tagged on the version. ``aliases`` are pointed at the new version.
+    The release folder becomes the model's artifact; pipeline params, holdout metrics of every
+    model, the ranker's learning curve and each search trial (as a nested run) are logged;
+    metadata is tagged on the version. ``aliases`` are pointed at the new version.
     """
     import mlflow
 
@@ -93,17 +107,40 @@ def log_release(
     with tempfile.TemporaryDirectory(prefix="release-") as tmp:
         folder = release.save(Path(tmp) / "release")
         with mlflow.start_run(experiment_id=experiment_id, run_name="train") as run:
-            mlflow.log_params({f"als_{k_}": v for k_, v in meta.get("params", {}).items()})
+            mlflow.log_params(_flat_params(release.params.as_dict()))
             mlflow.log_params(
                 {
                     "window_start": meta["training_window"]["start"],
                     "window_end": meta["training_window"]["end"],
+                    "holdout_start": meta["training_window"]["holdout_start"],
                     "data_fingerprint": meta["data_fingerprint"],
                     "n_users": release.n_users,
                     "n_items": release.n_items,
                 }
             )
             mlflow.log_metrics(_flat_metrics(metrics, k))
+            for record in ranker_history or []:
+                step = int(record["epoch"])
+                mlflow.log_metrics(
+                    {f"ranker_{n}": float(v) for n, v in record.items() if n != "epoch"},
+                    step=step,
+                )
+            for trial in trials or []:
+                with mlflow.start_run(
+                    experiment_id=experiment_id,
+                    run_name=f"search-trial-{trial['trial']}",
+                    nested=True,
+                ):
+                    mlflow.log_params(
+                        _flat_params({"als": trial["als"], "itemknn": trial["itemknn"]})
+                    )
+                    mlflow.log_metrics(
+                        {
+                            f"val_als_ndcg_at_{k}": trial["als_ndcg"],
+                            f"val_itemknn_ndcg_at_{k}": trial["itemknn_ndcg"],
+                            "seconds": trial["seconds"],
+                        }
+                    )
             chatter = io.StringIO()  # MLflow prints registration notices straight to stderr
             with contextlib.redirect_stderr(chatter):
                 info = mlflow.pyfunc.log_model(
@@ -117,11 +154,12 @@ def log_release(
                 )
             logger.info("mlflow: %s", chatter.getvalue().strip())
     version = str(info.registered_model_version)
+    window = meta["training_window"]
     version_tags = {
         "data_fingerprint": meta["data_fingerprint"],
-        "training_window": f"{meta['training_window']['start']}..{meta['training_window']['end']}",
-        "als_ndcg_at_k": f"{metrics['als']['ndcg']:.6f}",
-        "popularity_ndcg_at_k": f"{metrics['popularity']['ndcg']:.6f}",
+        "training_window": f"{window['start']}..{window['end']}",
+        "holdout_start": window["holdout_start"],
+        **{f"{model}_ndcg_at_k": f"{m['ndcg']:.6f}" for model, m in metrics.items()},
         **(tags or {}),
     }
     for key, value in version_tags.items():

@@ -1,11 +1,15 @@
-"""Training on the clean lake: temporal holdout, ALS candidates, baselines, the release unit.
+"""Training on the clean lake: search, ranker, honest holdout, baselines, the release unit.
 
-Protocol: the last ``test_days`` of the window are held out; ALS and the popularity baseline are
-fit on the days before and scored on held-out interactions with seen items removed. The
-released model is then refit on the whole window with the same hyperparameters, so it knows the
-newest behaviour; ``release.json`` says so next to the metrics.
+Temporal protocol (the product default), on the chosen window of days::
 
-    recsys train --window-days 30
+    |---- history ----|- label windows -|-- holdout (test_days) --|
+    search:  sources fit before the last label window, scored on it (the holdout is unseen)
+    ranker:  for each label window, sources fit on the days before it, labels from it
+    holdout: sources fit on everything before the holdout + the ranker, scored on the holdout
+             beside ALS alone, item-kNN alone, popularity and trending
+    release: sources and features refit on the whole window + the same ranker
+
+    recsys train --window-days 30 --budget-s 60
 """
 
 from __future__ import annotations
@@ -14,26 +18,35 @@ import hashlib
 import logging
 import platform
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
-from recsys.contract import implicit_weight
 from recsys.errors import RecsysError
 from recsys.evaluation import ranking_metrics, top_k_unseen
 from recsys.lake import Lake, file_sha256
-from recsys.models.als import ALSCandidates, ALSParams
-from recsys.models.base import CandidateSource
-from recsys.models.popularity import PopularityCandidates
+from recsys.models.als import ALSParams
+from recsys.models.itemknn import ItemKNNParams
+from recsys.models.ranker import Ranker
+from recsys.pipeline import (
+    PipelineParams,
+    Stage,
+    feature_names,
+    fit_stage,
+    rank_users,
+    relevant_rows,
+    training_set,
+)
 from recsys.release import Release
 
 logger = logging.getLogger(__name__)
 
-_LIBRARIES = ("implicit", "numpy", "scipy", "pandas", "mlflow", "torch")
+_LIBRARIES = ("implicit", "numpy", "scipy", "pandas", "torch", "mlflow", "feast")
+BASELINES = ("als", "itemknn", "popularity", "trending")
 
 
 @dataclass
@@ -45,29 +58,10 @@ class TrainResult:
     window: dict[str, str]
     fit_seconds: float
     notes: list[str] = field(default_factory=list)
-
-
-def als_params(settings, seed: int | None = None) -> ALSParams:
-    """ALS hyperparameters from the settings (``RECSYS_ALS_*``); ``seed`` overrides theirs."""
-    return ALSParams(
-        factors=settings.als_factors,
-        regularization=settings.als_regularization,
-        alpha=settings.als_alpha,
-        iterations=settings.als_iterations,
-        seed=settings.seed if seed is None else seed,
-    )
-
-
-def holdout_rows(result: TrainResult) -> tuple[str, list[str], list[list]]:
-    """(title, columns, rows) of the holdout metrics table for ``result``."""
-    names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage", "novelty"]
-    title = (
-        f"Holdout at k={result.release.meta.get('k', 10)}: last {result.window['test_days']} "
-        f"day(s) from {result.window['holdout_start'][:10]}, "
-        f"{result.metrics['als']['users']} users"
-    )
-    rows = [[model, *(values[n] for n in names)] for model, values in result.metrics.items()]
-    return title, ["model", *names], rows
+    trials: list[dict] = field(default_factory=list)
+    ranker_stats: dict[str, float] = field(default_factory=dict)
+    holdout: pd.DataFrame | None = None
+    pre_holdout: pd.DataFrame | None = None
 
 
 def library_versions() -> dict[str, str]:
@@ -89,6 +83,24 @@ def data_fingerprint(lake: Lake, batches: list[str]) -> str:
     return digest.hexdigest()
 
 
+def als_params(settings, seed: int | None = None) -> ALSParams:
+    """ALS hyperparameters from the settings (``RECSYS_ALS_*``); ``seed`` overrides theirs."""
+    return ALSParams(
+        factors=settings.als_factors,
+        regularization=settings.als_regularization,
+        alpha=settings.als_alpha,
+        iterations=settings.als_iterations,
+        seed=settings.seed if seed is None else seed,
+    )
+
+
+def pipeline_params(settings, seed: int | None = None) -> PipelineParams:
+    """Default pipeline parameters from the settings, one seed for every random choice."""
+    seed = settings.seed if seed is None else seed
+    base = PipelineParams()
+    return replace(base, als=als_params(settings, seed), ranker=replace(base.ranker, seed=seed))
+
+
 def select_window(frame: pd.DataFrame, window_days: int | None) -> pd.DataFrame:
     """Interactions of the last ``window_days`` days (all of them when None)."""
     if window_days is None or frame.empty:
@@ -102,8 +114,7 @@ def select_window(frame: pd.DataFrame, window_days: int | None) -> pd.DataFrame:
 
 def temporal_split(frame: pd.DataFrame, test_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split at midnight UTC ``test_days`` days before the last day: (before, last days)."""
-    last_day = frame["timestamp"].max().floor("D")
-    cut = last_day - timedelta(days=test_days - 1)
+    cut = holdout_start(frame, test_days)
     train = frame.loc[frame["timestamp"] < cut]
     test = frame.loc[frame["timestamp"] >= cut]
     if train.empty or test.empty:
@@ -114,144 +125,297 @@ def temporal_split(frame: pd.DataFrame, test_days: int) -> tuple[pd.DataFrame, p
     return train, test
 
 
-def user_item_matrix(
-    frame: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray
-) -> sp.csr_matrix:
-    """Users x items matrix of summed implicit weights (log-damped) for ids in the indexes."""
-    rows = np.searchsorted(user_ids, frame["user_id"].to_numpy())
-    cols = np.searchsorted(item_ids, frame["item_id"].to_numpy())
-    ok = (rows < len(user_ids)) & (cols < len(item_ids))
-    ok &= user_ids[np.minimum(rows, len(user_ids) - 1)] == frame["user_id"].to_numpy()
-    ok &= item_ids[np.minimum(cols, len(item_ids) - 1)] == frame["item_id"].to_numpy()
-    weights = implicit_weight(frame)[ok]
-    matrix = sp.csr_matrix(
-        (weights, (rows[ok], cols[ok])), shape=(len(user_ids), len(item_ids)), dtype=np.float64
-    )
-    matrix.sum_duplicates()
-    matrix.data = np.log1p(matrix.data).astype(np.float32)
-    return matrix.astype(np.float32)
+def holdout_start(frame: pd.DataFrame, test_days: int) -> pd.Timestamp:
+    return frame["timestamp"].max().floor("D") - timedelta(days=test_days - 1)
 
 
-def fit_release(
-    frame: pd.DataFrame,
-    item_ids: np.ndarray,
-    params: ALSParams,
-    meta: dict,
-    *,
-    show_progress: bool = False,
-) -> Release:
-    """Fit ALS + popularity on ``frame`` and package them with ``meta`` as a Release."""
-    user_ids = np.unique(frame["user_id"].to_numpy())
-    matrix = user_item_matrix(frame, user_ids, item_ids)
-    als = ALSCandidates.fit(matrix, params, show_progress=show_progress)
-    popularity = PopularityCandidates.fit(matrix)
-    seen = matrix.copy()
-    seen.data = np.ones_like(seen.data)
-    return Release(meta, user_ids, item_ids, als, popularity, seen)
+# ---- evaluation -----------------------------------------------------------------------------
 
 
-def evaluate_sources(
-    sources: dict[str, CandidateSource],
-    train: pd.DataFrame,
-    test: pd.DataFrame,
-    user_ids: np.ndarray,
-    item_ids: np.ndarray,
+def evaluate_stage(
+    stage: Stage,
+    ranker: Ranker | None,
+    future: pd.DataFrame,
     k: int,
+    n_candidates: int,
+    *,
+    baselines: tuple[str, ...] = BASELINES,
 ) -> dict[str, dict[str, float]]:
-    """Holdout metrics at ``k`` of each source, for test users that the training data knows."""
-    train_matrix = user_item_matrix(train, user_ids, item_ids)
-    seen = train_matrix.copy()
-    seen.data = np.ones_like(seen.data)
-    known_test = test.loc[test["user_id"].isin(user_ids) & test["item_id"].isin(item_ids)]
-    eval_users = np.unique(known_test["user_id"].to_numpy())
-    user_rows = np.searchsorted(user_ids, eval_users)
-    test_matrix = user_item_matrix(known_test, user_ids, item_ids)[user_rows]
-    # an item already seen in training can never be recommended, so it cannot count as a miss
-    test_matrix = test_matrix - test_matrix.multiply(seen[user_rows] > 0)
-    test_matrix.eliminate_zeros()
-    relevant = [
-        test_matrix.indices[test_matrix.indptr[i] : test_matrix.indptr[i + 1]]
-        for i in range(len(user_rows))
-    ]
-    popularity = np.asarray((seen > 0).sum(axis=0)).ravel()
-    results = {}
-    for name, source in sources.items():
-        recs = top_k_unseen(source, user_rows, seen, k)
-        results[name] = ranking_metrics(
+    """Metrics at ``k`` on ``future`` for the pipeline and each single source, for users the
+    stage knows (seen items removed; only items new to the user count as relevant)."""
+    users = np.unique(future["user_id"].to_numpy())
+    rows = stage.user_rows(users)
+    rows = rows[rows >= 0]
+    relevant = relevant_rows(stage, future, rows)
+    popularity = np.asarray((stage.user_items > 0).sum(axis=0)).ravel()
+
+    def score(recs: np.ndarray) -> dict[str, float]:
+        return ranking_metrics(
             recs,
             relevant,
             k,
-            n_items=len(item_ids),
+            n_items=len(stage.item_ids),
             item_popularity=popularity,
-            n_train_users=len(user_ids),
+            n_train_users=len(stage.user_ids),
         )
+
+    results = {}
+    if ranker is not None:
+        results["pipeline"] = score(rank_users(stage, ranker, rows, k, n_candidates)[0])
+    for name in baselines:
+        results[name] = score(top_k_unseen(stage.sources[name], rows, stage.user_items, k))
     return results
+
+
+# ---- search ---------------------------------------------------------------------------------
+
+
+def search_space_sample(rng: np.random.Generator, base: PipelineParams) -> PipelineParams:
+    """One random point of the (fixed) search space over the candidate sources."""
+    als = replace(
+        base.als,
+        factors=int(rng.choice([16, 32, 64, 128])),
+        regularization=float(np.exp(rng.uniform(np.log(0.1), np.log(100.0)))),
+        alpha=float(np.exp(rng.uniform(np.log(0.3), np.log(10.0)))),
+        iterations=int(rng.choice([10, 15, 20])),
+    )
+    knn = ItemKNNParams(
+        neighbors=int(rng.choice([20, 50, 100, 200, 400])),
+        shrink=float(rng.choice([0.0, 5.0, 10.0, 50.0, 100.0])),
+    )
+    return replace(base, als=als, itemknn=knn)
+
+
+def search_sources(
+    history: pd.DataFrame,
+    validation: pd.DataFrame,
+    catalog: pd.DataFrame,
+    item_ids: np.ndarray,
+    base: PipelineParams,
+    *,
+    budget_s: float,
+    k: int,
+    on_trial: Callable[[dict], None] | None = None,
+) -> tuple[PipelineParams, list[dict]]:
+    """Random search of source hyperparameters within ``budget_s`` seconds, scored by nDCG@k
+    of each source alone on ``validation`` (never the holdout). Trial 0 is ``base``, so the
+    result is never worse than the defaults on validation."""
+    rng = np.random.default_rng(base.als.seed)
+    trials: list[dict] = []
+    best_als, best_knn = (base.als, -1.0), (base.itemknn, -1.0)
+    started = time.perf_counter()
+    trial = 0
+    while trial == 0 or time.perf_counter() - started < budget_s:
+        params = base if trial == 0 else search_space_sample(rng, base)
+        t0 = time.perf_counter()
+        stage = fit_stage(history, catalog, item_ids, params)
+        scores = evaluate_stage(
+            stage, None, validation, k, params.candidates, baselines=("als", "itemknn")
+        )
+        record = {
+            "trial": trial,
+            "als": params.als.as_dict(),
+            "itemknn": params.itemknn.as_dict(),
+            "als_ndcg": scores["als"]["ndcg"],
+            "itemknn_ndcg": scores["itemknn"]["ndcg"],
+            "seconds": time.perf_counter() - t0,
+        }
+        trials.append(record)
+        if on_trial:
+            on_trial(record)
+        if record["als_ndcg"] > best_als[1]:
+            best_als = (params.als, record["als_ndcg"])
+        if record["itemknn_ndcg"] > best_knn[1]:
+            best_knn = (params.itemknn, record["itemknn_ndcg"])
+        trial += 1
+        if budget_s <= 0:
+            break
+    return replace(base, als=best_als[0], itemknn=best_knn[0]), trials
+
+
+# ---- the whole training run -----------------------------------------------------------------
+
+
+def label_cuts(test_start: pd.Timestamp, label_days: int, windows: int) -> list[pd.Timestamp]:
+    """Start of each label window, newest first, ending at ``test_start``."""
+    return [test_start - timedelta(days=label_days * (j + 1)) for j in range(windows)]
+
+
+def train_ranker(
+    frame: pd.DataFrame,
+    catalog: pd.DataFrame,
+    item_ids: np.ndarray,
+    params: PipelineParams,
+    cuts: list[pd.Timestamp],
+    label_days: int,
+    k: int,
+) -> tuple[Ranker | None, dict[str, float]]:
+    """Stack (features, labels) from every label window and fit one ranker (early stopping)."""
+    xs, ys, gs = [], [], []
+    stats: dict[str, float] = {"windows": 0.0}
+    for j, cut in enumerate(cuts):
+        history = frame.loc[frame["timestamp"] < cut]
+        future = frame.loc[
+            (frame["timestamp"] >= cut) & (frame["timestamp"] < cut + timedelta(days=label_days))
+        ]
+        if history.empty or future.empty:
+            continue
+        stage = fit_stage(history, catalog, item_ids, params, as_of=cut)
+        x, y, groups, window_stats = training_set(stage, future, params)
+        if len(x):
+            xs.append(x)
+            ys.append(y)
+            gs.append(groups + j * 10**9)  # a user in two windows is two groups
+            stats["windows"] += 1
+            stats[f"window{j}_users"] = window_stats["users"]
+    if not xs or sum(y.sum() for y in ys) == 0:
+        return None, stats
+    x, y, groups = np.vstack(xs), np.concatenate(ys), np.concatenate(gs)
+    ranker = Ranker.fit(x, y, groups, params.ranker, k=k)
+    stats.update(
+        rows=float(len(x)),
+        positives=float(y.sum()),
+        epochs=float(ranker.epochs_trained),
+        best_val_ndcg=max((h.get("val_ndcg", 0.0) for h in ranker.history), default=0.0),
+    )
+    return ranker, stats
 
 
 def train_and_evaluate(
     lake: Lake,
-    params: ALSParams,
+    params: PipelineParams | None = None,
     *,
     window_days: int | None = None,
     test_days: int | None = None,
+    label_windows: int = 3,
+    budget_s: float = 0.0,
     k: int = 10,
     model_name: str = "recsys-recommender",
+    on_trial: Callable[[dict], None] | None = None,
     show_progress: bool = False,
 ) -> TrainResult:
-    """Train on the clean lake, measure on the temporal holdout, refit the release on the window.
+    """Search, train the ranker, measure on the temporal holdout, refit the release.
 
     Raises:
-        RecsysError: no clean data, or too few days for a holdout.
+        RecsysError: no clean data, or too few days for the holdout and a label window.
     """
+    params = params or PipelineParams()
     batches = lake.clean_batches()
     frame = select_window(lake.read_clean_interactions(batches), window_days)
     if frame.empty:
         raise RecsysError("the training window holds no interactions")
-    n_days = frame["timestamp"].dt.floor("D").nunique()
+    n_days = int(frame["timestamp"].dt.floor("D").nunique())
     test_days = test_days or max(1, round(n_days * 0.15))
-    train, test = temporal_split(frame, test_days)
-    catalog = lake.read_clean_catalog("items")["item_id"].to_numpy()
-    item_ids = np.unique(np.concatenate([catalog, frame["item_id"].to_numpy()]))
-
-    started = time.perf_counter()
-    holdout_model = fit_release(train, item_ids, params, {}, show_progress=show_progress)
-    metrics = evaluate_sources(
-        {"als": holdout_model.als, "popularity": holdout_model.popularity},
-        train,
-        test,
-        holdout_model.user_ids,
-        item_ids,
-        k,
-    )
-    notes = []
-    if metrics["popularity"]["ndcg"] >= metrics["als"]["ndcg"]:
-        notes.append(
-            f"WARNING: popularity beats ALS on holdout nDCG@{k} "
-            f"({metrics['popularity']['ndcg']:.4f} >= {metrics['als']['ndcg']:.4f})"
+    if n_days < test_days + 2:
+        raise RecsysError(
+            f"the window has {n_days} day(s) of data: too few to hold out {test_days} day(s) and "
+            "keep a label window; generate more days or lower --test-days"
         )
+    catalog = lake.read_clean_catalog("items")
+    item_ids = np.unique(np.concatenate([catalog["item_id"].to_numpy(), frame["item_id"]]))
+    start_of_test = holdout_start(frame, test_days)
+    label_days = max(1, min(test_days, (n_days - test_days) // (label_windows + 1)))
+    cuts = label_cuts(start_of_test, label_days, label_windows)
+    started = time.perf_counter()
+
+    trials: list[dict] = []
+    if budget_s > 0:
+        newest = cuts[0]
+        params, trials = search_sources(
+            frame.loc[frame["timestamp"] < newest],
+            frame.loc[(frame["timestamp"] >= newest) & (frame["timestamp"] < start_of_test)],
+            catalog,
+            item_ids,
+            params,
+            budget_s=budget_s,
+            k=k,
+            on_trial=on_trial,
+        )
+    ranker, ranker_stats = train_ranker(frame, catalog, item_ids, params, cuts, label_days, k)
+
+    pre_holdout = frame.loc[frame["timestamp"] < start_of_test]
+    holdout = frame.loc[frame["timestamp"] >= start_of_test]
+    eval_stage = fit_stage(pre_holdout, catalog, item_ids, params, as_of=start_of_test)
+    metrics = evaluate_stage(eval_stage, ranker, holdout, k, params.candidates)
+    notes = _verdict(metrics, k, ranker)
+
     window = {
         "start": frame["timestamp"].min().isoformat(),
         "end": frame["timestamp"].max().isoformat(),
-        "holdout_start": test["timestamp"].min().floor("D").isoformat(),
+        "holdout_start": start_of_test.isoformat(),
         "test_days": str(test_days),
+        "label_days": str(label_days),
+        "label_windows": str(int(ranker_stats.get("windows", 0))),
     }
+    from features.store_meta import FEATURE_SERVICE_NAME, FEATURE_SERVICE_VERSION
+
     meta = {
         "model_name": model_name,
         "created_at": datetime.now(UTC).isoformat(),
-        "params": params.as_dict(),
         "k": k,
         "training_window": window,
         "data_fingerprint": data_fingerprint(lake, batches),
         "batches": len(batches),
         "metrics": {"holdout": metrics},
         "metrics_protocol": (
-            f"temporal holdout: last {test_days} day(s); models fit on the days before, seen "
-            "items removed; the released factors are refit on the whole window"
+            f"temporal holdout: last {test_days} day(s) from {start_of_test.date()}; sources "
+            f"and features fit on the days before, ranker trained on {label_days}-day label "
+            "windows before that; seen items removed; the released sources and features are "
+            "refit on the whole window with the same ranker"
         ),
-        "feature_service": None,
+        "feature_service": {"name": FEATURE_SERVICE_NAME, "version": FEATURE_SERVICE_VERSION},
+        "feature_names": feature_names(),
+        "ranker_stats": ranker_stats,
+        "search_trials": len(trials),
         "library_versions": library_versions(),
         "notes": notes,
     }
-    release = fit_release(frame, item_ids, params, meta, show_progress=show_progress)
-    fit_seconds = time.perf_counter() - started
-    return TrainResult(release, metrics, window, fit_seconds, notes)
+    stage = fit_stage(frame, catalog, item_ids, params, show_progress=show_progress)
+    release = Release(meta, stage, ranker, params)
+    return TrainResult(
+        release,
+        metrics,
+        window,
+        time.perf_counter() - started,
+        notes,
+        trials,
+        ranker_stats,
+        holdout,
+        pre_holdout,
+    )
+
+
+def _verdict(metrics: dict[str, dict[str, float]], k: int, ranker: Ranker | None) -> list[str]:
+    """Loud notes when a simpler model wins the holdout."""
+    if ranker is None or "pipeline" not in metrics:
+        return [
+            "WARNING: no ranker could be trained (no label signal); serving falls back to "
+            "the candidate order"
+        ]
+    ours = metrics["pipeline"]["ndcg"]
+    best_name = max(BASELINES, key=lambda n: metrics[n]["ndcg"])
+    best = metrics[best_name]["ndcg"]
+    if best >= ours:
+        return [
+            f"WARNING: {best_name} alone beats the full pipeline on holdout nDCG@{k} "
+            f"({best:.4f} >= {ours:.4f})"
+        ]
+    return []
+
+
+def lift_over(metrics: dict[str, dict[str, float]], baseline: str = "als") -> float:
+    """Relative nDCG lift of the pipeline over ``baseline`` (0.07 = +7%)."""
+    base = metrics[baseline]["ndcg"]
+    return (metrics["pipeline"]["ndcg"] - base) / base if base > 0 else float("inf")
+
+
+def holdout_rows(result: TrainResult) -> tuple[str, list[str], list[list]]:
+    """(title, columns, rows) of the holdout metrics table for ``result``."""
+    names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage", "novelty"]
+    title = (
+        f"Holdout at k={result.release.meta.get('k', 10)}: last {result.window['test_days']} "
+        f"day(s) from {result.window['holdout_start'][:10]}, "
+        f"{next(iter(result.metrics.values()))['users']} users"
+    )
+    rows = [[model, *(values[n] for n in names)] for model, values in result.metrics.items()]
+    return title, ["model", *names], rows

@@ -48,6 +48,7 @@ class ALSCandidates(CandidateSource):
         """Fit ALS on a (users x items) matrix of implicit weights; deterministic for a seed."""
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
 
         model = AlternatingLeastSquares(
             factors=params.factors,
@@ -57,7 +58,8 @@ class ALSCandidates(CandidateSource):
             random_state=params.seed,
             num_threads=1,  # one thread keeps results bit-for-bit reproducible
         )
-        model.fit(sp.csr_matrix(user_items, dtype=np.float32), show_progress=show_progress)
+        with threadpool_limits(1, "blas"):  # implicit's own threads; BLAS threads fight them
+            model.fit(sp.csr_matrix(user_items, dtype=np.float32), show_progress=show_progress)
         return cls(model.user_factors, model.item_factors)
 
     @property

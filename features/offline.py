@@ -1,0 +1,256 @@
+"""Offline feature snapshots: clean lake -> one parquet file per view and batch day.
+
+The snapshot of day ``D`` holds the features *as of* ``D+1 00:00 UTC`` (every event of day ``D``
+and before, nothing later); its ``event_timestamp`` is that midnight. Recomputing a day replaces
+its file whole, and the same inputs give the same bytes, so a recompute never duplicates rows.
+
+A manifest keeps, per day, a fingerprint of everything the snapshot depends on (the code
+version, the item catalog and every clean batch up to that day). ``build_offline_features``
+without ``days`` recomputes exactly the days whose fingerprint changed: new days, and every day
+from a re-ingested batch on (features are cumulative, so a changed batch changes later days).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import date, timedelta
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from features.compute import ITEM_NUMERIC, USER_NUMERIC, category_vocabulary
+from features.compute import item_features as compute_item_features
+from features.compute import user_features as compute_user_features
+from features.spec import (
+    AFFINITY,
+    FEATURE_CODE_VERSION,
+    ITEM_VIEW,
+    TIMESTAMP_FIELD,
+    USER_VIEW,
+    FeaturePaths,
+)
+from recsys.config import Settings
+from recsys.errors import RecsysError
+from recsys.lake import atomic_write_bytes, file_sha256, parquet_bytes, write_json
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = 1
+
+USER_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field(TIMESTAMP_FIELD, pa.timestamp("us", tz="UTC"), nullable=False),
+        *(pa.field(name, pa.float32()) for name in USER_NUMERIC),
+        pa.field(AFFINITY, pa.list_(pa.float32())),
+    ]
+)
+ITEM_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field(TIMESTAMP_FIELD, pa.timestamp("us", tz="UTC"), nullable=False),
+        *(pa.field(name, pa.float32()) for name in ITEM_NUMERIC),
+        pa.field("item_category_index", pa.int64()),
+    ]
+)
+SCHEMAS = {USER_VIEW: USER_SCHEMA, ITEM_VIEW: ITEM_SCHEMA}
+
+
+def snapshot_time(day: str) -> pd.Timestamp:
+    """The ``event_timestamp`` of day ``day``'s snapshot: the midnight UTC that ends it."""
+    return pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
+
+
+def _calendar_days(first: str, last: str) -> list[str]:
+    start, stop = date.fromisoformat(first), date.fromisoformat(last)
+    return [(start + timedelta(days=i)).isoformat() for i in range((stop - start).days + 1)]
+
+
+def _fingerprints(settings: Settings, days: list[str]) -> dict[str, str]:
+    """Chain fingerprint per day: code version + item catalog + every clean batch up to it."""
+    lake = settings.lake
+    base = hashlib.sha256(
+        f"{FEATURE_CODE_VERSION}|{file_sha256(lake.clean_catalog_path('items'))}".encode()
+    ).hexdigest()
+    present = set(lake.clean_batches())
+    out: dict[str, str] = {}
+    running = base
+    for day in days:
+        batch = file_sha256(lake.clean_batch_path(day)) if day in present else "none"
+        running = hashlib.sha256(f"{running}|{day}|{batch}".encode()).hexdigest()
+        out[day] = running
+    return out
+
+
+def read_manifest(paths: FeaturePaths) -> dict[str, Any]:
+    """The offline manifest (``{"days": {}}`` when nothing was built yet)."""
+    if not paths.manifest_path.exists():
+        return {"format": MANIFEST_FORMAT, "days": {}}
+    return json.loads(paths.manifest_path.read_text())
+
+
+def read_vocabulary(paths: FeaturePaths) -> list[str]:
+    """The category order of ``user_category_affinity`` (as stored next to the offline data).
+
+    Raises:
+        RecsysError: no offline features were built yet.
+    """
+    if not paths.vocabulary_path.exists():
+        raise RecsysError(
+            f"no category vocabulary at {paths.vocabulary_path}; run `recsys features materialize`"
+        )
+    return list(json.loads(paths.vocabulary_path.read_text())["categories"])
+
+
+def offline_days(paths: FeaturePaths) -> list[str]:
+    """Days that have a snapshot for every view, oldest first."""
+    per_view = [
+        {p.stem for p in paths.view_dir(v).glob("*.parquet")} for v in (USER_VIEW, ITEM_VIEW)
+    ]
+    return sorted(set.intersection(*per_view))
+
+
+def _to_table(frame: pd.DataFrame, view: str) -> pa.Table:
+    schema = SCHEMAS[view]
+    if frame.empty:
+        return schema.empty_table()
+    frame = frame.sort_values(schema.names[0], kind="stable").reset_index(drop=True)
+    if view == USER_VIEW:
+        frame = frame.assign(**{AFFINITY: [list(map(float, v)) for v in frame[AFFINITY]]})
+    table = pa.Table.from_pandas(frame[list(schema.names)], preserve_index=False)
+    return table.cast(schema).replace_schema_metadata(None)
+
+
+def _write_if_changed(path, data: bytes) -> bool:
+    digest = hashlib.sha256(data).hexdigest()
+    if path.exists() and file_sha256(path) == digest:
+        return False
+    atomic_write_bytes(path, data)
+    return True
+
+
+def build_offline_features(settings: Settings, days: list[str] | None = None) -> dict[str, Any]:
+    """Compute the offline snapshots of the feature views from the clean lake.
+
+    Args:
+        settings: whose ``data_dir`` holds the clean lake and receives ``features/offline/``.
+        days: ``YYYY-MM-DD`` days to recompute unconditionally; ``None`` computes every day from
+            the first to the last clean batch whose snapshot is missing or whose inputs changed.
+
+    Returns:
+        ``{"days": [...all days...], "computed": [...], "written": [...], "unchanged": [...],
+        "removed": [...], "rows": {view: rows of the newest snapshot}, "newest": iso timestamp,
+        "vocabulary": [...]}``. ``written`` lists days whose files changed; recomputing a day with
+        unchanged inputs leaves its files byte-identical (listed under ``unchanged``).
+
+    Raises:
+        RecsysError: no clean data, or a requested day is outside the clean batches.
+    """
+    lake = settings.lake
+    paths = FeaturePaths(settings.data_dir)
+    batches = lake.clean_batches()
+    if not batches:
+        raise RecsysError(
+            f"no clean interactions under {lake.zone('clean')}; run `recsys data generate` "
+            "(or `recsys data movielens --data-path DIR`) first"
+        )
+    all_days = _calendar_days(batches[0], batches[-1])
+    if days is not None:
+        unknown = sorted(set(days) - set(all_days))
+        if unknown:
+            raise RecsysError(
+                f"days {unknown} are outside the clean batches {all_days[0]}..{all_days[-1]}; "
+                "pass YYYY-MM-DD days that were ingested"
+            )
+    fingerprints = _fingerprints(settings, all_days)
+    manifest = read_manifest(paths)
+    recorded = manifest.get("days", {}) if manifest.get("format") == MANIFEST_FORMAT else {}
+
+    def up_to_date(day: str) -> bool:
+        entry = recorded.get(day)
+        return bool(
+            entry
+            and entry.get("fingerprint") == fingerprints[day]
+            and all(
+                paths.snapshot_path(v, day).exists()
+                and file_sha256(paths.snapshot_path(v, day)) == entry["sha256"][v]
+                for v in (USER_VIEW, ITEM_VIEW)
+            )
+        )
+
+    todo = sorted(days) if days is not None else [d for d in all_days if not up_to_date(d)]
+    items = lake.read_clean_catalog("items")
+    vocabulary = category_vocabulary(items)
+    write_json(paths.vocabulary_path, {"categories": vocabulary, "feature": AFFINITY})
+
+    written, unchanged = [], []
+    if todo:
+        needed = [b for b in batches if b <= todo[-1]]
+        interactions = lake.read_clean_interactions(needed)
+        for day in todo:
+            as_of = snapshot_time(day)
+            frames = {
+                USER_VIEW: compute_user_features(interactions, items, as_of),
+                ITEM_VIEW: compute_item_features(interactions, items, as_of),
+            }
+            changed, digests, rows = False, {}, {}
+            for view, frame in frames.items():
+                data = parquet_bytes(_to_table(frame, view))
+                changed |= _write_if_changed(paths.snapshot_path(view, day), data)
+                digests[view] = hashlib.sha256(data).hexdigest()
+                rows[view] = len(frame)
+            recorded[day] = {
+                "fingerprint": fingerprints[day],
+                "event_timestamp": as_of.isoformat(),
+                "sha256": digests,
+                "rows": rows,
+            }
+            (written if changed else unchanged).append(day)
+            logger.info("offline features of %s: %s", day, "written" if changed else "unchanged")
+
+    removed = []
+    for view in (USER_VIEW, ITEM_VIEW):
+        for path in paths.view_dir(view).glob("*.parquet"):
+            if path.stem not in fingerprints:
+                path.unlink()
+                removed.append(f"{view}/{path.name}")
+    recorded = {d: e for d, e in recorded.items() if d in fingerprints}
+    write_json(paths.manifest_path, {"format": MANIFEST_FORMAT, "days": recorded})
+    newest = all_days[-1]
+    return {
+        "days": all_days,
+        "computed": todo,
+        "written": written,
+        "unchanged": unchanged,
+        "removed": sorted(removed),
+        "rows": dict(recorded[newest]["rows"]),
+        "newest": snapshot_time(newest).isoformat(),
+        "vocabulary": vocabulary,
+    }
+
+
+def newest_snapshot(paths: FeaturePaths) -> pd.Timestamp:
+    """``event_timestamp`` of the newest offline snapshot.
+
+    Raises:
+        RecsysError: no offline features were built yet.
+    """
+    days = offline_days(paths)
+    if not days:
+        raise RecsysError(
+            f"no offline features under {paths.offline_dir}; run `recsys features materialize`"
+        )
+    return snapshot_time(days[-1])
+
+
+def read_snapshot(paths: FeaturePaths, view: str, day: str) -> pd.DataFrame:
+    """One day's offline snapshot of ``view`` as a DataFrame."""
+    import pyarrow.parquet as pq
+
+    path = paths.snapshot_path(view, day)
+    if not path.exists():
+        raise RecsysError(f"no offline snapshot {path}; run `recsys features materialize`")
+    return pq.read_table(path).to_pandas()

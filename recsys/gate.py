@@ -1,0 +1,145 @@
+"""The offline quality gate: a new model becomes ``challenger`` only if it is not worse than
+the champion on the same holdout, beyond a stated tolerance.
+
+Rule: pass when ``new_ndcg >= champion_ndcg * (1 - tolerance)`` (nDCG@k on the new run's
+temporal holdout; default tolerance 2% relative). Both sides are measured on the same data:
+the champion's configuration and its ranker weights are refit on exactly the days before the
+holdout, so neither side has seen the holdout. A rejected model is still registered, tagged
+``rejected=true`` with the reason, and no alias ever points at it, so it is never served.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+from recsys.config import Settings
+from recsys.errors import RecsysError
+from recsys.pipeline import feature_names, fit_stage
+from recsys.registry import (
+    CHALLENGER,
+    CHAMPION,
+    RegisteredRelease,
+    configure_mlflow,
+    load_release,
+    log_release,
+)
+from recsys.train import TrainResult, evaluate_stage
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE = 0.02
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    alias: str | None
+    new_ndcg: float
+    champion_version: str | None
+    champion_ndcg: float | None
+    tolerance: float
+    reason: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def champion_on_same_holdout(
+    settings: Settings, result: TrainResult
+) -> tuple[str | None, float | None, str]:
+    """(champion version, its nDCG@k on ``result``'s holdout, how it was measured)."""
+    try:
+        version, champion = load_release(settings, CHAMPION)
+    except RecsysError:
+        return None, None, "no champion yet"
+    if champion.meta.get("feature_names") != feature_names() or champion.ranker is None:
+        recorded = champion.meta.get("metrics", {}).get("holdout", {}).get("pipeline", {})
+        ndcg = recorded.get("ndcg")
+        return version, ndcg, "champion has another feature set: compared with its own holdout"
+    k = int(result.release.meta.get("k", 10))
+    catalog_ids = result.release.item_ids
+    stage = fit_stage(
+        result.pre_holdout,
+        _catalog(settings),
+        catalog_ids,
+        champion.params,
+        as_of=result.holdout["timestamp"].min().floor("D"),
+    )
+    metrics = evaluate_stage(
+        stage, champion.ranker, result.holdout, k, champion.params.candidates, baselines=()
+    )
+    return version, metrics["pipeline"]["ndcg"], "champion config + ranker refit on same days"
+
+
+def _catalog(settings: Settings):
+    return settings.lake.read_clean_catalog("items")
+
+
+def decide(
+    settings: Settings, result: TrainResult, tolerance: float = DEFAULT_TOLERANCE
+) -> GateDecision:
+    """Apply the gate to a trained result (no registry writes)."""
+    metric = "pipeline" if "pipeline" in result.metrics else "als"
+    new_ndcg = result.metrics[metric]["ndcg"]
+    version, champion_ndcg, how = champion_on_same_holdout(settings, result)
+    if version is None:
+        return GateDecision(
+            True, CHAMPION, new_ndcg, None, None, tolerance, "first model: becomes champion"
+        )
+    if champion_ndcg is None:
+        return GateDecision(
+            True,
+            CHALLENGER,
+            new_ndcg,
+            version,
+            None,
+            tolerance,
+            f"champion v{version} has no comparable metric ({how})",
+        )
+    floor = champion_ndcg * (1 - tolerance)
+    if new_ndcg >= floor:
+        return GateDecision(
+            True,
+            CHALLENGER,
+            new_ndcg,
+            version,
+            champion_ndcg,
+            tolerance,
+            f"nDCG {new_ndcg:.4f} >= champion v{version} {champion_ndcg:.4f} x (1 - "
+            f"{tolerance:g}) ({how})",
+        )
+    return GateDecision(
+        False,
+        None,
+        new_ndcg,
+        version,
+        champion_ndcg,
+        tolerance,
+        f"nDCG {new_ndcg:.4f} < champion v{version} {champion_ndcg:.4f} x (1 - {tolerance:g}) "
+        f"({how})",
+    )
+
+
+def register_with_gate(
+    settings: Settings, result: TrainResult, tolerance: float = DEFAULT_TOLERANCE
+) -> tuple[RegisteredRelease, GateDecision]:
+    """Register the trained release, then point ``champion`` (first model) or ``challenger``
+    at it if the gate passes; otherwise tag it rejected with the reason."""
+    decision = decide(settings, result, tolerance)
+    tags = {"gate": "passed" if decision.passed else "rejected", "gate_reason": decision.reason}
+    if not decision.passed:
+        tags.update(rejected="true", rejection_reason=decision.reason)
+    registered = log_release(
+        settings,
+        result.release,
+        result.metrics,
+        aliases=(decision.alias,) if decision.alias else (),
+        tags=tags,
+        trials=result.trials,
+        ranker_history=result.release.ranker.history if result.release.ranker else None,
+    )
+    if not decision.passed:
+        logger.warning("model version %s rejected: %s", registered.version, decision.reason)
+    configure_mlflow(settings)
+    return registered, decision

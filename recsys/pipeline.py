@@ -1,0 +1,355 @@
+"""The recommendation pipeline: candidate sources -> merged candidate set -> features -> ranker.
+
+A :class:`Stage` is everything fitted on a history up to ``as_of``: the candidate sources
+(ALS, item-kNN, popularity, trending) and the feature tables (features/compute.py). The same
+stage code serves three purposes, which is what keeps training and serving consistent:
+
+* ranker training: a stage fit on the days before the label window, labels from the window;
+* evaluation: a stage fit on the days before the holdout, scored on the holdout;
+* the release: a stage fit on the whole window, shipped in the release unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from features.compute import ITEM_NUMERIC, USER_NUMERIC, category_vocabulary
+from features.compute import item_features as compute_item_features
+from features.compute import user_features as compute_user_features
+from recsys.models.als import ALSCandidates, ALSParams
+from recsys.models.base import CandidateSource
+from recsys.models.itemknn import ItemKNNCandidates, ItemKNNParams
+from recsys.models.popularity import PopularityCandidates
+from recsys.models.ranker import Ranker, RankerParams
+
+SOURCES = ("als", "itemknn", "popularity", "trending")
+_LOG_FEATURES = {"events", "items", "users", "days"}  # counts and ages: log1p-compressed
+
+
+@dataclass(frozen=True)
+class PipelineParams:
+    """Everything a retrain may tune. Plain values so it round-trips through JSON."""
+
+    als: ALSParams = field(default_factory=ALSParams)
+    itemknn: ItemKNNParams = field(default_factory=ItemKNNParams)
+    ranker: RankerParams = field(default_factory=RankerParams)
+    candidates: int = 200
+    trending_half_life_days: float = 2.0
+
+    def as_dict(self) -> dict:
+        return {
+            "als": self.als.as_dict(),
+            "itemknn": self.itemknn.as_dict(),
+            "ranker": self.ranker.as_dict(),
+            "candidates": self.candidates,
+            "trending_half_life_days": self.trending_half_life_days,
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> PipelineParams:
+        return cls(
+            als=ALSParams(**payload["als"]),
+            itemknn=ItemKNNParams(**payload["itemknn"]),
+            ranker=RankerParams.from_dict(payload["ranker"]),
+            candidates=int(payload["candidates"]),
+            trending_half_life_days=float(payload["trending_half_life_days"]),
+        )
+
+
+def feature_names() -> list[str]:
+    """Names of the ranker's input columns, in order."""
+    per_source = [f"{s}_{what}" for s in SOURCES for what in ("score", "rank", "present")]
+    return [*per_source, *USER_NUMERIC, *ITEM_NUMERIC, "user_category_affinity_of_item"]
+
+
+def user_item_weights(
+    frame: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray
+) -> sp.csr_matrix:
+    """Users x items matrix of summed implicit weights (log-damped), ids outside the indexes
+    ignored."""
+    from recsys.contract import implicit_weight
+
+    users, items = frame["user_id"].to_numpy(), frame["item_id"].to_numpy()
+    rows = np.searchsorted(user_ids, users)
+    cols = np.searchsorted(item_ids, items)
+    ok = (rows < len(user_ids)) & (cols < len(item_ids))
+    ok &= user_ids[np.minimum(rows, len(user_ids) - 1)] == users
+    ok &= item_ids[np.minimum(cols, len(item_ids) - 1)] == items
+    matrix = sp.csr_matrix(
+        (implicit_weight(frame)[ok], (rows[ok], cols[ok])),
+        shape=(len(user_ids), len(item_ids)),
+        dtype=np.float64,
+    )
+    matrix.sum_duplicates()
+    matrix.data = np.log1p(matrix.data)
+    return matrix.astype(np.float32)
+
+
+def _compress(names: tuple[str, ...], table: np.ndarray) -> np.ndarray:
+    out = table.astype(np.float32, copy=True)
+    for j, name in enumerate(names):
+        if any(part in name for part in _LOG_FEATURES):
+            out[:, j] = np.log1p(np.clip(out[:, j], 0, None))
+    return out
+
+
+@dataclass
+class CandidateList:
+    """One user's merged candidates: item rows with each source's score and rank."""
+
+    items: np.ndarray  # (m,) item rows
+    scores: np.ndarray  # (m, n_sources) source score, 0 where the source did not propose it
+    ranks: np.ndarray  # (m, n_sources) 1-based rank, 0 where absent
+
+
+@dataclass
+class Stage:
+    """Candidate sources and feature tables fitted on a history up to ``as_of``."""
+
+    as_of: pd.Timestamp
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    user_items: sp.csr_matrix
+    sources: dict[str, CandidateSource]
+    user_table: np.ndarray  # (n_users, len(USER_NUMERIC)), compressed
+    user_affinity: np.ndarray  # (n_users, n_categories)
+    item_table: np.ndarray  # (n_items, len(ITEM_NUMERIC)), compressed
+    item_category: np.ndarray  # (n_items,), -1 when unknown
+    categories: list[str]
+
+    def user_rows(self, user_ids: np.ndarray) -> np.ndarray:
+        """Rows of ``user_ids`` in this stage (-1 for users it has never seen)."""
+        pos = np.searchsorted(self.user_ids, user_ids)
+        pos = np.minimum(pos, max(len(self.user_ids) - 1, 0))
+        return (
+            np.where(self.user_ids[pos] == user_ids, pos, -1)
+            if len(self.user_ids)
+            else (np.full(len(user_ids), -1))
+        )
+
+    def candidate_lists(
+        self, user_rows: np.ndarray, n: int, exclude: list[np.ndarray] | None = None
+    ) -> list[CandidateList]:
+        """Merged top-``n`` candidates of every source for each known user row; seen items and
+        ``exclude[i]`` never appear. Order: by the best rank any source gives the item."""
+        out: list[CandidateList] = []
+        n = min(n, len(self.item_ids))
+        for start in range(0, len(user_rows), 256):
+            rows = user_rows[start : start + 256]
+            seen = self.user_items[rows].tocoo()
+            tops, mats = [], []
+            for source in self.sources.values():
+                scores = _score_block(source, rows)
+                scores[seen.row, seen.col] = -np.inf
+                for i, extra in enumerate(exclude[start : start + len(rows)] if exclude else []):
+                    if len(extra):
+                        scores[i, extra] = -np.inf
+                top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+                order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+                tops.append(np.take_along_axis(top, order, axis=1))
+                mats.append(scores)
+            for i in range(len(rows)):
+                out.append(_merge(i, tops, mats, n))
+        return out
+
+    def features(self, user_row: int, cands: CandidateList) -> np.ndarray:
+        """Ranker input rows (len(cands) x len(feature_names())) for one user."""
+        m = len(cands.items)
+        n_sources = cands.scores.shape[1]
+        per_source = np.empty((m, 3 * n_sources), dtype=np.float32)
+        per_source[:, 0::3] = cands.scores
+        per_source[:, 1::3] = np.where(cands.ranks > 0, np.log1p(cands.ranks), np.log1p(1000))
+        per_source[:, 2::3] = cands.ranks > 0
+        user = np.broadcast_to(self.user_table[user_row], (m, self.user_table.shape[1]))
+        item = self.item_table[cands.items]
+        category = self.item_category[cands.items]
+        affinity = np.where(
+            category >= 0, self.user_affinity[user_row, np.maximum(category, 0)], 0.0
+        )
+        return np.hstack([per_source, user, item, affinity[:, None]]).astype(np.float32)
+
+
+def _score_block(source: CandidateSource, rows: np.ndarray) -> np.ndarray:
+    return np.asarray(source.score_many(rows), dtype=np.float32)
+
+
+def _merge(i: int, tops: list[np.ndarray], mats: list[np.ndarray], n: int) -> CandidateList:
+    """Union of the sources' top lists for block row ``i``, ordered by best rank, capped at n."""
+    n_sources = len(tops)
+    items_all = np.concatenate([top[i] for top in tops])
+    ranks_all = np.tile(np.arange(1, tops[0].shape[1] + 1), n_sources)
+    finite = np.concatenate([np.isfinite(m[i, top[i]]) for m, top in zip(mats, tops, strict=True)])
+    items_all, ranks_all = items_all[finite], ranks_all[finite]
+    unique, inverse = np.unique(items_all, return_inverse=True)
+    best = np.full(len(unique), np.iinfo(np.int64).max)
+    np.minimum.at(best, inverse, ranks_all)
+    items = unique[np.lexsort((unique, best))][:n]
+    scores = np.zeros((len(items), n_sources), dtype=np.float32)
+    ranks = np.zeros((len(items), n_sources), dtype=np.float32)
+    for s, top in enumerate(tops):
+        row = top[i]
+        order = np.argsort(row, kind="stable")
+        sorted_row = row[order]
+        pos = np.minimum(np.searchsorted(sorted_row, items), len(row) - 1)
+        found = sorted_row[pos] == items
+        found &= np.isfinite(mats[s][i, items])
+        ranks[found, s] = order[pos[found]] + 1
+        scores[found, s] = mats[s][i, items[found]]
+    return CandidateList(items.astype(np.int64), scores, ranks)
+
+
+def fit_stage(
+    history: pd.DataFrame,
+    catalog: pd.DataFrame,
+    item_ids: np.ndarray,
+    params: PipelineParams,
+    as_of: pd.Timestamp | None = None,
+    *,
+    show_progress: bool = False,
+) -> Stage:
+    """Fit every candidate source and compute the feature tables on ``history``."""
+    as_of = as_of if as_of is not None else history["timestamp"].max() + pd.Timedelta(seconds=1)
+    user_ids = np.unique(history["user_id"].to_numpy())
+    matrix = user_item_weights(history, user_ids, item_ids)
+    sources: dict[str, CandidateSource] = {
+        "als": ALSCandidates.fit(matrix, params.als, show_progress=show_progress),
+        "itemknn": ItemKNNCandidates.fit(matrix, params.itemknn),
+        "popularity": PopularityCandidates.fit(matrix),
+        "trending": PopularityCandidates.fit_trending(
+            history, item_ids, as_of, params.trending_half_life_days
+        ),
+    }
+    users = compute_user_features(history, catalog, as_of).set_index("user_id").reindex(user_ids)
+    user_table = _compress(USER_NUMERIC, users[list(USER_NUMERIC)].fillna(0).to_numpy())
+    categories = category_vocabulary(catalog)
+    affinity = np.zeros((len(user_ids), len(categories)), dtype=np.float32)
+    present = users["user_category_affinity"].notna().to_numpy()
+    if present.any():
+        affinity[present] = np.stack(users.loc[present, "user_category_affinity"].to_numpy())
+    items = compute_item_features(history, catalog, as_of).set_index("item_id").reindex(item_ids)
+    item_table = _compress(ITEM_NUMERIC, items[list(ITEM_NUMERIC)].fillna(0).to_numpy())
+    item_category = items["item_category_index"].fillna(-1).to_numpy().astype(np.int64)
+    return Stage(
+        as_of=as_of,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        user_items=matrix,
+        sources=sources,
+        user_table=user_table,
+        user_affinity=affinity,
+        item_table=item_table,
+        item_category=item_category,
+        categories=categories,
+    )
+
+
+def relevant_rows(stage: Stage, future: pd.DataFrame, user_rows: np.ndarray) -> list[np.ndarray]:
+    """For each user row, the item rows it interacted with in ``future`` and had not seen."""
+    matrix = user_item_weights(future, stage.user_ids, stage.item_ids)[user_rows]
+    matrix = matrix - matrix.multiply(stage.user_items[user_rows] > 0)
+    matrix.eliminate_zeros()
+    return [matrix.indices[matrix.indptr[i] : matrix.indptr[i + 1]] for i in range(len(user_rows))]
+
+
+def training_set(
+    stage: Stage, future: pd.DataFrame, params: PipelineParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """(features, labels, groups, stats) for the ranker: candidates of users active in
+    ``future`` (the label window), label 1 when the user interacted with the candidate there.
+
+    Negatives are subsampled per user; users whose candidates hold no positive are dropped.
+    """
+    rng = np.random.default_rng(params.ranker.seed)
+    active = np.unique(future["user_id"].to_numpy())
+    rows = stage.user_rows(active)
+    rows = rows[rows >= 0]
+    if len(rows) > params.ranker.max_train_users:
+        rows = np.sort(rng.choice(rows, params.ranker.max_train_users, replace=False))
+    relevant = relevant_rows(stage, future, rows)
+    keep = np.array([len(r) > 0 for r in relevant], dtype=bool)
+    rows = rows[keep]
+    relevant = [r for r, k in zip(relevant, keep, strict=True) if k]
+    lists = stage.candidate_lists(rows, params.candidates)
+    xs, ys, gs = [], [], []
+    reached = 0
+    for row, rel, cands in zip(rows, relevant, lists, strict=True):
+        label = np.isin(cands.items, rel)
+        if not label.any():
+            continue
+        reached += 1
+        negatives = np.flatnonzero(~label)
+        if len(negatives) > params.ranker.negatives_per_user:
+            negatives = rng.choice(negatives, params.ranker.negatives_per_user, replace=False)
+        pick = np.sort(np.concatenate([np.flatnonzero(label), negatives]))
+        xs.append(stage.features(int(row), _subset(cands, pick)))
+        ys.append(label[pick])
+        gs.append(np.full(len(pick), row))
+    if not xs:
+        empty = np.empty((0, len(feature_names())), dtype=np.float32)
+        return empty, np.empty(0), np.empty(0, dtype=np.int64), {"users": 0.0}
+    stats = {
+        "users": float(len(rows)),
+        "candidate_recall_users": reached / max(len(rows), 1),
+    }
+    return np.vstack(xs), np.concatenate(ys).astype(np.float32), np.concatenate(gs), stats
+
+
+def _subset(cands: CandidateList, pick: np.ndarray) -> CandidateList:
+    return CandidateList(cands.items[pick], cands.scores[pick], cands.ranks[pick])
+
+
+def rank_users(
+    stage: Stage,
+    ranker: Ranker | None,
+    user_rows: np.ndarray,
+    k: int,
+    n_candidates: int,
+    exclude: list[np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` item rows and scores per user row (-1 / -inf padded), ranked by ``ranker``
+    (or by the candidate order when ``ranker`` is None)."""
+    recs = np.full((len(user_rows), k), -1, dtype=np.int64)
+    scores = np.full((len(user_rows), k), -np.inf, dtype=np.float32)
+    for i, (row, cands) in enumerate(
+        zip(user_rows, stage.candidate_lists(user_rows, n_candidates, exclude), strict=True)
+    ):
+        if not len(cands.items):
+            continue
+        if ranker is None:
+            order = np.arange(len(cands.items))[:k]
+            values = -np.arange(len(order), dtype=np.float32)
+        else:
+            values_all = ranker.score(stage.features(int(row), cands))
+            order = np.argsort(-values_all, kind="stable")[:k]
+            values = values_all[order]
+        recs[i, : len(order)] = cands.items[order]
+        scores[i, : len(order)] = values
+    return recs, scores
+
+
+def fit_ranker(
+    stage: Stage,
+    future: pd.DataFrame,
+    params: PipelineParams,
+    *,
+    k: int = 10,
+    epochs: int | None = None,
+) -> tuple[Ranker | None, dict[str, float]]:
+    """Train the ranker on ``stage`` with labels from ``future``; None when there is no signal."""
+    x, y, groups, stats = training_set(stage, future, params)
+    if len(x) == 0 or y.sum() == 0:
+        return None, stats
+    ranker = Ranker.fit(x, y, groups, params.ranker, k=k, epochs=epochs)
+    stats.update(
+        {
+            "rows": float(len(x)),
+            "positives": float(y.sum()),
+            "epochs": float(ranker.epochs_trained),
+            "best_val_ndcg": max((h.get("val_ndcg", 0.0) for h in ranker.history), default=0.0),
+        }
+    )
+    return ranker, stats
