@@ -57,17 +57,17 @@ def trained_world(tmp_path_factory: pytest.TempPathFactory):
     Returns (settings, registered release, train result). Tests must not modify it.
     """
     from recsys.config import Settings
+    from recsys.gate import register_with_gate
     from recsys.ingest import ingest_all
-    from recsys.models.als import ALSParams
-    from recsys.registry import CHAMPION, log_release
     from recsys.synthetic import WorldConfig, write_world
-    from recsys.train import train_and_evaluate
+    from recsys.train import pipeline_params, train_and_evaluate
 
     folder = tmp_path_factory.mktemp("trained-world")
-    settings = Settings(data_dir=folder)
-    cfg = WorldConfig(n_users=600, n_items=200, n_days=8, n_interactions=20_000, seed=7)
+    settings = Settings(data_dir=folder, seed=7)
+    cfg = WorldConfig(n_users=800, n_items=200, n_days=12, n_interactions=30_000, seed=7)
     write_world(cfg, settings.lake.init())
     ingest_all(settings.lake)
-    result = train_and_evaluate(settings.lake, ALSParams(seed=7), k=10)
-    registered = log_release(settings, result.release, result.metrics, aliases=(CHAMPION,))
+    result = train_and_evaluate(settings.lake, pipeline_params(settings), k=10, budget_s=1.0)
+    registered, decision = register_with_gate(settings, result)
+    assert decision.alias == "champion"
     return settings, registered, result

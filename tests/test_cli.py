@@ -102,10 +102,16 @@ def test_generate_then_train_registers_a_champion(data_dir):
     )
     assert_one_line_error(again, 2, "different synthetic world")
 
-    train = run(["train", "--window-days", "6"], data_dir)
+    train = run(["train", "--window-days", "6", "--budget-s", "1"], data_dir)
     assert train.returncode == 0, train.stderr
     assert "registered recsys-recommender version 1 as 'champion'" in train.stdout
-    assert "popularity" in train.stdout and "ndcg" in train.stdout
+    assert "popularity" in train.stdout and "pipeline" in train.stdout
+    assert "search:" in train.stdout and "pipeline vs ALS alone" in train.stdout
+
+    evaluate = run(["evaluate", "--alias", "champion"], data_dir)
+    assert evaluate.returncode == 0, evaluate.stderr
+    assert "recsys-recommender v1 (champion)" in evaluate.stdout
+    assert "pipeline" in evaluate.stdout and "trending" in evaluate.stdout
 
 
 def test_movielens_command_lands_the_real_data(data_dir, ml100k):

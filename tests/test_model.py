@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from recsys.errors import RecsysError
 from recsys.evaluation import ranking_metrics
-from recsys.models.als import ALSParams
+from recsys.models.ranker import Ranker, RankerParams
+from recsys.pipeline import PipelineParams, feature_names, fit_stage, rank_users
 from recsys.release import Release
-from recsys.train import fit_release, temporal_split
+from recsys.train import holdout_start, temporal_split
 
 
 def test_ranking_metrics_match_a_hand_computed_example():
@@ -27,32 +30,45 @@ def test_ranking_metrics_match_a_hand_computed_example():
     assert m["coverage"] == pytest.approx(6 / 10)
 
 
-def test_holdout_is_strictly_after_training(trained_world):
+def test_holdout_is_strictly_after_everything_the_evaluated_model_saw(trained_world):
     settings, _, result = trained_world
     frame = settings.lake.read_clean_interactions()
     train, test = temporal_split(frame, int(result.window["test_days"]))
     assert train["timestamp"].max() < test["timestamp"].min()
-    assert result.window["holdout_start"] == test["timestamp"].min().floor("D").isoformat()
+    assert result.pre_holdout["timestamp"].max() < result.holdout["timestamp"].min()
+    test_days = int(result.window["test_days"])
+    assert result.window["holdout_start"] == holdout_start(frame, test_days).isoformat()
+    assert result.ranker_stats["windows"] >= 1
 
 
-def test_als_beats_popularity_on_the_synthetic_holdout(trained_world):
+def test_the_full_pipeline_beats_every_single_source_on_the_holdout(trained_world):
     _, _, result = trained_world
-    assert result.metrics["als"]["users"] > 50
-    assert result.metrics["als"]["ndcg"] > result.metrics["popularity"]["ndcg"]
-    assert result.metrics["als"]["coverage"] > result.metrics["popularity"]["coverage"]
+    pipeline = result.metrics["pipeline"]["ndcg"]
+    for baseline in ("als", "itemknn", "popularity", "trending"):
+        assert pipeline > result.metrics[baseline]["ndcg"], baseline
+    assert result.metrics["pipeline"]["users"] > 100
     assert not result.notes
 
 
-def test_recommendations_never_contain_seen_or_excluded_items(trained_world):
+def test_search_logs_trials_and_keeps_the_defaults_as_trial_zero(trained_world):
+    _, _, result = trained_world
+    assert result.trials and result.trials[0]["trial"] == 0
+    assert result.trials[0]["als"]["factors"] == PipelineParams().als.factors
+    assert all(0 <= t["als_ndcg"] <= 1 for t in result.trials)
+
+
+def test_recommendations_never_contain_seen_excluded_or_duplicate_items(trained_world):
     _, _, result = trained_world
     release = result.release
-    for user_id in release.user_ids[:100]:
-        row = release.user_row(user_id)
-        seen = set(release.item_ids[release.seen_rows(row)].tolist())
-        rec = release.recommend(int(user_id), 20, exclude=[int(release.item_ids[0])])
-        assert not seen & set(rec.item_ids.tolist())
-        assert int(release.item_ids[0]) not in rec.item_ids
-        assert len(set(rec.item_ids.tolist())) == len(rec.item_ids)
+    banned = int(release.item_ids[0])
+    for user_id in release.user_ids[:60]:
+        seen = set(release.item_ids[release.seen_rows(release.user_row(user_id))].tolist())
+        rec = release.recommend(int(user_id), 20, exclude=[banned])
+        items = rec.item_ids.tolist()
+        assert len(items) == 20
+        assert not seen & set(items)
+        assert banned not in items
+        assert len(set(items)) == len(items)
         assert np.all(np.diff(rec.scores) <= 1e-6)  # best first
 
 
@@ -62,23 +78,34 @@ def test_unknown_user_gets_the_cold_start_list(trained_world):
     assert rec.fallback == "cold_start" and len(rec.item_ids) == 5
 
 
-def test_same_seed_same_model_and_other_seed_another(trained_world):
-    settings, _, _ = trained_world
+def test_same_seed_same_model_other_seed_another(trained_world):
+    settings, _, result = trained_world
     frame = settings.lake.read_clean_interactions()
-    items = np.unique(frame["item_id"])
-    a = fit_release(frame, items, ALSParams(seed=3, iterations=5), {})
-    b = fit_release(frame, items, ALSParams(seed=3, iterations=5), {})
-    c = fit_release(frame, items, ALSParams(seed=4, iterations=5), {})
-    assert np.array_equal(a.als.item_factors, b.als.item_factors)
-    assert not np.array_equal(a.als.item_factors, c.als.item_factors)
+    catalog = settings.lake.read_clean_catalog("items")
+    items = result.release.item_ids
+    params = replace(PipelineParams(), als=replace(PipelineParams().als, iterations=5))
+    a = fit_stage(frame, catalog, items, params)
+    b = fit_stage(frame, catalog, items, params)
+    c = fit_stage(frame, catalog, items, replace(params, als=replace(params.als, seed=99)))
+    assert np.array_equal(a.sources["als"].item_factors, b.sources["als"].item_factors)
+    assert not np.array_equal(a.sources["als"].item_factors, c.sources["als"].item_factors)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, len(feature_names()))).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32)
+    groups = np.repeat(np.arange(40), 10)
+    r1 = Ranker.fit(x, y, groups, RankerParams(seed=5, max_epochs=5))
+    r2 = Ranker.fit(x, y, groups, RankerParams(seed=5, max_epochs=5))
+    assert np.array_equal(r1.score(x), r2.score(x))
 
 
 def test_a_user_who_only_watched_one_category_gets_mostly_that_category(trained_world):
-    settings, _, _ = trained_world
+    settings, _, result = trained_world
     frame = settings.lake.read_clean_interactions()
-    catalog = settings.lake.read_clean_catalog("items").set_index("item_id")["category"]
-    category = catalog.value_counts().index[0]
-    liked = catalog[catalog == category].index.to_numpy()[:15]
+    catalog = settings.lake.read_clean_catalog("items")
+    category_of = catalog.set_index("item_id")["category"]
+    category = category_of.value_counts().index[0]
+    liked = category_of[category_of == category].index.to_numpy()[:12]
     fan = pd.DataFrame(
         {
             "user_id": 10**7,
@@ -88,12 +115,12 @@ def test_a_user_who_only_watched_one_category_gets_mostly_that_category(trained_
             "timestamp": frame["timestamp"].max(),
         }
     )
-    release = fit_release(
-        pd.concat([frame, fan], ignore_index=True), catalog.index.to_numpy(), ALSParams(), {}
-    )
-    rec = release.recommend(10**7, 10)
-    share = (catalog.loc[rec.item_ids] == category).mean()
-    base_rate = (catalog == category).mean()
+    history = pd.concat([frame, fan], ignore_index=True)
+    stage = fit_stage(history, catalog, result.release.item_ids, result.release.params)
+    row = stage.user_rows(np.array([10**7]))
+    recs, _ = rank_users(stage, result.release.ranker, row, 10, 200)
+    share = (category_of.loc[result.release.item_ids[recs[0]]] == category).mean()
+    base_rate = (category_of == category).mean()
     assert share >= 0.6 and share > 2 * base_rate
 
 
@@ -102,12 +129,17 @@ def test_release_round_trips_without_pickle(trained_world, tmp_path):
     folder = result.release.save(tmp_path / "release")
     for array in folder.glob("*.npy"):
         np.load(array, allow_pickle=False)  # raises if anything needed pickle
+    import torch
+
+    torch.load(folder / "ranker.pt", weights_only=True)
     loaded = Release.load(folder)
-    user = int(result.release.user_ids[0])
-    assert np.array_equal(
-        loaded.recommend(user, 10).item_ids, result.release.recommend(user, 10).item_ids
-    )
+    for user in result.release.user_ids[:10]:
+        a = loaded.recommend(int(user), 10)
+        b = result.release.recommend(int(user), 10)
+        assert np.array_equal(a.item_ids, b.item_ids)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
     assert loaded.meta["data_fingerprint"] == result.release.meta["data_fingerprint"]
+    assert loaded.meta["feature_service"]["name"]
 
 
 def test_a_broken_release_is_a_readable_error(tmp_path, trained_world):

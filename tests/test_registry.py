@@ -11,15 +11,16 @@ from recsys.registry import CHAMPION, configure_mlflow, load_release, version_fo
 
 
 def test_champion_alias_points_at_the_registered_version(trained_world):
-    settings, registered, _ = trained_world
+    settings, registered, result = trained_world
     assert version_for_alias(settings, CHAMPION) == registered.version
     client = configure_mlflow(settings)
     version = client.get_model_version(settings.model_name, registered.version)
     assert len(version.tags["data_fingerprint"]) == 64
     run = client.get_run(registered.run_id)
-    assert "als_ndcg_at_10" in run.data.metrics
-    assert "popularity_ndcg_at_10" in run.data.metrics
-    assert run.data.params["als_factors"] == "32"
+    for model in ("pipeline", "als", "itemknn", "popularity", "trending"):
+        assert f"{model}_ndcg_at_10" in run.data.metrics
+    assert run.data.params["als.factors"] == str(result.release.params.als.factors)
+    assert version.tags["gate"] == "passed"
 
 
 def test_release_loaded_by_alias_answers_like_the_trained_one(trained_world):

@@ -50,15 +50,15 @@ class ALSCandidates(CandidateSource):
         from implicit.cpu.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
 
-        model = AlternatingLeastSquares(
-            factors=params.factors,
-            regularization=params.regularization,
-            alpha=params.alpha,
-            iterations=params.iterations,
-            random_state=params.seed,
-            num_threads=1,  # one thread keeps results bit-for-bit reproducible
-        )
-        with threadpool_limits(1, "blas"):  # implicit's own threads; BLAS threads fight them
+        with threadpool_limits(1, "blas"):  # BLAS threads would fight implicit's own loop
+            model = AlternatingLeastSquares(
+                factors=params.factors,
+                regularization=params.regularization,
+                alpha=params.alpha,
+                iterations=params.iterations,
+                random_state=params.seed,
+                num_threads=1,  # one thread keeps results bit-for-bit reproducible
+            )
             model.fit(sp.csr_matrix(user_items, dtype=np.float32), show_progress=show_progress)
         return cls(model.user_factors, model.item_factors)
 
