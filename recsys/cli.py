@@ -36,6 +36,8 @@ config_app = typer.Typer(help="Show the effective settings or their schema.", no
 data_app = typer.Typer(help="Land and ingest data into the lake.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
+app.add_typer(bench_app, name="benchmark")
 
 
 @app.callback()
@@ -261,6 +263,95 @@ def evaluate(
             f"{settings.model_name} v{version} ({alias}) at k={k}: holdout from {cut.date()}",
             ["model", *names],
             [[m, *(v[n] for n in names)] for m, v in metrics.items()],
+        )
+    )
+
+
+# ---- benchmarks -----------------------------------------------------------------------------
+
+
+@bench_app.command("quality")
+def benchmark_quality(
+    train_file: Annotated[Path, typer.Option("--train", help="TRAIN interactions file.")],
+    test_file: Annotated[Path, typer.Option("--test", help="TEST interactions file.")],
+    k: Annotated[int, typer.Option(min=1, max=1000, help="Cut-off.")] = 10,
+    recs_out: Annotated[
+        Path | None, typer.Option("--recs-out", help="Write user<TAB>rank<TAB>item here.")
+    ] = None,
+    items_file: Annotated[
+        Path | None, typer.Option("--items", help="Catalog: u.item or items parquet.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 42,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Train the full pipeline on TRAIN only and score its top-k on TEST (seen items removed).
+
+    Files: GroupLens u.data layout, parquet, or CSV/TSV with the contract columns."""
+    from recsys.benchmark import benchmark_quality as run_quality
+    from recsys.benchmark import to_json, with_seed
+    from recsys.pipeline import PipelineParams
+
+    with console.status("training on TRAIN, scoring on TEST"):
+        report = run_quality(
+            train_file,
+            test_file,
+            k=k,
+            recs_out=recs_out,
+            items_path=items_file,
+            params=with_seed(PipelineParams(), seed),
+        )
+    if as_json:
+        print(to_json(report))
+        return
+    names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage"]
+    console.print(
+        table(
+            f"Quality at k={k}: {report['test_users']} test users, trained in "
+            f"{report['train_seconds']}s",
+            ["model", *names],
+            [[m, *(v[n] for n in names)] for m, v in report["metrics"].items()],
+        )
+    )
+
+
+@bench_app.command("train")
+def benchmark_train(
+    users: Annotated[int, typer.Option(min=10, help="Synthetic users.")] = 100_000,
+    items: Annotated[int, typer.Option(min=10, help="Synthetic items.")] = 20_000,
+    interactions: Annotated[int, typer.Option(min=100, help="Interactions.")] = 5_000_000,
+    days: Annotated[int, typer.Option(min=2, help="Days.")] = 30,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 42,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Fit time and peak memory of ALS, item-kNN, features and the ranker on a synthetic world
+    (generated in memory; nothing is written)."""
+    from recsys.benchmark import benchmark_training, to_json, with_seed
+    from recsys.contract import validate_interactions
+    from recsys.pipeline import PipelineParams
+    from recsys.synthetic import WorldConfig, generate_world
+
+    with console.status(f"generating {users} x {items} x {interactions} world"):
+        world = generate_world(
+            WorldConfig(
+                n_users=users, n_items=items, n_interactions=interactions, n_days=days, seed=seed
+            )
+        )
+        frame = validate_interactions(world.interactions).clean
+    with console.status("fitting"):
+        report = benchmark_training(frame, world.items, with_seed(PipelineParams(), seed))
+    if as_json:
+        print(to_json(report))
+        return
+    rows = [
+        [name, v["seconds"], v["peak_rss_mb"]] for name, v in report.items() if isinstance(v, dict)
+    ]
+    console.print(
+        table(
+            f"Training cost: {report['users']} users x {report['items']} items x "
+            f"{report['interactions']} interactions ({report['ranker_rows']} ranker rows)",
+            ["phase", "seconds", "peak RSS (MB)"],
+            rows,
+            numeric=2,
         )
     )
 

@@ -1,0 +1,283 @@
+"""Benchmarks that print figures: recommendation quality on a given split, training cost.
+
+    recsys benchmark quality --train TRAIN --test TEST --k 10 --recs-out recs.tsv --json
+    recsys benchmark train --users 100000 --items 20000 --interactions 5000000
+
+Quality trains the full pipeline on TRAIN only. With no time order to exploit (a random
+split), the ranker's labels come from a random share of each user's TRAIN interactions: the
+sources are fit on the rest, the ranker learns which candidates the held-back share contains,
+then the sources are refit on all of TRAIN and the ranker ranks their candidates.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recsys.contract import INTERACTION_COLUMNS, validate_interactions
+from recsys.errors import RecsysError
+from recsys.evaluation import ranking_metrics, top_k_unseen
+from recsys.models.ranker import Ranker
+from recsys.movielens import read_udata
+from recsys.pipeline import PipelineParams, Stage, fit_stage, rank_users, relevant_rows
+
+
+def read_interactions_file(path: Path) -> pd.DataFrame:
+    """Read interactions from the GroupLens ``u.data`` layout, parquet, or CSV/TSV with the
+    contract columns. Rows that break the contract make it a RecsysError naming the reasons."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecsysError(f"{path} not found")
+    if path.suffix == ".parquet":
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises many types for a bad file
+            raise RecsysError(f"{path} is not a readable parquet file: {exc}") from None
+    else:
+        with path.open("r", errors="replace") as handle:
+            head = handle.readline()
+        if all(col in head for col in ("user_id", "item_id")):
+            sep = "\t" if "\t" in head else ","
+            frame = pd.read_csv(path, sep=sep)
+            if "event_type" not in frame:
+                frame["event_type"] = "rating" if "rating" in frame else "click"
+            if "value" not in frame:
+                frame["value"] = frame.pop("rating") if "rating" in frame else 1.0
+            if "timestamp" in frame and pd.api.types.is_numeric_dtype(frame["timestamp"]):
+                frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
+            frame = frame[[c for c in frame.columns if c in INTERACTION_COLUMNS]]
+        else:
+            frame = read_udata(path)
+    result = validate_interactions(frame)
+    if not result.rejected.empty:
+        raise RecsysError(
+            f"{path}: {len(result.rejected)} row(s) break the data contract: "
+            f"{result.reason_counts()}"
+        )
+    return result.clean
+
+
+def read_items_file(path: Path | None, item_ids: np.ndarray) -> pd.DataFrame:
+    """The catalog from a ``u.item`` or parquet file, or a one-category stand-in."""
+    if path is None:
+        return pd.DataFrame(
+            {
+                "item_id": item_ids,
+                "title": [f"item {i}" for i in item_ids],
+                "category": "unknown",
+                "genres": "unknown",
+                "created_at": pd.Timestamp("1990-01-01", tz="UTC"),
+            }
+        )
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    from recsys.movielens import load_movielens
+
+    return load_movielens(path.parent).items
+
+
+def split_per_user(
+    frame: pd.DataFrame, share: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Random (rest, held) split of each user's rows; users with one row keep it in ``rest``."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(frame))
+    shuffled = frame.iloc[order]
+    rank = shuffled.groupby("user_id").cumcount().to_numpy()
+    size = shuffled.groupby("user_id")["user_id"].transform("size").to_numpy()
+    held = rank < np.floor(size * share)
+    return shuffled.loc[~held].sort_index(), shuffled.loc[held].sort_index()
+
+
+@dataclass
+class StaticModel:
+    stage: Stage
+    ranker: Ranker | None
+    params: PipelineParams
+    seconds: float
+
+
+def fit_static(
+    train: pd.DataFrame,
+    catalog: pd.DataFrame,
+    params: PipelineParams,
+    *,
+    label_share: float = 0.2,
+    k: int = 10,
+) -> StaticModel:
+    """Train the pipeline on an unordered TRAIN set (see the module docstring)."""
+    from recsys.pipeline import fit_ranker
+
+    started = time.perf_counter()
+    item_ids = np.unique(np.concatenate([catalog["item_id"].to_numpy(), train["item_id"]]))
+    rest, held = split_per_user(train, label_share, params.ranker.seed)
+    as_of = train["timestamp"].max() + pd.Timedelta(seconds=1)
+    label_stage = fit_stage(rest, catalog, item_ids, params, as_of=as_of)
+    ranker, _ = fit_ranker(label_stage, held, params, k=k)
+    stage = fit_stage(train, catalog, item_ids, params, as_of=as_of)
+    return StaticModel(stage, ranker, params, time.perf_counter() - started)
+
+
+def benchmark_quality(
+    train_path: Path,
+    test_path: Path,
+    *,
+    k: int = 10,
+    recs_out: Path | None = None,
+    items_path: Path | None = None,
+    params: PipelineParams | None = None,
+) -> dict:
+    """Train on TRAIN, recommend ``k`` unseen items to every TEST user, score against TEST.
+
+    Returns the metrics of the pipeline and of each single source (as JSON-able dict)."""
+    params = params or PipelineParams()
+    train = read_interactions_file(train_path)
+    test = read_interactions_file(test_path)
+    catalog = read_items_file(items_path, np.unique(np.concatenate([train.item_id, test.item_id])))
+    model = fit_static(train, catalog, params, k=k)
+    stage = model.stage
+    test_users = np.unique(test["user_id"].to_numpy())
+    rows = stage.user_rows(test_users)
+    known = rows >= 0
+    recs, _ = rank_users(stage, model.ranker, rows[known], k, params.candidates)
+    relevant = relevant_rows(stage, test, rows[known])
+    popularity = np.asarray((stage.user_items > 0).sum(axis=0)).ravel()
+
+    def score(matrix: np.ndarray) -> dict:
+        return ranking_metrics(
+            matrix,
+            relevant,
+            k,
+            n_items=len(stage.item_ids),
+            item_popularity=popularity,
+            n_train_users=len(stage.user_ids),
+        )
+
+    metrics = {"pipeline": score(recs)}
+    for name, source in stage.sources.items():
+        metrics[name] = score(top_k_unseen(source, rows[known], stage.user_items, k))
+    if recs_out is not None:
+        _write_recs(recs_out, test_users[known], recs, stage, test_users[~known], k)
+    return {
+        "k": k,
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "test_users": len(test_users),
+        "test_users_unknown_to_train": int((~known).sum()),
+        "train_seconds": round(model.seconds, 2),
+        "metrics": metrics,
+        "params": params.as_dict(),
+    }
+
+
+def _write_recs(
+    path: Path, users: np.ndarray, recs: np.ndarray, stage: Stage, cold: np.ndarray, k: int
+) -> None:
+    """``user_id<TAB>rank<TAB>item_id`` lines; unknown users get the popular list."""
+    from recsys.models.base import top_n
+
+    popular = stage.item_ids[top_n(stage.sources["popularity"].item_scores, k)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+        for user, row in zip(users, recs, strict=True):
+            for rank, item_row in enumerate(row[row >= 0], start=1):
+                out.write(f"{user}\t{rank}\t{stage.item_ids[item_row]}\n")
+        for user in cold:
+            for rank, item in enumerate(popular, start=1):
+                out.write(f"{user}\t{rank}\t{item}\n")
+
+
+# ---- training cost --------------------------------------------------------------------------
+
+
+class PeakRSS:
+    """Samples this process's resident memory in a thread; ``peak`` in bytes since reset."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval
+        self.peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(self._interval)
+
+    def reset(self) -> None:
+        self.peak = self._process.memory_info().rss
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@contextmanager
+def phase(name: str, rss: PeakRSS, out: dict) -> Iterator[None]:
+    rss.reset()
+    started = time.perf_counter()
+    yield
+    out[name] = {
+        "seconds": round(time.perf_counter() - started, 2),
+        "peak_rss_mb": round(rss.peak / 2**20, 1),
+    }
+
+
+def benchmark_training(frame: pd.DataFrame, catalog: pd.DataFrame, params: PipelineParams) -> dict:
+    """Fit time and peak memory of each part of the pipeline on ``frame``."""
+    from recsys.models.als import ALSCandidates
+    from recsys.models.itemknn import ItemKNNCandidates
+    from recsys.pipeline import training_set, user_item_weights
+
+    rss = PeakRSS()
+    out: dict = {}
+    try:
+        item_ids = np.unique(np.concatenate([catalog["item_id"].to_numpy(), frame["item_id"]]))
+        user_ids = np.unique(frame["user_id"].to_numpy())
+        with phase("matrix", rss, out):
+            matrix = user_item_weights(frame, user_ids, item_ids)
+        with phase("als_fit", rss, out):
+            ALSCandidates.fit(matrix, params.als)
+        with phase("itemknn_fit", rss, out):
+            ItemKNNCandidates.fit(matrix, params.itemknn)
+        cut = frame["timestamp"].max().floor("D")
+        history = frame.loc[frame["timestamp"] < cut]
+        future = frame.loc[frame["timestamp"] >= cut]
+        with phase("stage_fit (all sources + features)", rss, out):
+            stage = fit_stage(history, catalog, item_ids, params, as_of=cut)
+        with phase("ranker_training_set", rss, out):
+            x, y, groups, _ = training_set(stage, future, params)
+        with phase("ranker_fit", rss, out):
+            ranker = Ranker.fit(x, y, groups, params.ranker)
+        out["ranker_rows"] = len(x)
+        out["ranker_epochs"] = ranker.epochs_trained
+    finally:
+        rss.stop()
+    out["interactions"] = len(frame)
+    out["users"] = len(np.unique(frame["user_id"]))
+    out["items"] = len(catalog)
+    return out
+
+
+def to_json(payload: dict) -> str:
+    return json.dumps(payload, indent=2, default=float)
+
+
+def with_seed(params: PipelineParams, seed: int) -> PipelineParams:
+    return replace(
+        params, als=replace(params.als, seed=seed), ranker=replace(params.ranker, seed=seed)
+    )
