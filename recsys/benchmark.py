@@ -98,6 +98,34 @@ def split_per_user(
     return shuffled.loc[~held].sort_index(), shuffled.loc[held].sort_index()
 
 
+def random_split(
+    frame: pd.DataFrame, by: str, train_share: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test): each ``by`` group's rows (``user_id`` or ``item_id``) split at random,
+    ``train_share`` to train (rounded), the rest to test."""
+    if by not in {"user_id", "item_id"}:
+        raise RecsysError(f"split by user or item, not {by!r}")
+    rng = np.random.default_rng(seed)
+    shuffled = frame.iloc[rng.permutation(len(frame))]
+    rank = shuffled.groupby(by).cumcount().to_numpy()
+    size = shuffled.groupby(by)[by].transform("size").to_numpy()
+    in_test = rank < np.round(size * (1 - train_share))
+    return shuffled.loc[~in_test].sort_index(), shuffled.loc[in_test].sort_index()
+
+
+def write_udata(frame: pd.DataFrame, path: Path) -> None:
+    """Write contract interactions in the u.data layout (ratings as values, unix seconds)."""
+    out = pd.DataFrame(
+        {
+            "user_id": frame["user_id"],
+            "item_id": frame["item_id"],
+            "value": frame["value"].round().astype("int64"),
+            "ts": frame["timestamp"].astype("int64") // 10**6,
+        }
+    )
+    out.to_csv(path, sep="\t", header=False, index=False)
+
+
 @dataclass
 class StaticModel:
     stage: Stage

@@ -314,6 +314,31 @@ def benchmark_quality(
     )
 
 
+@bench_app.command("split")
+def benchmark_split(
+    data_file: Annotated[Path, typer.Option("--data", help="Interactions (u.data layout...).")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where train.tsv/test.tsv go.")],
+    by: Annotated[str, typer.Option(help="Split each item's or each user's rows.")] = "item",
+    train_share: Annotated[float, typer.Option(min=0.01, max=0.99)] = 0.75,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 42,
+) -> None:
+    """Random split for `benchmark quality`: each item's (or user's) rows, 75/25 by default."""
+    from recsys.benchmark import random_split, read_interactions_file, write_udata
+
+    if by not in {"item", "user"}:
+        raise RecsysError(f"--by must be item or user, not {by!r}")
+    train_part, test_part = random_split(
+        read_interactions_file(data_file), f"{by}_id", train_share, seed
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_udata(train_part, out_dir / "train.tsv")
+    write_udata(test_part, out_dir / "test.tsv")
+    console.print(
+        f"{len(train_part)} train and {len(test_part)} test rows (by {by}, seed {seed}) "
+        f"in {out_dir}"
+    )
+
+
 @bench_app.command("train")
 def benchmark_train(
     users: Annotated[int, typer.Option(min=10, help="Synthetic users.")] = 100_000,

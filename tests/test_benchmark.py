@@ -1,0 +1,122 @@
+"""`recsys benchmark` commands as a user runs them, on the real MovieLens-100K files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+RECSYS = str(Path(sys.executable).with_name("recsys"))
+
+
+def run(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [RECSYS, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RECSYS_DATA_DIR": str(data_dir)},
+    )
+
+
+@pytest.fixture(scope="module")
+def split(ml100k, tmp_path_factory):
+    out = tmp_path_factory.mktemp("split")
+    proc = run(
+        "benchmark",
+        "split",
+        "--data",
+        str(ml100k / "u.data"),
+        "--out-dir",
+        str(out),
+        "--by",
+        "item",
+        "--seed",
+        "42",
+        data_dir=out,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", header=None, names=["user", "item", "rating", "ts"])
+
+
+def test_split_keeps_every_row_and_three_quarters_of_each_item(split):
+    train, test = read(split / "train.tsv"), read(split / "test.tsv")
+    assert len(train) + len(test) == 100_000
+    assert len(pd.concat([train, test]).drop_duplicates()) == 100_000
+    share = train.groupby("item").size() / pd.concat([train, test]).groupby("item").size()
+    big = share[pd.concat([train, test]).groupby("item").size() >= 20]
+    assert big.between(0.70, 0.80).all()
+
+
+def test_quality_benchmark_writes_unseen_top_k_for_every_test_user(split, tmp_path):
+    recs_out = tmp_path / "recs.tsv"
+    proc = run(
+        "benchmark",
+        "quality",
+        "--train",
+        str(split / "train.tsv"),
+        "--test",
+        str(split / "test.tsv"),
+        "--k",
+        "10",
+        "--recs-out",
+        str(recs_out),
+        "--json",
+        data_dir=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    metrics = report["metrics"]
+    assert set(metrics) >= {"pipeline", "als", "itemknn", "popularity", "trending"}
+    assert metrics["pipeline"]["ndcg"] > metrics["popularity"]["ndcg"]
+    assert 0 < metrics["pipeline"]["ndcg"] <= 1
+    recs = pd.read_csv(recs_out, sep="\t", header=None, names=["user", "rank", "item"])
+    test, train = read(split / "test.tsv"), read(split / "train.tsv")
+    assert set(recs["user"]) == set(test["user"])
+    assert (
+        recs.groupby("user")["rank"].apply(list)
+        == pd.Series(
+            [list(range(1, 11))] * recs["user"].nunique(), index=sorted(recs["user"].unique())
+        )
+    ).all()
+    seen = set(zip(train["user"], train["item"], strict=True))
+    assert not any((u, i) in seen for u, i in zip(recs["user"], recs["item"], strict=True))
+
+
+def test_train_benchmark_reports_time_and_memory_per_phase(tmp_path):
+    proc = run(
+        "benchmark",
+        "train",
+        "--users",
+        "300",
+        "--items",
+        "100",
+        "--interactions",
+        "6000",
+        "--days",
+        "5",
+        "--json",
+        data_dir=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    for phase in ("als_fit", "itemknn_fit", "ranker_fit"):
+        assert report[phase]["seconds"] >= 0 and report[phase]["peak_rss_mb"] > 0
+    assert report["interactions"] == 6000
+
+
+def test_a_malformed_file_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("1\t2\tx\n")
+    proc = run("benchmark", "quality", "--train", str(bad), "--test", str(bad), data_dir=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("recsys: error:")
