@@ -21,6 +21,7 @@ import numpy as np
 import typer
 from typer._click import exceptions as cli_errors  # typer vendors click since 0.2x
 
+from features.cli import features_app
 from recsys.config import Settings, get_settings
 from recsys.console import console, err_console, ingest_table, quiet_libraries, table
 from recsys.errors import RecsysError
@@ -36,6 +37,7 @@ config_app = typer.Typer(help="Show the effective settings or their schema.", no
 data_app = typer.Typer(help="Land and ingest data into the lake.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
 bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 app.add_typer(bench_app, name="benchmark")
 

@@ -78,9 +78,9 @@ class Settings(BaseSettings):
 
     # Training defaults (the thin path; the search space lives with the model)
     als_factors: int = Field(32, ge=2, le=1024)
-    als_regularization: float = Field(10.0, gt=0)
-    als_alpha: float = Field(1.0, gt=0, description="Confidence = alpha * weight.")
-    als_iterations: int = Field(15, ge=1, le=500)
+    als_regularization: float = Field(20.0, gt=0)
+    als_alpha: float = Field(2.0, gt=0, description="Confidence = alpha * weight.")
+    als_iterations: int = Field(20, ge=1, le=500)
 
     @field_validator("data_dir")
     @classmethod

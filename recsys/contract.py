@@ -25,7 +25,7 @@ EVENT_WEIGHTS: dict[str, float] = {
     "like": 3.0,
     "add_to_cart": 4.0,
     "purchase": 8.0,
-    "rating": 1.0,  # ratings are weighted by their value instead (see implicit_weight)
+    "rating": 1.0,  # any rating says "watched": binary beats rating-valued confidence here
 }
 """How strongly one event says "this user wants this item" (implicit-feedback confidence)."""
 
@@ -218,10 +218,11 @@ def _empty_interactions() -> pd.DataFrame:
 
 
 def implicit_weight(frame: pd.DataFrame) -> np.ndarray:
-    """Implicit-feedback strength per interaction (ratings: their value; else EVENT_WEIGHTS)."""
-    weights = frame["event_type"].map(EVENT_WEIGHTS).fillna(1.0).to_numpy(dtype="float64")
-    is_rating = (frame["event_type"] == "rating").to_numpy()
-    return np.where(is_rating, frame["value"].to_numpy(dtype="float64"), weights)
+    """Implicit-feedback strength per interaction, by event type (EVENT_WEIGHTS).
+
+    A rating counts as one view-strength signal whatever its value: on MovieLens, binary
+    confidence beat rating-valued confidence for ALS (0.478 vs 0.45-0.476 nDCG@10)."""
+    return frame["event_type"].map(EVENT_WEIGHTS).fillna(1.0).to_numpy(dtype="float64")
 
 
 def conform(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:

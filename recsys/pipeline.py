@@ -22,11 +22,15 @@ from features.compute import item_features as compute_item_features
 from features.compute import user_features as compute_user_features
 from recsys.models.als import ALSCandidates, ALSParams
 from recsys.models.base import CandidateSource
+from recsys.models.ease import EASECandidates, EASEParams
 from recsys.models.itemknn import ItemKNNCandidates, ItemKNNParams
 from recsys.models.popularity import PopularityCandidates
 from recsys.models.ranker import Ranker, RankerParams
 
-SOURCES = ("als", "itemknn", "popularity", "trending")
+SOURCES = ("ease", "als", "itemknn", "popularity", "trending")
+SOURCE_WEIGHTS = (1.0, 1.0, 0.5, 0.25, 0.25)
+"""How much each source's ranks count when candidates are merged (rank / weight, lowest wins)."""
+_PER_SOURCE = ("score", "zscore", "share_of_top", "rank", "present")
 _LOG_FEATURES = {"events", "items", "users", "days"}  # counts and ages: log1p-compressed
 
 
@@ -36,6 +40,7 @@ class PipelineParams:
 
     als: ALSParams = field(default_factory=ALSParams)
     itemknn: ItemKNNParams = field(default_factory=ItemKNNParams)
+    ease: EASEParams = field(default_factory=EASEParams)
     ranker: RankerParams = field(default_factory=RankerParams)
     candidates: int = 200
     trending_half_life_days: float = 2.0
@@ -44,6 +49,7 @@ class PipelineParams:
         return {
             "als": self.als.as_dict(),
             "itemknn": self.itemknn.as_dict(),
+            "ease": self.ease.as_dict(),
             "ranker": self.ranker.as_dict(),
             "candidates": self.candidates,
             "trending_half_life_days": self.trending_half_life_days,
@@ -54,6 +60,7 @@ class PipelineParams:
         return cls(
             als=ALSParams(**payload["als"]),
             itemknn=ItemKNNParams(**payload["itemknn"]),
+            ease=EASEParams(**payload["ease"]),
             ranker=RankerParams.from_dict(payload["ranker"]),
             candidates=int(payload["candidates"]),
             trending_half_life_days=float(payload["trending_half_life_days"]),
@@ -62,7 +69,7 @@ class PipelineParams:
 
 def feature_names() -> list[str]:
     """Names of the ranker's input columns, in order."""
-    per_source = [f"{s}_{what}" for s in SOURCES for what in ("score", "rank", "present")]
+    per_source = [f"{s}_{what}" for s in SOURCES for what in _PER_SOURCE]
     return [*per_source, *USER_NUMERIC, *ITEM_NUMERIC, "user_category_affinity_of_item"]
 
 
@@ -89,11 +96,14 @@ def user_item_weights(
     return matrix.astype(np.float32)
 
 
-def _compress(names: tuple[str, ...], table: np.ndarray) -> np.ndarray:
+def _compress(names: tuple[str, ...], table: np.ndarray, count_scale: float = 1.0) -> np.ndarray:
+    """log1p of counts and ages; counts multiplied by ``count_scale`` first, so a stage fit on
+    a share of the data yields features on the scale of one fit on all of it."""
     out = table.astype(np.float32, copy=True)
     for j, name in enumerate(names):
         if any(part in name for part in _LOG_FEATURES):
-            out[:, j] = np.log1p(np.clip(out[:, j], 0, None))
+            scale = count_scale if ("events" in name or name.endswith("_total")) else 1.0
+            out[:, j] = np.log1p(np.clip(out[:, j] * scale, 0, None))
     return out
 
 
@@ -104,6 +114,7 @@ class CandidateList:
     items: np.ndarray  # (m,) item rows
     scores: np.ndarray  # (m, n_sources) source score, 0 where the source did not propose it
     ranks: np.ndarray  # (m, n_sources) 1-based rank, 0 where absent
+    top: np.ndarray  # (n_sources,) the source's best score for this user (0 if none)
 
 
 @dataclass
@@ -142,8 +153,8 @@ class Stage:
             rows = user_rows[start : start + 256]
             seen = self.user_items[rows].tocoo()
             tops, mats = [], []
-            for source in self.sources.values():
-                scores = _score_block(source, rows)
+            for name in SOURCES:
+                scores = _score_block(self.sources[name], rows)
                 scores[seen.row, seen.col] = -np.inf
                 for i, extra in enumerate(exclude[start : start + len(rows)] if exclude else []):
                     if len(extra):
@@ -160,10 +171,19 @@ class Stage:
         """Ranker input rows (len(cands) x len(feature_names())) for one user."""
         m = len(cands.items)
         n_sources = cands.scores.shape[1]
-        per_source = np.empty((m, 3 * n_sources), dtype=np.float32)
-        per_source[:, 0::3] = cands.scores
-        per_source[:, 1::3] = np.where(cands.ranks > 0, np.log1p(cands.ranks), np.log1p(1000))
-        per_source[:, 2::3] = cands.ranks > 0
+        width = len(_PER_SOURCE)
+        present = cands.ranks > 0
+        count = np.maximum(present.sum(axis=0), 1)
+        mean = (cands.scores * present).sum(axis=0) / count
+        var = (((cands.scores - mean) * present) ** 2).sum(axis=0) / count
+        per_source = np.empty((m, width * n_sources), dtype=np.float32)
+        per_source[:, 0::width] = cands.scores
+        per_source[:, 1::width] = np.where(present, (cands.scores - mean) / np.sqrt(var + 1e-9), 0)
+        per_source[:, 2::width] = np.where(
+            present & (cands.top > 0), cands.scores / np.where(cands.top > 0, cands.top, 1), 0
+        )
+        per_source[:, 3::width] = np.where(present, np.log1p(cands.ranks), np.log1p(1000))
+        per_source[:, 4::width] = present
         user = np.broadcast_to(self.user_table[user_row], (m, self.user_table.shape[1]))
         item = self.item_table[cands.items]
         category = self.item_category[cands.items]
@@ -181,17 +201,22 @@ def _merge(i: int, tops: list[np.ndarray], mats: list[np.ndarray], n: int) -> Ca
     """Union of the sources' top lists for block row ``i``, ordered by best rank, capped at n."""
     n_sources = len(tops)
     items_all = np.concatenate([top[i] for top in tops])
-    ranks_all = np.tile(np.arange(1, tops[0].shape[1] + 1), n_sources)
+    ranks_all = np.concatenate(
+        [np.arange(1, top.shape[1] + 1) / w for top, w in zip(tops, SOURCE_WEIGHTS, strict=True)]
+    )
     finite = np.concatenate([np.isfinite(m[i, top[i]]) for m, top in zip(mats, tops, strict=True)])
     items_all, ranks_all = items_all[finite], ranks_all[finite]
     unique, inverse = np.unique(items_all, return_inverse=True)
-    best = np.full(len(unique), np.iinfo(np.int64).max)
+    best = np.full(len(unique), np.inf)
     np.minimum.at(best, inverse, ranks_all)
     items = unique[np.lexsort((unique, best))][:n]
     scores = np.zeros((len(items), n_sources), dtype=np.float32)
     ranks = np.zeros((len(items), n_sources), dtype=np.float32)
+    best_scores = np.zeros(n_sources, dtype=np.float32)
     for s, top in enumerate(tops):
         row = top[i]
+        if len(row) and np.isfinite(mats[s][i, row[0]]):
+            best_scores[s] = mats[s][i, row[0]]
         order = np.argsort(row, kind="stable")
         sorted_row = row[order]
         pos = np.minimum(np.searchsorted(sorted_row, items), len(row) - 1)
@@ -199,7 +224,7 @@ def _merge(i: int, tops: list[np.ndarray], mats: list[np.ndarray], n: int) -> Ca
         found &= np.isfinite(mats[s][i, items])
         ranks[found, s] = order[pos[found]] + 1
         scores[found, s] = mats[s][i, items[found]]
-    return CandidateList(items.astype(np.int64), scores, ranks)
+    return CandidateList(items.astype(np.int64), scores, ranks, best_scores)
 
 
 def fit_stage(
@@ -209,13 +234,18 @@ def fit_stage(
     params: PipelineParams,
     as_of: pd.Timestamp | None = None,
     *,
+    count_scale: float = 1.0,
     show_progress: bool = False,
 ) -> Stage:
-    """Fit every candidate source and compute the feature tables on ``history``."""
+    """Fit every candidate source and compute the feature tables on ``history``.
+
+    ``count_scale`` rescales count features (see _compress) when ``history`` is a random
+    share of the data the ranker will later be applied to."""
     as_of = as_of if as_of is not None else history["timestamp"].max() + pd.Timedelta(seconds=1)
     user_ids = np.unique(history["user_id"].to_numpy())
     matrix = user_item_weights(history, user_ids, item_ids)
     sources: dict[str, CandidateSource] = {
+        "ease": EASECandidates.fit(matrix, params.ease),
         "als": ALSCandidates.fit(matrix, params.als, show_progress=show_progress),
         "itemknn": ItemKNNCandidates.fit(matrix, params.itemknn),
         "popularity": PopularityCandidates.fit(matrix),
@@ -224,14 +254,18 @@ def fit_stage(
         ),
     }
     users = compute_user_features(history, catalog, as_of).set_index("user_id").reindex(user_ids)
-    user_table = _compress(USER_NUMERIC, users[list(USER_NUMERIC)].fillna(0).to_numpy())
+    user_table = _compress(
+        USER_NUMERIC, users[list(USER_NUMERIC)].fillna(0).to_numpy(), count_scale
+    )
     categories = category_vocabulary(catalog)
     affinity = np.zeros((len(user_ids), len(categories)), dtype=np.float32)
     present = users["user_category_affinity"].notna().to_numpy()
     if present.any():
         affinity[present] = np.stack(users.loc[present, "user_category_affinity"].to_numpy())
     items = compute_item_features(history, catalog, as_of).set_index("item_id").reindex(item_ids)
-    item_table = _compress(ITEM_NUMERIC, items[list(ITEM_NUMERIC)].fillna(0).to_numpy())
+    item_table = _compress(
+        ITEM_NUMERIC, items[list(ITEM_NUMERIC)].fillna(0).to_numpy(), count_scale
+    )
     item_category = items["item_category_index"].fillna(-1).to_numpy().astype(np.int64)
     return Stage(
         as_of=as_of,
@@ -299,7 +333,7 @@ def training_set(
 
 
 def _subset(cands: CandidateList, pick: np.ndarray) -> CandidateList:
-    return CandidateList(cands.items[pick], cands.scores[pick], cands.ranks[pick])
+    return CandidateList(cands.items[pick], cands.scores[pick], cands.ranks[pick], cands.top)
 
 
 def rank_users(

@@ -132,14 +132,15 @@ def log_release(
                     nested=True,
                 ):
                     mlflow.log_params(
-                        _flat_params({"als": trial["als"], "itemknn": trial["itemknn"]})
+                        _flat_params({n: v for n, v in trial.items() if isinstance(v, dict)})
                     )
                     mlflow.log_metrics(
                         {
-                            f"val_als_ndcg_at_{k}": trial["als_ndcg"],
-                            f"val_itemknn_ndcg_at_{k}": trial["itemknn_ndcg"],
-                            "seconds": trial["seconds"],
+                            f"val_{n.removesuffix('_ndcg')}_ndcg_at_{k}": float(v)
+                            for n, v in trial.items()
+                            if n.endswith("_ndcg")
                         }
+                        | {"seconds": float(trial["seconds"])}
                     )
             chatter = io.StringIO()  # MLflow prints registration notices straight to stderr
             with contextlib.redirect_stderr(chatter):

@@ -7,6 +7,7 @@
     als_item_factors.npy
     user_items_{data,indices,indptr}.npy   the weights users gave items (seen filter, item-kNN)
     knn_{data,indices,indptr}.npy          pruned item-item similarity
+    ease_weights.npy             EASE item-item weights (only for catalogs EASE was fit on)
     popularity.npy, trending.npy           non-personal scores (also the cold-start list)
     user_table.npy, user_affinity.npy      user features as of the training cut
     item_table.npy, item_category.npy      item features as of the training cut
@@ -30,6 +31,7 @@ import scipy.sparse as sp
 from recsys.errors import RecsysError
 from recsys.models.als import ALSCandidates
 from recsys.models.base import top_n
+from recsys.models.ease import EASECandidates
 from recsys.models.itemknn import ItemKNNCandidates
 from recsys.models.popularity import PopularityCandidates
 from recsys.models.ranker import Ranker
@@ -151,6 +153,9 @@ class Release:
             "knn_indices": knn.indices,
             "knn_indptr": knn.indptr,
         }
+        ease = stage.sources["ease"]
+        if ease.fitted:
+            arrays["ease_weights"] = ease.weights
         if self.ranker is not None:
             arrays["ranker_mean"] = self.ranker.mean
             arrays["ranker_std"] = self.ranker.std
@@ -164,6 +169,7 @@ class Release:
             "as_of": stage.as_of.isoformat(),
             "categories": stage.categories,
             "has_ranker": self.ranker is not None,
+            "has_ease": bool(ease.fitted),
         }
         (folder / "release.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         return folder
@@ -187,6 +193,7 @@ class Release:
             )
         names = [n for n in _DENSE if meta.get("has_ranker") or not n.startswith("ranker")]
         names += [f"{m}_{p}" for m in ("user_items", "knn") for p in ("data", "indices", "indptr")]
+        names += ["ease_weights"] if meta.get("has_ease") else []
         try:
             a = {n: np.load(folder / f"{n}.npy", allow_pickle=False) for n in names}
             params = PipelineParams.from_dict(meta["pipeline_params"])
@@ -214,6 +221,7 @@ class Release:
             item_ids=a["item_ids"],
             user_items=user_items,
             sources={
+                "ease": EASECandidates(a.get("ease_weights"), _binary(user_items)),
                 "als": ALSCandidates(a["als_user_factors"], a["als_item_factors"]),
                 "itemknn": ItemKNNCandidates(knn, user_items),
                 "popularity": PopularityCandidates(a["popularity"]),
@@ -228,3 +236,9 @@ class Release:
         if stage.user_table.shape[0] != n_users or stage.item_table.shape[0] != n_items:
             raise RecsysError(f"release at {folder} has arrays of mismatched sizes; rebuild it")
         return cls(meta, stage, ranker, params)
+
+
+def _binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    out = matrix.copy()
+    out.data = np.ones_like(out.data)
+    return out

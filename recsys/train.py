@@ -46,7 +46,7 @@ from recsys.release import Release
 logger = logging.getLogger(__name__)
 
 _LIBRARIES = ("implicit", "numpy", "scipy", "pandas", "torch", "mlflow", "feast")
-BASELINES = ("als", "itemknn", "popularity", "trending")
+BASELINES = ("ease", "als", "itemknn", "popularity", "trending")
 
 
 @dataclass
@@ -183,7 +183,8 @@ def search_space_sample(rng: np.random.Generator, base: PipelineParams) -> Pipel
         neighbors=int(rng.choice([20, 50, 100, 200, 400])),
         shrink=float(rng.choice([0.0, 5.0, 10.0, 50.0, 100.0])),
     )
-    return replace(base, als=als, itemknn=knn)
+    ease = replace(base.ease, lam=float(rng.choice([50.0, 150.0, 500.0, 1000.0, 2000.0])))
+    return replace(base, als=als, itemknn=knn, ease=ease)
 
 
 def search_sources(
@@ -202,35 +203,29 @@ def search_sources(
     result is never worse than the defaults on validation."""
     rng = np.random.default_rng(base.als.seed)
     trials: list[dict] = []
-    best_als, best_knn = (base.als, -1.0), (base.itemknn, -1.0)
+    tuned = ("ease", "als", "itemknn")
+    best = {name: (getattr(base, name), -1.0) for name in tuned}
     started = time.perf_counter()
     trial = 0
     while trial == 0 or time.perf_counter() - started < budget_s:
         params = base if trial == 0 else search_space_sample(rng, base)
         t0 = time.perf_counter()
         stage = fit_stage(history, catalog, item_ids, params)
-        scores = evaluate_stage(
-            stage, None, validation, k, params.candidates, baselines=("als", "itemknn")
-        )
-        record = {
-            "trial": trial,
-            "als": params.als.as_dict(),
-            "itemknn": params.itemknn.as_dict(),
-            "als_ndcg": scores["als"]["ndcg"],
-            "itemknn_ndcg": scores["itemknn"]["ndcg"],
-            "seconds": time.perf_counter() - t0,
-        }
+        scores = evaluate_stage(stage, None, validation, k, params.candidates, baselines=tuned)
+        record = {"trial": trial, "seconds": 0.0}
+        for name in tuned:
+            record[name] = getattr(params, name).as_dict()
+            record[f"{name}_ndcg"] = scores[name]["ndcg"]
+            if scores[name]["ndcg"] > best[name][1]:
+                best[name] = (getattr(params, name), scores[name]["ndcg"])
+        record["seconds"] = time.perf_counter() - t0
         trials.append(record)
         if on_trial:
             on_trial(record)
-        if record["als_ndcg"] > best_als[1]:
-            best_als = (params.als, record["als_ndcg"])
-        if record["itemknn_ndcg"] > best_knn[1]:
-            best_knn = (params.itemknn, record["itemknn_ndcg"])
         trial += 1
         if budget_s <= 0:
             break
-    return replace(base, als=best_als[0], itemknn=best_knn[0]), trials
+    return replace(base, **{name: value for name, (value, _) in best.items()}), trials
 
 
 # ---- the whole training run -----------------------------------------------------------------

@@ -102,8 +102,14 @@ def test_naive_timestamps_are_taken_as_utc_and_numbers_are_not_timestamps():
     assert validate_interactions(numeric, now=NOW).reason_counts() == {"type:timestamp": 3}
 
 
-def test_implicit_weight_uses_rating_values_and_event_strength():
+def test_implicit_weight_grows_with_event_strength_and_ratings_are_binary():
     frame = batch(event_type=["view", "purchase", "rating"], value=[1.0, 1.0, 4.5])
     weights = implicit_weight(frame)
     assert weights[1] > weights[0]
-    assert weights[2] == 4.5
+    assert (
+        weights[2]
+        == implicit_weight(batch(event_type=["view", "purchase", "rating"], value=[1.0, 1.0, 1.0]))[
+            2
+        ]
+        == 1.0
+    )

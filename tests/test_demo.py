@@ -25,7 +25,7 @@ def test_demo_runs_the_thin_path_and_stops_the_server(data_dir):
     out = proc.stdout
     assert "demo passed" in out
     assert "errors" in out and "cold-start answers" in out
-    assert "true CTR: served (ALS champion)" in out
+    assert "true CTR: served (champion)" in out
     assert (data_dir / "mlflow.db").is_file()
     assert len(list((data_dir / "clean" / "interactions").glob("*.parquet"))) == 6
     # the server was stopped: nothing listens any more on the port it logged to

@@ -23,9 +23,9 @@ class ALSParams:
     """Hyperparameters of implicit ALS. Confidence of an observed pair = alpha * weight."""
 
     factors: int = 32
-    regularization: float = 10.0
-    alpha: float = 1.0
-    iterations: int = 15
+    regularization: float = 20.0
+    alpha: float = 2.0
+    iterations: int = 20
     seed: int = 42
 
     def as_dict(self) -> dict:

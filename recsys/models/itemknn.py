@@ -17,8 +17,8 @@ from recsys.models.base import CandidateSource
 
 @dataclass(frozen=True)
 class ItemKNNParams:
-    neighbors: int = 100
-    shrink: float = 10.0  # damps similarities supported by few co-occurrences
+    neighbors: int = 400
+    shrink: float = 0.0  # damps similarities supported by few co-occurrences
 
     def as_dict(self) -> dict:
         return asdict(self)

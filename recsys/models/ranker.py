@@ -1,7 +1,8 @@
 """The torch ranker: an MLP that re-scores (user, candidate) pairs.
 
-Pointwise: binary cross-entropy on "did the user interact with this candidate in the label
-window". Early stopping on nDCG@k of a validation split of users. Deterministic for a seed
+Listwise by default: a softmax over each user's candidates, cross-entropy against the ones the
+user interacted with in the label window (``loss="pointwise"``: binary cross-entropy per
+pair). Early stopping on nDCG@k of a validation split of users. Deterministic for a seed
 (one torch thread, seeded generator). Weights travel as a state dict loaded with
 ``weights_only=True``; feature standardisation travels beside them as plain arrays.
 """
@@ -21,15 +22,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RankerParams:
-    hidden: tuple[int, ...] = (64, 32)
+    hidden: tuple[int, ...] = (128, 64)
     dropout: float = 0.1
     lr: float = 2e-3
-    weight_decay: float = 1e-5
-    batch_size: int = 2048
-    max_epochs: int = 30
-    patience: int = 4
-    negatives_per_user: int = 60
-    max_train_users: int = 20_000
+    weight_decay: float = 1e-4
+    loss: str = "listwise"
+    batch_users: int = 32
+    batch_size: int = 2048  # rows per step for the pointwise loss
+    max_epochs: int = 40
+    patience: int = 5
+    negatives_per_user: int = 200
+    max_train_users: int = 10_000
     seed: int = 42
 
     def as_dict(self) -> dict:
@@ -76,6 +79,48 @@ def group_ndcg(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: in
         total += float((top * discounts[: len(top)]).sum() / discounts[: min(n_pos, k)].sum())
         n += 1
     return total / max(n, 1)
+
+
+def _pointwise_steps(xt, yt, groups, train_mask, params: RankerParams):
+    """Mini-batches of rows; binary cross-entropy per (user, candidate)."""
+    rows = np.flatnonzero(train_mask)
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def batches(net, generator):
+        perm = rows[torch.randperm(len(rows), generator=generator).numpy()]
+        for start in range(0, len(perm), params.batch_size):
+            batch = torch.from_numpy(perm[start : start + params.batch_size])
+            yield loss_fn(net(xt[batch]), yt[batch])
+
+    return batches
+
+
+def _listwise_steps(xt, yt, groups, train_mask, params: RankerParams):
+    """Mini-batches of users; softmax cross-entropy over each user's padded candidate list."""
+    rows = np.flatnonzero(train_mask)
+    order = rows[np.argsort(groups[rows], kind="stable")]
+    starts = np.flatnonzero(np.r_[True, groups[order][1:] != groups[order][:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    width = int((ends - starts).max()) if len(starts) else 0
+    index = np.zeros((len(starts), width), dtype=np.int64)
+    mask = np.zeros((len(starts), width), dtype=bool)
+    for g, (a, b) in enumerate(zip(starts, ends, strict=True)):
+        index[g, : b - a] = order[a:b]
+        mask[g, : b - a] = True
+    index_t, mask_t = torch.from_numpy(index), torch.from_numpy(mask)
+
+    def batches(net, generator):
+        perm = torch.randperm(len(starts), generator=generator)
+        for start in range(0, len(perm), params.batch_users):
+            users = perm[start : start + params.batch_users]
+            idx, valid = index_t[users], mask_t[users]
+            logits = net(xt[idx].reshape(-1, xt.shape[1])).reshape(idx.shape)
+            logits = logits.masked_fill(~valid, float("-inf"))
+            labels = yt[idx] * valid
+            log_p = torch.log_softmax(logits, dim=1).masked_fill(~valid, 0.0)
+            yield -((log_p * labels).sum(1) / labels.sum(1).clamp(min=1)).mean()
+
+    return batches
 
 
 class Ranker:
@@ -136,26 +181,24 @@ class Ranker:
         model = cls(params, mean, std, net)
         xt = torch.from_numpy(((x - mean) / std).astype(np.float32))
         yt = torch.from_numpy(y.astype(np.float32))
-        train_idx = np.flatnonzero(~is_val)
         optimizer = torch.optim.AdamW(
             net.parameters(), lr=params.lr, weight_decay=params.weight_decay
         )
-        loss_fn = nn.BCEWithLogitsLoss()
+        step = _listwise_steps if params.loss == "listwise" else _pointwise_steps
+        batches = step(xt, yt, groups, ~is_val, params)
         best_state, best_ndcg, stale = None, -1.0, 0
         generator = torch.Generator().manual_seed(params.seed)
         for epoch in range(epochs or params.max_epochs):
             net.train()
-            perm = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
-            total = 0.0
-            for start in range(0, len(perm), params.batch_size):
-                batch = torch.from_numpy(perm[start : start + params.batch_size])
+            total, count = 0.0, 0
+            for loss in batches(net, generator):
                 optimizer.zero_grad()
-                loss = loss_fn(net(xt[batch]), yt[batch])
                 loss.backward()
                 optimizer.step()
-                total += float(loss.detach()) * len(batch)
+                total += float(loss.detach())
+                count += 1
             net.eval()
-            record = {"epoch": epoch + 1, "train_loss": total / max(len(perm), 1)}
+            record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
             if is_val.any():
                 with torch.inference_mode():
                     val_scores = net(xt[is_val]).numpy()
