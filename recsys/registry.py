@@ -120,10 +120,14 @@ def log_release(
             )
             mlflow.log_metrics(_flat_metrics(metrics, k))
             for record in ranker_history or []:
-                step = int(record["epoch"])
+                member = int(record.get("member", 0))
                 mlflow.log_metrics(
-                    {f"ranker_{n}": float(v) for n, v in record.items() if n != "epoch"},
-                    step=step,
+                    {
+                        f"ranker{member}_{n}": float(v)
+                        for n, v in record.items()
+                        if n not in {"epoch", "member"}
+                    },
+                    step=int(record["epoch"]),
                 )
             for trial in trials or []:
                 with mlflow.start_run(

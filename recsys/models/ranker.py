@@ -33,6 +33,7 @@ class RankerParams:
     patience: int = 5
     negatives_per_user: int = 200
     max_train_users: int = 10_000
+    n_models: int = 2  # an ensemble of seeds; scores are averaged after per-list z-scoring
     seed: int = 42
 
     def as_dict(self) -> dict:
@@ -47,7 +48,7 @@ class RankerParams:
         return cls(**payload)
 
 
-class RankerNet(nn.Module):
+class MLP(nn.Module):
     def __init__(self, n_features: int, hidden: tuple[int, ...], dropout: float) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -60,6 +61,19 @@ class RankerNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x).squeeze(-1)
+
+
+class RankerNet(nn.Module):
+    """``n_models`` MLPs over the same features; forward returns (n_models, rows) logits."""
+
+    def __init__(
+        self, n_features: int, hidden: tuple[int, ...], dropout: float, n_models: int = 1
+    ) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(MLP(n_features, hidden, dropout) for _ in range(n_models))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members])
 
 
 def group_ndcg(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int) -> float:
@@ -79,6 +93,61 @@ def group_ndcg(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: in
         total += float((top * discounts[: len(top)]).sum() / discounts[: min(n_pos, k)].sum())
         n += 1
     return total / max(n, 1)
+
+
+def _train_member(
+    member: MLP,
+    batches,
+    xt: torch.Tensor,
+    y: np.ndarray,
+    groups: np.ndarray,
+    is_val: np.ndarray,
+    params: RankerParams,
+    seed: int,
+    k: int,
+    epochs: int | None,
+    history: list[dict[str, float]],
+    index: int,
+) -> int:
+    """Train one member with early stopping on validation nDCG@k; returns its best epoch."""
+    torch.manual_seed(seed)
+    for layer in member.body:
+        if isinstance(layer, nn.Linear):
+            layer.reset_parameters()
+    optimizer = torch.optim.AdamW(
+        member.parameters(), lr=params.lr, weight_decay=params.weight_decay
+    )
+    generator = torch.Generator().manual_seed(seed)
+    best_state, best_ndcg, stale, best_epoch = None, -1.0, 0, 0
+    for epoch in range(epochs or params.max_epochs):
+        member.train()
+        total, count = 0.0, 0
+        for loss in batches(member, generator):
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            count += 1
+        member.eval()
+        record = {"epoch": epoch + 1, "member": index, "train_loss": total / max(count, 1)}
+        best_epoch = epoch + 1 if not is_val.any() else best_epoch
+        if is_val.any():
+            with torch.inference_mode():
+                val_scores = member(xt[is_val]).numpy()
+            ndcg = group_ndcg(val_scores, y[is_val], groups[is_val], k)
+            record["val_ndcg"] = ndcg
+            if ndcg > best_ndcg + 1e-5:
+                best_ndcg, stale, best_epoch = ndcg, 0, epoch + 1
+                best_state = {n: t.detach().clone() for n, t in member.state_dict().items()}
+            else:
+                stale += 1
+        history.append(record)
+        if is_val.any() and stale >= params.patience:
+            break
+    if best_state is not None:
+        member.load_state_dict(best_state)
+    member.eval()
+    return best_epoch
 
 
 def _pointwise_steps(xt, yt, groups, train_mask, params: RankerParams):
@@ -141,10 +210,15 @@ class Ranker:
         return len(self.mean)
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """Scores (logits) of feature rows; higher is better."""
+        """Scores of one list of candidates (rows); higher is better. With several members,
+        each member's logits are z-scored over the list, then averaged."""
         x = torch.from_numpy(((features - self.mean) / self.std).astype(np.float32))
         with torch.inference_mode():
-            return self.net(x).numpy()
+            logits = self.net(x).numpy()
+        if len(logits) == 1:
+            return logits[0]
+        spread = logits.std(axis=1, keepdims=True)
+        return ((logits - logits.mean(axis=1, keepdims=True)) / (spread + 1e-9)).mean(axis=0)
 
     @classmethod
     def fit(
@@ -177,46 +251,28 @@ class Ranker:
         mean = x[~is_val].mean(axis=0)
         std = x[~is_val].std(axis=0)
         std[std < 1e-6] = 1.0
-        net = RankerNet(x.shape[1], params.hidden, params.dropout)
+        net = RankerNet(x.shape[1], params.hidden, params.dropout, params.n_models)
         model = cls(params, mean, std, net)
         xt = torch.from_numpy(((x - mean) / std).astype(np.float32))
         yt = torch.from_numpy(y.astype(np.float32))
-        optimizer = torch.optim.AdamW(
-            net.parameters(), lr=params.lr, weight_decay=params.weight_decay
-        )
         step = _listwise_steps if params.loss == "listwise" else _pointwise_steps
         batches = step(xt, yt, groups, ~is_val, params)
-        best_state, best_ndcg, stale = None, -1.0, 0
-        generator = torch.Generator().manual_seed(params.seed)
-        for epoch in range(epochs or params.max_epochs):
-            net.train()
-            total, count = 0.0, 0
-            for loss in batches(net, generator):
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-                count += 1
-            net.eval()
-            record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
-            if is_val.any():
-                with torch.inference_mode():
-                    val_scores = net(xt[is_val]).numpy()
-                ndcg = group_ndcg(val_scores, y[is_val], groups[is_val], k)
-                record["val_ndcg"] = ndcg
-                if ndcg > best_ndcg + 1e-5:
-                    best_ndcg, stale = ndcg, 0
-                    best_state = {n: t.detach().clone() for n, t in net.state_dict().items()}
-                    model.epochs_trained = epoch + 1
-                else:
-                    stale += 1
-            else:
-                model.epochs_trained = epoch + 1
-            model.history.append(record)
-            if is_val.any() and stale >= params.patience:
-                break
-        if best_state is not None:
-            net.load_state_dict(best_state)
+        for j, member in enumerate(net.members):
+            epochs_done = _train_member(
+                member,
+                batches,
+                xt,
+                y,
+                groups,
+                is_val,
+                params,
+                params.seed + j,
+                k,
+                epochs,
+                model.history,
+                j,
+            )
+            model.epochs_trained = max(model.epochs_trained, epochs_done)
         net.eval()
         return model
 
@@ -231,6 +287,6 @@ class Ranker:
     def from_state(
         cls, params: RankerParams, mean: np.ndarray, std: np.ndarray, state: bytes
     ) -> Ranker:
-        net = RankerNet(len(mean), params.hidden, params.dropout)
+        net = RankerNet(len(mean), params.hidden, params.dropout, params.n_models)
         net.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
         return cls(params, mean, std, net)
