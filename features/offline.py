@@ -141,10 +141,12 @@ def build_offline_features(settings: Settings, days: list[str] | None = None) ->
             the first to the last clean batch whose snapshot is missing or whose inputs changed.
 
     Returns:
-        ``{"days": [...all days...], "computed": [...], "written": [...], "unchanged": [...],
-        "removed": [...], "rows": {view: rows of the newest snapshot}, "newest": iso timestamp,
-        "vocabulary": [...]}``. ``written`` lists days whose files changed; recomputing a day with
-        unchanged inputs leaves its files byte-identical (listed under ``unchanged``).
+        ``{"days": [...all days...], "computed": [...], "written": [...], "replaced": [...],
+        "unchanged": [...], "removed": [...], "rows": {view: rows of the newest snapshot},
+        "newest": iso timestamp, "vocabulary": [...]}``. ``written`` lists days whose files
+        changed, ``replaced`` those of them that existed before with other content (their online
+        copies are now out of date); recomputing a day with unchanged inputs leaves its files
+        byte-identical (listed under ``unchanged``).
 
     Raises:
         RecsysError: no clean data, or a requested day is outside the clean batches.
@@ -182,11 +184,12 @@ def build_offline_features(settings: Settings, days: list[str] | None = None) ->
         )
 
     todo = sorted(days) if days is not None else [d for d in all_days if not up_to_date(d)]
+    previously_built = {d for d in recorded if paths.snapshot_path(USER_VIEW, d).exists()}
     items = lake.read_clean_catalog("items")
     vocabulary = category_vocabulary(items)
     write_json(paths.vocabulary_path, {"categories": vocabulary, "feature": AFFINITY})
 
-    written, unchanged = [], []
+    written, unchanged, replaced = [], [], []
     if todo:
         needed = [b for b in batches if b <= todo[-1]]
         interactions = lake.read_clean_interactions(needed)
@@ -209,6 +212,8 @@ def build_offline_features(settings: Settings, days: list[str] | None = None) ->
                 "rows": rows,
             }
             (written if changed else unchanged).append(day)
+            if changed and day in previously_built:
+                replaced.append(day)
             logger.info("offline features of %s: %s", day, "written" if changed else "unchanged")
 
     removed = []
@@ -224,6 +229,7 @@ def build_offline_features(settings: Settings, days: list[str] | None = None) ->
         "days": all_days,
         "computed": todo,
         "written": written,
+        "replaced": replaced,
         "unchanged": unchanged,
         "removed": sorted(removed),
         "rows": dict(recorded[newest]["rows"]),

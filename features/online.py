@@ -98,7 +98,10 @@ def read_online_rows(
         found &= statuses == PRESENT
         seconds = np.fromiter((t.seconds for t in result.event_timestamps), np.int64, count=n)
         event_time = np.maximum(event_time, seconds)
-        out[name] = [_scalar(v) if s == PRESENT else None for v, s in zip(result.values, statuses)]
+        out[name] = [
+            _scalar(v) if s == PRESENT else None
+            for v, s in zip(result.values, statuses, strict=True)
+        ]
     return out, found, event_time
 
 

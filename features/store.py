@@ -139,11 +139,33 @@ def repo_config(settings: Settings, *, overwrite: bool = False) -> RepoConfig:
     )
 
 
-def feature_store(settings: Settings, *, overwrite: bool = False) -> FeatureStore:
-    """A Feast ``FeatureStore`` for ``settings`` (see :func:`repo_config`)."""
+def feature_store(
+    settings: Settings, *, overwrite: bool = False, check_online: bool = True
+) -> FeatureStore:
+    """A Feast ``FeatureStore`` for ``settings`` (see :func:`repo_config`).
+
+    Raises:
+        RecsysError: ``check_online`` and the Redis online store does not answer a ping.
+    """
     from feast import FeatureStore
 
-    return FeatureStore(config=repo_config(settings, overwrite=overwrite))
+    config = repo_config(settings, overwrite=overwrite)
+    if check_online and config.online_store.type == "redis":
+        _ping_redis(settings)
+    return FeatureStore(config=config)
+
+
+def _ping_redis(settings: Settings) -> None:
+    import redis
+
+    url = settings.redis_url or ""
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise RecsysError(
+            f"the Redis online store at {mask_url(url)} does not answer ({exc}); start Redis "
+            "or fix RECSYS_REDIS_URL"
+        ) from None
 
 
 def definitions(settings: Settings):
@@ -216,7 +238,14 @@ def describe_online_store(settings: Settings) -> str:
 def _as_utc(value: datetime | str | pd.Timestamp | None) -> datetime | None:
     if value is None:
         return None
-    stamp = pd.Timestamp(value)
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise RecsysError(
+            f"{value!r} is not a timestamp; use ISO 8601 like 2026-01-07 or 2026-01-07T00:00:00Z"
+        ) from None
+    if pd.isna(stamp):
+        raise RecsysError(f"{value!r} is not a timestamp; use ISO 8601 like 2026-01-07")
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
     return stamp.to_pydatetime()
 
@@ -283,7 +312,8 @@ def materialize(
         settings: the profile decides the online store.
         start, end: the window of offline event timestamps to copy online (inclusive). Defaults:
             ``end`` = newest offline snapshot, ``start`` = end of the previous materialization
-            (or ``end - ttl`` the first time). Incremental and idempotent.
+            (or ``end - ttl`` the first time). Incremental and idempotent. Snapshots that
+            changed after they were materialized (a re-ingested batch) are rewritten online.
         build: first compute new or changed offline days (:func:`build_offline_features`).
 
     Returns:
@@ -292,12 +322,18 @@ def materialize(
     Raises:
         RecsysError: no clean data / no offline features, or a bad window.
     """
-    offline = build_offline_features(settings) if build else None
-    apply_repo(settings)
     start_at, end_at = _as_utc(start), _as_utc(end)
     if start_at and end_at and start_at > end_at:
-        raise RecsysError(f"--start {start_at.isoformat()} is after --end {end_at.isoformat()}")
-    views = materialize_window(settings, start_at, end_at)
+        raise RecsysError(f"start {start_at.isoformat()} is after end {end_at.isoformat()}")
+    offline = build_offline_features(settings) if build else None
+    apply_repo(settings)
+    replaced = offline["replaced"] if offline else []
+    if replaced:
+        # Snapshots that were already online changed (a re-ingest): rewrite them from the
+        # oldest one on, unconditionally (Redis keeps a row whose timestamp is not newer).
+        oldest = snapshot_time(min(replaced)).to_pydatetime()
+        start_at = min(start_at, oldest) if start_at else oldest
+    views = materialize_window(settings, start_at, end_at, overwrite=bool(replaced))
     manifest = read_manifest(FeaturePaths(settings.data_dir))["days"]
     for view, window in views.items():
         days = [d for d, e in manifest.items() if e["event_timestamp"] <= window["end"]]
@@ -422,13 +458,16 @@ def feature_status(settings: Settings) -> dict[str, Any]:
     }
     if not paths.registry(settings.profile).exists():
         return status
-    store = feature_store(settings)
+    store = feature_store(settings, check_online=False)  # status reads the registry only
     applied = {fv.name: fv for fv in store.list_feature_views()}
     status["applied"] = all(v in applied for v in VIEWS)
     for view in VIEWS:
         fv = applied.get(view)
         until = _as_utc(fv.most_recent_end_time) if fv and fv.most_recent_end_time else None
-        lag = (newest.to_pydatetime() - until).total_seconds() if until and newest else None
+        # Materialized past the newest snapshot (e.g. `feast materialize-incremental <now>`): 0.
+        lag = (
+            max((newest.to_pydatetime() - until).total_seconds(), 0.0) if until and newest else None
+        )
         status["views"][view] = {
             "ttl_seconds": VIEW_TTL[view].total_seconds(),
             "materialized_until": until.isoformat() if until else None,

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         None, description="PostgreSQL for MLflow/Prefect backends (prod), postgresql://..."
     )
     prefect_api_url: str | None = Field(None, description="Prefect server API URL (prod).")
+    feast_project: str = Field(
+        "recsys",
+        description="Feast project (namespaces online-store keys); features/spec.py reads the "
+        "same RECSYS_FEAST_PROJECT variable for the Feast CLI.",
+    )
 
     # Serving
     serve_host: str = Field("127.0.0.1", description="Address the service binds to.")

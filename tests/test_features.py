@@ -1,0 +1,530 @@
+"""The Feast feature store, local profile: offline snapshots, the Feast repository, point-in-time
+training sets, hot-path online reads, the skew check and backfill, and both CLIs (recsys, feast).
+
+Everything runs for real: parquet offline sources, a SQLite online store, a file registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from features.compute import category_vocabulary, item_features, user_features
+from features.offline import build_offline_features, read_manifest, snapshot_time
+from features.spec import (
+    FEATURE_REPO_DIR,
+    FEATURE_SERVICE_NAME,
+    FEATURE_SERVICE_VERSION,
+    ITEM_FEATURES,
+    USER_FEATURES,
+    FeaturePaths,
+)
+from recsys.config import Settings
+from recsys.errors import RecsysError
+from recsys.ingest import ingest_all
+from recsys.lake import file_sha256
+from recsys.synthetic import WorldConfig, write_world
+
+WORLD = WorldConfig(n_users=300, n_items=100, n_days=6, n_interactions=6000, seed=11)
+DAYS = [WORLD.batch_name(d) for d in range(WORLD.n_days)]
+NEWEST = snapshot_time(DAYS[-1])
+BIN = Path(sys.executable).parent
+
+
+def make_world(folder: Path) -> Settings:
+    settings = Settings(data_dir=folder)
+    write_world(WORLD, settings.lake.init())
+    ingest_all(settings.lake)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A world built, applied and materialized once per module (tests copy it, see `fresh`)."""
+    from features.store import materialize
+
+    settings = make_world(tmp_path_factory.mktemp("features") / "data")
+    materialize(settings)
+    return settings
+
+
+@pytest.fixture
+def fresh(built: Settings, tmp_path: Path) -> Settings:
+    """A private copy of the built world (offline data, registry, online store)."""
+    from features.store import apply_repo
+
+    folder = tmp_path / "data"
+    shutil.copytree(built.data_dir, folder)
+    settings = Settings(data_dir=folder)
+    apply_repo(settings)  # point the sources at this copy's offline files
+    return settings
+
+
+# ---- helpers: poke the SQLite online store directly ----------------------------------------
+
+
+def entity_key(key: str, value: int) -> bytes:
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    proto = EntityKey(join_keys=[key], entity_values=[Value(int64_val=value)])
+    return serialize_entity_key(proto, entity_key_serialization_version=3)
+
+
+def online_db(settings: Settings) -> sqlite3.Connection:
+    return sqlite3.connect(FeaturePaths(settings.data_dir).online_db)
+
+
+def set_online_value(settings: Settings, view: str, key: str, ids, feature: str, value) -> None:
+    with online_db(settings) as db:
+        for i in ids:
+            cur = db.execute(
+                f"UPDATE recsys_{view} SET value = ? WHERE entity_key = ? AND feature_name = ?",
+                (value.SerializeToString(), entity_key(key, int(i)), feature),
+            )
+            assert cur.rowcount == 1
+
+
+def delete_online_rows(settings: Settings, view: str, key: str, ids) -> None:
+    with online_db(settings) as db:
+        for i in ids:
+            db.execute(f"DELETE FROM recsys_{view} WHERE entity_key = ?", (entity_key(key, i),))
+
+
+def online_dump(settings: Settings) -> str:
+    """sha256 of every online row (values and timestamps) of both views."""
+    digest = hashlib.sha256()
+    with online_db(settings) as db:
+        for view in ("user_features", "item_features"):
+            rows = db.execute(
+                f"SELECT entity_key, feature_name, value, event_ts FROM recsys_{view} "
+                "ORDER BY entity_key, feature_name"
+            ).fetchall()
+            digest.update(repr(rows).encode())
+    return digest.hexdigest()
+
+
+def snapshot(settings: Settings, view: str, day: str) -> pd.DataFrame:
+    path = FeaturePaths(settings.data_dir).snapshot_path(view, day)
+    return pq.read_table(path).to_pandas()
+
+
+# ---- offline snapshots ----------------------------------------------------------------------
+
+
+def test_offline_snapshots_are_daily_incremental_and_idempotent(tmp_path):
+    settings = make_world(tmp_path / "data")
+    paths = FeaturePaths(settings.data_dir)
+    first = build_offline_features(settings)
+    assert first["written"] == DAYS and first["days"] == DAYS
+
+    # One snapshot per day, stamped with the midnight that ends it, equal to features/compute.py.
+    interactions = settings.lake.read_clean_interactions()
+    items = settings.lake.read_clean_catalog("items")
+    day = DAYS[2]
+    users = snapshot(settings, "user_features", day)
+    assert (users["event_timestamp"] == pd.Timestamp(DAYS[3], tz="UTC")).all()
+    expected = user_features(interactions, items, pd.Timestamp(DAYS[3], tz="UTC"))
+    assert users["user_id"].tolist() == sorted(expected["user_id"].tolist())
+    merged = users.merge(expected, on="user_id", suffixes=("", "_expected"))
+    np.testing.assert_array_equal(merged["user_events_7d"], merged["user_events_7d_expected"])
+    np.testing.assert_allclose(
+        np.stack(merged["user_category_affinity"]),
+        np.stack(merged["user_category_affinity_expected"]),
+    )
+    expected_items = item_features(interactions, items, pd.Timestamp(DAYS[3], tz="UTC"))
+    assert len(snapshot(settings, "item_features", day)) == len(expected_items)
+    vocabulary = json.loads(paths.vocabulary_path.read_text())["categories"]
+    assert vocabulary == category_vocabulary(items)
+
+    def hashes() -> dict[str, str]:
+        return {
+            f"{v}/{d}": file_sha256(paths.snapshot_path(v, d))
+            for v in ("user_features", "item_features")
+            for d in DAYS
+        }
+
+    before = hashes()
+    again = build_offline_features(settings)
+    assert again["computed"] == [] and hashes() == before
+
+    # Recomputing a day replaces it with the same bytes: no duplicate rows.
+    redo = build_offline_features(settings, days=[DAYS[3]])
+    assert redo["computed"] == [DAYS[3]] and redo["unchanged"] == [DAYS[3]]
+    assert hashes() == before
+    assert read_manifest(paths)["days"][DAYS[3]]["rows"]["user_features"] == len(
+        snapshot(settings, "user_features", DAYS[3])
+    )
+
+    # A re-ingested batch changes its own day and every later one (features are cumulative).
+    batch = settings.lake.read_clean_interactions([DAYS[3]])
+    settings.lake.write_clean_batch(DAYS[3], batch.iloc[: len(batch) // 2])
+    changed = build_offline_features(settings)
+    assert changed["computed"] == DAYS[3:] and changed["replaced"] == DAYS[3:]
+    after = hashes()
+    assert all(after[f"user_features/{d}"] == before[f"user_features/{d}"] for d in DAYS[:3])
+    assert all(after[f"user_features/{d}"] != before[f"user_features/{d}"] for d in DAYS[3:])
+
+    with pytest.raises(RecsysError, match="outside the clean batches"):
+        build_offline_features(settings, days=["1999-01-01"])
+
+
+# ---- the Feast repository -------------------------------------------------------------------
+
+
+def test_feast_finds_exactly_the_objects_of_definitions_py(monkeypatch):
+    from feast.repo_operations import parse_repo
+
+    monkeypatch.chdir(FEATURE_REPO_DIR)
+    monkeypatch.syspath_prepend(str(FEATURE_REPO_DIR))
+    repo = parse_repo(FEATURE_REPO_DIR)
+    assert sorted(e.name for e in repo.entities) == ["__dummy", "item", "user"]
+    assert sorted(fv.name for fv in repo.feature_views) == ["item_features", "user_features"]
+    assert [fs.name for fs in repo.feature_services] == [FEATURE_SERVICE_NAME]
+    assert sorted(s.name for s in repo.data_sources) == [
+        "item_features_source",
+        "user_activity_push",
+        "user_features_source",
+    ]
+    service = repo.feature_services[0]
+    assert f"ranker_v{FEATURE_SERVICE_VERSION}" == FEATURE_SERVICE_NAME
+    assert service.tags["version"] == str(FEATURE_SERVICE_VERSION)
+    served = [f.name for p in service.feature_view_projections for f in p.features]
+    assert served == [*USER_FEATURES, *ITEM_FEATURES]
+    views = {fv.name: fv for fv in repo.feature_views}
+    assert views["user_features"].stream_source.name == "user_activity_push"
+    assert str(views["user_features"].ttl) == "2 days, 0:00:00"
+    from features.store_meta import FEATURE_SERVICE_NAME as recorded
+
+    assert recorded == FEATURE_SERVICE_NAME
+
+
+def test_one_factory_builds_the_store_of_each_profile(tmp_path):
+    from features.store import redis_connection_string, repo_config
+
+    local = repo_config(Settings(data_dir=tmp_path))
+    assert local.online_store.type == "sqlite"
+    assert local.online_store.path == str(tmp_path / "features" / "online.db")
+    assert local.registry.path == str(tmp_path / "features" / "registry.db")
+
+    prod = repo_config(
+        Settings(profile="prod", data_dir=tmp_path, redis_url="redis://:s3cr%40t@cache:6380/2")
+    )
+    assert prod.online_store.type == "redis"
+    assert prod.online_store.connection_string == "cache:6380,db=2,password=s3cr@t"
+    assert prod.registry.path == str(tmp_path / "features" / "registry-prod.db")
+    assert redis_connection_string("rediss://h") == "h:6379,ssl=true"
+    with pytest.raises(RecsysError, match="RECSYS_REDIS_URL"):
+        repo_config(Settings(profile="prod", data_dir=tmp_path))
+    with pytest.raises(RecsysError, match="not a redis URL"):
+        redis_connection_string("http://h:1")
+    from features.store import feature_store
+
+    nobody = Settings(profile="prod", data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")
+    with pytest.raises(RecsysError, match=r"does not answer.*RECSYS_REDIS_URL"):
+        feature_store(nobody)
+
+
+def test_errors_say_what_to_do(tmp_path):
+    from features.skew import skew_report
+    from features.store import historical_features, materialize
+
+    empty = Settings(data_dir=tmp_path / "empty")
+    with pytest.raises(RecsysError, match="recsys data generate"):
+        materialize(empty)
+    labels = pd.DataFrame({"user_id": [1], "item_id": [1], "event_timestamp": [NEWEST]})
+    with pytest.raises(RecsysError, match="recsys features materialize"):
+        historical_features(empty, labels)
+    with pytest.raises(RecsysError, match="recsys features materialize"):
+        skew_report(empty)
+    with pytest.raises(RecsysError, match="event_timestamp"):
+        historical_features(empty, labels.drop(columns="event_timestamp"))
+
+
+# ---- training sets --------------------------------------------------------------------------
+
+
+def test_training_set_is_point_in_time_correct(fresh):
+    from features.store import historical_features
+
+    paths = FeaturePaths(fresh.data_dir)
+    day = DAYS[3]
+    label_time = snapshot_time(day) + pd.Timedelta(hours=6)
+    user = int(snapshot(fresh, "user_features", day)["user_id"].iloc[0])
+    item_a, item_b = snapshot(fresh, "item_features", DAYS[2])["item_id"].iloc[:2].tolist()
+    truth = snapshot(fresh, "user_features", day).set_index("user_id").loc[user]
+
+    # A value written after the label time: a row stamped one minute later, in its own file.
+    late = snapshot(fresh, "user_features", day).query("user_id == @user").copy()
+    late["event_timestamp"] = label_time + pd.Timedelta(minutes=1)
+    late["user_events_total"] = np.float32(12345.0)
+    table = pa.Table.from_pandas(late, preserve_index=False).cast(
+        pq.read_schema(paths.snapshot_path("user_features", day))
+    )
+    pq.write_table(table, paths.view_dir("user_features") / "late-write.parquet")
+
+    labels = pd.DataFrame(
+        {
+            "user_id": [user, user, user, user, user],
+            "item_id": [item_a, item_b, item_a, item_a, item_a],
+            "event_timestamp": [
+                label_time,
+                label_time,  # same user and time, another item: must stay its own row
+                label_time + pd.Timedelta(minutes=2),  # after the late write: sees it
+                snapshot_time(day) - pd.Timedelta(microseconds=1),  # the day before
+                NEWEST + pd.Timedelta(days=5),  # beyond the TTL: null, but the row stays
+            ],
+            "label": [1, 0, 1, 0, 1],
+        },
+        index=[10, 11, 12, 13, 14],
+    )
+    out = historical_features(fresh, labels)
+    assert list(out.index) == [10, 11, 12, 13, 14]
+    assert out["label"].tolist() == [1, 0, 1, 0, 1]
+    assert out.loc[10, "user_events_total"] == truth["user_events_total"] != 12345.0
+    assert out.loc[11, "user_events_total"] == truth["user_events_total"]
+    assert out.loc[12, "user_events_total"] == 12345.0
+    previous = snapshot(fresh, "user_features", DAYS[2]).set_index("user_id").loc[user]
+    assert out.loc[13, "user_events_total"] == previous["user_events_total"]
+    assert pd.isna(out.loc[14, "user_events_total"]) and pd.isna(out.loc[14, "item_age_days"])
+    np.testing.assert_allclose(out.loc[10, "user_category_affinity"], truth.user_category_affinity)
+    item_truth = snapshot(fresh, "item_features", day).set_index("item_id")
+    assert out.loc[11, "item_events_7d"] == item_truth.loc[item_b, "item_events_7d"]
+    assert set(USER_FEATURES + ITEM_FEATURES) <= set(out.columns)
+
+
+# ---- online reads ---------------------------------------------------------------------------
+
+
+def test_online_reader_serves_what_was_materialized_and_reports_age(fresh):
+    from features.online import OnlineFeatureReader
+
+    clock = {"now": NEWEST.to_pydatetime() + timedelta(hours=6)}
+    users = snapshot(fresh, "user_features", DAYS[-1]).set_index("user_id")
+    items = snapshot(fresh, "item_features", DAYS[-1]).set_index("item_id")
+    candidates = [*items.index[:30].tolist(), 99_999]
+    readers = {
+        mode: OnlineFeatureReader(fresh, item_mode=mode, clock=lambda: clock["now"])
+        for mode in ("table", "online")
+    }
+    assert readers["table"].table_size == len(items)
+    for reader in readers.values():
+        row = reader.user_features(int(users.index[0]))
+        assert row["user_events_total"] == users.iloc[0]["user_events_total"]
+        np.testing.assert_array_equal(
+            row["user_category_affinity"], users.iloc[0]["user_category_affinity"]
+        )
+        assert row["age_seconds"] == 6 * 3600 and not row["expired"]
+        assert reader.user_features(99_999) is None
+
+        batch = reader.item_features(candidates)
+        assert batch.found.tolist() == [True] * 30 + [False]
+        expected = items.loc[candidates[:30], list(ITEM_FEATURES)].to_numpy(dtype=np.float32)
+        np.testing.assert_array_equal(batch.values[:30], expected)
+        assert np.isnan(batch.values[30]).all() and batch.expired[30]
+        assert (batch.age_seconds[:30] == 6 * 3600).all() and not batch.expired[:30].any()
+
+    clock["now"] = NEWEST.to_pydatetime() + timedelta(days=3)  # beyond the 2-day TTL
+    assert readers["online"].user_features(int(users.index[0]))["expired"]
+    assert readers["table"].item_features(candidates[:5]).expired.all()
+
+    # The table reloads in the background when a materialization is seen.
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    reader = OnlineFeatureReader(fresh, item_mode="table", watch_interval=0.0)
+    first = int(items.index[0])
+    set_online_value(fresh, "item_features", "item_id", [first], "item_trend", Value(float_val=7.5))
+    assert reader.item_features([first]).values[0, ITEM_FEATURES.index("item_trend")] != 7.5
+    marker = FeaturePaths(fresh.data_dir).materialized_marker
+    os.utime(marker, (time.time() + 5, time.time() + 5))
+    deadline = time.monotonic() + 20
+    while reader.item_features([first]).values[0, ITEM_FEATURES.index("item_trend")] != 7.5:
+        assert time.monotonic() < deadline, "the item table was not reloaded"
+        time.sleep(0.05)
+
+
+def test_pushed_rows_reach_online_reads_and_are_not_skew(fresh):
+    from features.online import OnlineFeatureReader
+    from features.skew import skew_report
+    from features.store import push_user_features
+
+    row = snapshot(fresh, "user_features", DAYS[-1]).iloc[[0]].copy()
+    user = int(row["user_id"].iloc[0])
+    row["event_timestamp"] = NEWEST + pd.Timedelta(hours=1)
+    row["user_events_1d"] = np.float32(77.0)
+    assert push_user_features(fresh, row) == 1
+    reader = OnlineFeatureReader(fresh, item_mode="online")
+    assert reader.user_features(user)["user_events_1d"] == 77.0
+    report = skew_report(fresh)
+    assert report.ok and report.views["user_features"].ahead_entities == 1
+
+
+# ---- skew check and backfill ----------------------------------------------------------------
+
+
+def test_skew_check_finds_corruption_and_backfill_repairs_it(fresh):
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from features.skew import backfill, skew_report
+
+    healthy = skew_report(fresh, sample_size=1000)
+    assert healthy.ok, healthy.as_dict()
+    assert healthy.views["user_features"].sampled == WORLD.n_users
+    clean_dump = online_dump(fresh)
+
+    users = snapshot(fresh, "user_features", DAYS[-1])["user_id"].tolist()
+    items = snapshot(fresh, "item_features", DAYS[-1])["item_id"].tolist()
+    set_online_value(
+        fresh, "user_features", "user_id", users[:7], "user_events_total", Value(float_val=999.0)
+    )
+    set_online_value(
+        fresh, "item_features", "item_id", items[:3], "item_category_index", Value(string_val="x")
+    )
+    delete_online_rows(fresh, "item_features", "item_id", items[3:5])
+
+    report = skew_report(fresh, sample_size=1000)
+    assert not report.ok and report.failing_views() == ["user_features", "item_features"]
+    user_view, item_view = report.views["user_features"], report.views["item_features"]
+    assert user_view.mismatched_entities == 7 and user_view.missing_online == 0
+    by_feature = {f.feature: f for f in user_view.features}
+    assert by_feature["user_events_total"].mismatched == 7
+    assert by_feature["user_events_total"].max_abs_diff > 900
+    assert by_feature["user_events_1d"].mismatched == 0
+    worst = user_view.worst[0]
+    assert worst["feature"] == "user_events_total" and worst["online"] == 999.0
+    assert worst["entity"] in users[:7] and worst["kind"] == "value"
+    assert item_view.type_errors == 3 and item_view.missing_online == 2
+    assert {w["kind"] for w in item_view.worst} >= {"missing"}
+    json.dumps(report.as_dict())  # JSON-able
+
+    result = backfill(fresh, sample_size=1000)
+    assert result.rematerialized and result.views == ["user_features", "item_features"]
+    assert not result.before.ok and result.after.ok, result.after.as_dict()
+    assert online_dump(fresh) == clean_dump
+
+    # Twice changes nothing: a healthy store is left alone, an explicit re-run rewrites the same.
+    again = backfill(fresh, sample_size=1000)
+    assert not again.rematerialized and again.ok
+    forced = backfill(fresh, start=DAYS[-2], views=["user_features"], sample_size=1000)
+    assert forced.rematerialized and forced.ok
+    assert online_dump(fresh) == clean_dump
+
+
+def test_skew_check_finds_a_skipped_materialization_and_backfill_repairs_it(fresh):
+    from features.skew import backfill, skew_report
+    from features.store import feature_status, materialize_window
+
+    clean_dump = online_dump(fresh)
+    # The online store as it is when the newest day's materialization was skipped.
+    previous = snapshot_time(DAYS[-2])
+    materialize_window(fresh, previous, previous, overwrite=True)
+
+    report = skew_report(fresh, sample_size=1000)
+    user_view = report.views["user_features"]
+    assert not user_view.ok
+    assert user_view.stale_entities == WORLD.n_users
+    assert user_view.freshness.lag_seconds == 86_400 and not user_view.freshness.up_to_date
+    assert user_view.freshness.within_ttl  # one day old: behind, not yet expired
+    assert any("behind" in p for p in user_view.problems)
+    assert user_view.repair_from == previous.isoformat()
+    assert report.views["item_features"].stale_entities > 0
+
+    result = backfill(fresh, sample_size=1000)
+    assert result.start == previous.isoformat() and result.end == NEWEST.isoformat()
+    assert result.after.ok and online_dump(fresh) == clean_dump
+    assert feature_status(fresh)["views"]["user_features"]["lag_seconds"] == 0
+    assert not backfill(fresh, sample_size=1000).rematerialized
+
+    # Freshness against the TTL: three days after the newest snapshot every row has expired.
+    late = skew_report(fresh, as_of=NEWEST + pd.Timedelta(days=3), sample_size=50)
+    for view in late.views.values():
+        assert not view.ok and not view.freshness.within_ttl
+        assert view.freshness.expired_entities == view.sampled == 50
+
+
+def test_materialize_is_incremental(fresh):
+    from features.store import feature_status, materialize
+
+    result = materialize(fresh)
+    assert result["offline"]["computed"] == []
+    assert result["views"]["user_features"]["start"] == NEWEST.isoformat()
+    assert result["views"]["user_features"]["entities"] == WORLD.n_users
+    status = feature_status(fresh)
+    assert status["applied"] and status["offline"]["pending_days"] == 0
+    assert status["offline"]["days"] == WORLD.n_days
+    assert status["views"]["item_features"]["materialized_until"] == NEWEST.isoformat()
+
+
+# ---- the command lines ----------------------------------------------------------------------
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_recsys_features_cli_and_feast_cli_inside_features(tmp_path):
+    """`recsys data generate` + `recsys features ...` on a repo's default data dir, then the
+    Feast CLI inside its features/ folder, on a copy of the repository layout."""
+    repo = tmp_path / "repo"
+    shutil.copytree(FEATURE_REPO_DIR, repo / "features", ignore=shutil.ignore_patterns("__py*"))
+    data = repo / ".recsys"  # the default data dir, seen from the repository root
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env["FEAST_USAGE"] = "False"
+    recsys = str(BIN / "recsys")
+    generate = [recsys, "data", "generate", "--users", "300", "--items", "100", "--days", "6"]
+    proc = run([*generate, "--interactions", "6000"], repo, env)
+    assert proc.returncode == 0, proc.stderr
+
+    proc = run([recsys, "features", "materialize"], repo, env)
+    assert proc.returncode == 0, proc.stderr
+    assert "Materialized" in proc.stdout and "user_features" in proc.stdout
+    assert (data / "features" / "online.db").is_file()
+
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    settings = Settings(data_dir=data)
+    set_online_value(settings, "user_features", "user_id", [1, 2, 3], "user_mean_weight", Value())
+    proc = run([recsys, "features", "skew"], repo, env)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "user_mean_weight" in proc.stdout and "NO" in proc.stdout
+
+    proc = run([recsys, "features", "backfill", "--json"], repo, env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["before"]["ok"] is False and result["after"]["ok"] is True
+    assert result["views"] == ["user_features"]
+
+    # The Feast CLI inside features/ sees the same registry, sources and online store.
+    feast = str(BIN / "feast")
+    proc = run([feast, "apply"], repo / "features", env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Applying changes for project recsys" in proc.stdout
+    now = datetime.now(UTC).replace(microsecond=0, tzinfo=None).isoformat()
+    proc = run([feast, "materialize-incremental", now], repo / "features", env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert NEWEST.strftime("%Y-%m-%d %H:%M:%S") in proc.stdout  # it goes on from recsys' end
+
+    from features.skew import skew_report
+    from features.store import feature_status
+
+    assert skew_report(settings, sample_size=100).ok
+
+    status = feature_status(settings)
+    assert status["applied"] and status["offline"]["days"] == 6
+    assert status["views"]["user_features"]["materialized_until"].startswith(now[:10])
