@@ -49,10 +49,14 @@ def champion_on_same_holdout(
     settings: Settings, result: TrainResult
 ) -> tuple[str | None, float | None, str]:
     """(champion version, its nDCG@k on ``result``'s holdout, how it was measured)."""
+    from recsys.registry import version_for_alias
+
+    if version_for_alias(settings, CHAMPION) is None:
+        return None, None, "no champion yet"
     try:
         version, champion = load_release(settings, CHAMPION)
-    except RecsysError:
-        return None, None, "no champion yet"
+    except RecsysError as exc:  # e.g. a release of an older format: not comparable
+        return version_for_alias(settings, CHAMPION), None, f"champion unreadable: {exc}"
     if champion.meta.get("feature_names") != feature_names() or champion.ranker is None:
         recorded = champion.meta.get("metrics", {}).get("holdout", {}).get("pipeline", {})
         ndcg = recorded.get("ndcg")
