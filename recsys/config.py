@@ -80,6 +80,30 @@ class Settings(BaseSettings):
         None, description="Bearer token for /admin endpoints; unset disables them."
     )
     max_k: int = Field(100, ge=1, le=1000, description="Largest k a /recommend call may ask.")
+    max_exclude: int = Field(
+        1000, ge=0, le=100_000, description="Most item ids a /recommend call may exclude."
+    )
+    max_body_kb: int = Field(
+        64, ge=1, le=10_240, description="Largest request body the service accepts (KiB)."
+    )
+    canary_share: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Share of users (by a hash of user_id) the challenger serves, when one exists.",
+    )
+    reload_interval_s: float = Field(
+        30.0, ge=0.0, description="How often the service polls the registry aliases; 0 disables."
+    )
+    cache_size: int = Field(
+        10_000, ge=0, description="Entries in the per-user recommendation cache; 0 disables it."
+    )
+    request_log_sample: float = Field(
+        0.1, ge=0.0, le=1.0, description="Share of /recommend calls written to the request log."
+    )
+    request_log_max_mb: float = Field(
+        50.0, gt=0, description="Disk the request log may use (all rotated files) in MiB."
+    )
 
     # Training defaults (the thin path; the search space lives with the model)
     als_factors: int = Field(32, ge=2, le=1024)

@@ -11,7 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
@@ -139,3 +142,88 @@ class ServiceProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class ServeBenchmark:
+    """Figures of one load run against a running service."""
+
+    requests: int
+    errors: int
+    seconds: float
+    requests_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    fallbacks: dict[str, int]
+    cached: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def benchmark_service(
+    url: str,
+    user_ids: list[int],
+    *,
+    requests: int = 500,
+    concurrency: int = 4,
+    k: int = 10,
+    timeout: float = 10.0,
+) -> ServeBenchmark:
+    """Send ``requests`` ``POST /recommend`` calls from ``concurrency`` threads, cycling through
+    ``user_ids``; returns latency percentiles (client side), throughput and what answered.
+
+    A non-200 answer or a transport error counts as an error, never raises.
+    """
+    if not user_ids or requests < 1 or concurrency < 1:
+        raise RecsysError("benchmark needs at least one user, one request and one thread")
+    latencies: list[float] = []
+    fallbacks: Counter[str] = Counter()
+    counts = {"errors": 0, "cached": 0}
+    lock = threading.Lock()
+    shares = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
+
+    def worker(index: int, count: int) -> None:
+        with httpx.Client(timeout=timeout) as client:
+            for n in range(count):
+                user = user_ids[(index + n * concurrency) % len(user_ids)]
+                started = time.perf_counter()
+                try:
+                    reply = client.post(f"{url}/recommend", json={"user_id": user, "k": k})
+                    ok = reply.status_code == 200
+                    body = reply.json() if ok else {}
+                except httpx.HTTPError:
+                    ok, body = False, {}
+                elapsed = time.perf_counter() - started
+                with lock:
+                    if not ok:
+                        counts["errors"] += 1
+                        continue
+                    latencies.append(elapsed)
+                    fallbacks[str(body.get("fallback"))] += 1
+                    counts["cached"] += bool(body.get("cached"))
+
+    threads = [threading.Thread(target=worker, args=(i, c)) for i, c in enumerate(shares)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - began
+    ordered = sorted(latencies) or [float("nan")]
+
+    def pct(q: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return ServeBenchmark(
+        requests=requests,
+        errors=counts["errors"],
+        seconds=round(seconds, 3),
+        requests_per_s=round(len(latencies) / seconds, 1),
+        p50_ms=pct(0.50),
+        p95_ms=pct(0.95),
+        p99_ms=pct(0.99),
+        fallbacks=dict(fallbacks),
+        cached=counts["cached"],
+    )

@@ -3,91 +3,513 @@
     bentoml serve serving.service:RecommenderService --host 127.0.0.1 --port 3000
     recsys serve
 
-At start it loads the model version behind the ``champion`` alias from the MLflow registry of
-the active profile (``RECSYS_*`` settings) and runs a smoke prediction; ``/readyz`` answers 200
-only after both succeeded. ``POST /recommend {"user_id": 1, "k": 10}`` returns ranked items.
+At start it loads the model versions behind the ``champion`` and ``challenger`` aliases from the
+MLflow registry of the active profile (``RECSYS_*`` settings) and runs a smoke prediction on
+each; ``/readyz`` answers 200 once the champion passed. Endpoints (all ``POST`` with a JSON body):
+
+    /recommend {"user_id": 1, "k": 10, "exclude": [3], "context": {...}}  ranked items
+    /feedback {"request_id": "...", "user_id": 1, "item_id": 3, "event": "click"}
+    /admin/status {}  /admin/reload {}  /admin/cache/flush {}  /admin/canary {"share": 0.2}
+
+Admin endpoints need ``Authorization: Bearer $RECSYS_ADMIN_TOKEN``; without a token configured
+they answer 404 "admin disabled". ``/metrics`` carries BentoML's series and ours
+(``recsys_serving_*``).
+
+Routing: a user goes to the challenger when sha256 of its id falls under ``canary_share``
+(``serving.router``). Degraded paths never answer 5xx while anything can answer: unknown users get
+the cold-start list, a failing model the user's last cached answer or the popularity list.
+Reload (``/admin/reload`` or the poll every ``reload_interval_s``) loads a new version fully,
+then swaps one reference, so a request in flight finishes on the model it started with.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
+import tempfile
+import threading
 import time
 import uuid
-from typing import Annotated
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import bentoml
+import numpy as np
 from pydantic import Field
 from starlette.responses import JSONResponse
 
 from recsys.config import get_settings
+from recsys.contract import EVENT_TYPES
 from recsys.errors import RecsysError
-from recsys.registry import CHAMPION, load_release
-from serving.schemas import RecommendResponse, ScoredItem
+from recsys.registry import download_release, version_for_alias
+from recsys.release import Release
+from serving.cache import CachedAnswer, RecommendationCache
+from serving.logs import FeedbackLog, RequestLog, ServedRequests
+from serving.metrics import ServingMetrics
+from serving.router import CHALLENGER, CHAMPION, route
+from serving.schemas import FeedbackResponse, RecommendResponse, ScoredItem
 
 logger = logging.getLogger("recsys.serving")
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 _SETTINGS = get_settings()
 MAX_K = _SETTINGS.max_k
+MAX_EXCLUDE = _SETTINGS.max_exclude
+ALIASES = (CHAMPION, CHALLENGER)
+
+ItemId = Annotated[int, Field(ge=0)]
+ContextValue = str | int | float | bool | None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One release as served: which alias and version it is, and since when."""
+
+    alias: str
+    version: str
+    release: Release
+    loaded_at: float
+
+
+def _error(ctx: bentoml.Context | None, status: int, message: str, **headers: str) -> JSONResponse:
+    """A JSON error. With a context BentoML takes the status and headers from ``ctx.response``."""
+    if ctx is not None:
+        ctx.response.status_code = status
+        ctx.response.metadata.update(headers)
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+def load_model(settings, alias: str) -> LoadedModel:
+    """Download, load and smoke-test the release behind ``alias``.
+
+    Raises:
+        RecsysError: no such alias, the artifacts are incomplete, or the smoke prediction failed.
+    """
+    with tempfile.TemporaryDirectory(prefix=f"recsys-{alias}-") as folder:
+        version, release_dir = download_release(settings, alias, Path(folder))
+        release = Release.load(release_dir)
+    probe = int(release.user_ids[0]) if release.n_users else 0
+    answer = release.recommend(probe, 1)
+    if release.n_items and len(answer.item_ids) == 0:
+        raise RecsysError(f"smoke prediction of version {version} for user {probe} was empty")
+    return LoadedModel(alias, version, release, time.time())
+
+
+def lake_popularity(settings, limit: int = 1000) -> tuple[np.ndarray, np.ndarray] | None:
+    """(item ids, interaction counts) of the most popular items in the clean lake, or None."""
+    try:
+        counts = settings.lake.read_clean_interactions()["item_id"].value_counts().head(limit)
+    except Exception as exc:  # the degraded path of last resort must not fail the start
+        logger.warning("no popularity list from the lake: %s", exc)
+        return None
+    return counts.index.to_numpy(dtype=np.int64), counts.to_numpy(dtype=np.float64)
 
 
 @bentoml.service(name="recsys", traffic={"timeout": 10}, workers=1)
 class RecommenderService:
-    """Serves the champion release over HTTP."""
+    """Serves the champion (and a canary challenger) over HTTP, reloading them by alias."""
 
     def __init__(self) -> None:
-        self.settings = _SETTINGS
-        self.release = None
-        self.model_version: str | None = None
+        settings = self.settings = _SETTINGS
+        self._models: dict[str, LoadedModel] = {}
         self.load_error: str | None = None
-        self.smoke_ok = False
-        started = time.perf_counter()
-        try:
-            self.model_version, self.release = load_release(self.settings, CHAMPION)
-            self._smoke_test()
-        except RecsysError as exc:
-            self.load_error = str(exc)
-            logger.error("model not loaded: %s", exc)
-        else:
-            logger.info(
-                "loaded %s version %s (%d users, %d items) in %.2fs",
-                self.settings.model_name,
-                self.model_version,
-                self.release.n_users,
-                self.release.n_items,
-                time.perf_counter() - started,
-            )
+        self.canary_share = settings.canary_share
+        self.cache = RecommendationCache(settings.cache_size)
+        self.metrics = ServingMetrics()
+        logs = settings.data_dir / "logs"
+        self.feedback_log = FeedbackLog(logs / "feedback")
+        self.request_log = RequestLog(
+            logs / "requests",
+            settings.request_log_sample,
+            int(settings.request_log_max_mb * 2**20),
+            seed=settings.seed,
+        )
+        self.served = ServedRequests()
+        self._reload_lock = threading.Lock()
+        self._refused: dict[str, tuple[str, str]] = {}
+        self.last_reload: dict[str, Any] = {}
+        self.reload()
+        self.popularity = None if CHAMPION in self._models else lake_popularity(settings)
+        self._stop = threading.Event()
+        if settings.reload_interval_s > 0:
+            threading.Thread(target=self._poll, name="recsys-reload", daemon=True).start()
 
-    def _smoke_test(self) -> None:
-        release = self.release
-        probe = int(release.user_ids[0]) if release.n_users else 0
-        answer = release.recommend(probe, 1)
-        if release.n_items and len(answer.item_ids) == 0:
-            raise RecsysError(f"smoke prediction for user {probe} returned nothing")
-        self.smoke_ok = True
+    # ---- model lifecycle -------------------------------------------------------------------
+
+    def reload(self, *, retry_refused: bool = True) -> dict[str, Any]:
+        """Point each alias at the version the registry names; load new versions fully before
+        swapping them in. A version that fails to load leaves the served one in place and is
+        remembered, so the poll (``retry_refused=False``) does not download it again."""
+        with self._reload_lock:
+            current = self._models
+            models = dict(current)
+            changed: dict[str, str | None] = {}
+            errors: dict[str, str] = {}
+            for alias in ALIASES:
+                try:
+                    wanted = version_for_alias(self.settings, alias)
+                except Exception as exc:  # registry down: keep serving what is loaded
+                    errors[alias] = f"registry unavailable: {exc}"
+                    continue
+                held = current.get(alias)
+                if wanted is None:
+                    if held is not None and alias == CHALLENGER:
+                        del models[alias]
+                        changed[alias] = None
+                    elif alias == CHAMPION and held is None:
+                        errors[alias] = (
+                            f"no model version has alias {alias!r} in "
+                            f"{self.settings.model_name!r}; run `recsys train` first"
+                        )
+                    continue
+                if held is not None and held.version == wanted:
+                    continue
+                if not retry_refused and self._refused.get(alias, (None,))[0] == wanted:
+                    errors[alias] = self._refused[alias][1]
+                    continue
+                twin = next((m for m in current.values() if m.version == wanted), None)
+                try:
+                    # a version already served under another alias is shared, not loaded twice
+                    loaded = (
+                        LoadedModel(alias, wanted, twin.release, twin.loaded_at)
+                        if twin is not None
+                        else load_model(self.settings, alias)
+                    )
+                except Exception as exc:
+                    errors[alias] = str(exc)
+                    self._refused[alias] = (wanted, str(exc))
+                    logger.error("could not load %s version %s: %s", alias, wanted, exc)
+                    continue
+                models[alias] = loaded
+                changed[alias] = loaded.version
+                logger.info("serving %s version %s", alias, loaded.version)
+            self._models = models  # one reference swap: requests keep the dict they read
+            self.load_error = errors.get(CHAMPION) if CHAMPION not in models else None
+            self.metrics.set_model_loaded({a: (m.version, m.loaded_at) for a, m in models.items()})
+            for alias in changed:
+                self.metrics.inc("reloads_total", "Model swaps by alias.", alias=alias)
+            self.last_reload = {
+                "at": time.time(),
+                "changed": changed,
+                "errors": errors,
+                "served": {a: m.version for a, m in models.items()},
+            }
+            return self.last_reload
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.settings.reload_interval_s):
+            try:
+                self.reload(retry_refused=False)
+            except Exception:  # the poll must outlive any one failure
+                logger.exception("reload poll failed")
 
     def __is_ready__(self) -> bool:
-        return self.release is not None and self.smoke_ok
+        return CHAMPION in self._models
+
+    # ---- recommend -------------------------------------------------------------------------
 
     @bentoml.api(route="/recommend")
     def recommend(
         self,
+        ctx: bentoml.Context,
         user_id: Annotated[int, Field(ge=0, description="The user to recommend for.")],
         k: Annotated[int, Field(ge=1, le=MAX_K, description="How many items.")] = 10,
+        exclude: Annotated[
+            list[ItemId], Field(max_length=MAX_EXCLUDE, description="Items never to return.")
+        ] = [],  # noqa: B006 - pydantic copies defaults
+        context: Annotated[
+            dict[str, ContextValue] | None,
+            Field(max_length=32, description="Free request context, kept in the request log."),
+        ] = None,
     ) -> RecommendResponse:
-        """Top-k items the user has not seen yet, best first."""
-        if self.release is None:
-            return JSONResponse({"error": f"no model loaded: {self.load_error}"}, status_code=503)
-        answer = self.release.recommend(user_id, k)
-        return RecommendResponse(
+        """Top-k items the user has not seen and did not exclude, best first."""
+        started = time.perf_counter()
+        too_big = self._body_too_big(ctx)
+        if too_big is not None:
+            return too_big
+        models = self._models  # read once: a reload swaps the dict, never mutates it
+        cached = False
+        variant = route(user_id, self.canary_share, CHALLENGER in models)
+        model = models.get(variant)
+        mark = self._stage("route", started)
+        if model is None:
+            answer = self._degraded(user_id, k, exclude, models)
+            if answer is None:
+                return _error(ctx, 503, f"no model loaded: {self.load_error}")
+        else:
+            key = self.cache.key(model.version, user_id, k, exclude)
+            hit = self.cache.get(key)
+            cached = hit is not None
+            self.metrics.inc(
+                "cache_requests_total", "Cache lookups by result.", result="hit" if hit else "miss"
+            )
+            mark = self._stage("cache", mark)
+            if hit is not None:
+                fallback = _cold_or_none(model, user_id)
+                answer = (hit.variant, hit.version, hit.item_ids, hit.scores, fallback)
+            else:
+                try:
+                    rec = model.release.recommend(user_id, k, exclude)
+                except Exception:
+                    logger.exception("model %s failed for user %s", model.version, user_id)
+                    answer = self._degraded(user_id, k, exclude, models)
+                    if answer is None:
+                        return _error(ctx, 503, "the model failed and no fallback could answer")
+                else:
+                    items, scores = _filtered(rec.item_ids, rec.scores, exclude, k)
+                    answer = (variant, model.version, items, scores, rec.fallback)
+                    self.cache.put(key, CachedAnswer(model.version, variant, items, scores))
+                self._stage("model", mark)
+        served_variant, version, items, scores, fallback = answer
+        response = RecommendResponse(
             request_id=uuid.uuid4().hex,
             user_id=user_id,
-            items=[
-                ScoredItem(item_id=int(i), score=float(s))
-                for i, s in zip(answer.item_ids, answer.scores, strict=True)
-            ],
-            model_version=str(self.model_version),
-            variant="champion",
-            fallback=answer.fallback,
+            items=[ScoredItem(item_id=i, score=s) for i, s in zip(items, scores, strict=True)],
+            model_version=version,
+            variant=served_variant,
+            fallback=fallback,
+            cached=cached,
         )
+        self._account(response, k, exclude, context, started)
+        return response
+
+    def _degraded(
+        self, user_id: int, k: int, exclude: list[int], models: dict[str, LoadedModel]
+    ) -> tuple | None:
+        """The answer when the routed model is missing or failed: the user's last cached
+        answer, else a loaded release's popularity list, else the lake's; None if nothing."""
+        last = self.cache.last_good(user_id)
+        if last is not None:
+            items, scores = _filtered(last.item_ids, last.scores, exclude, k)
+            if items:
+                return (last.variant, last.version, items, scores, "cache")
+        for model in models.values():
+            try:
+                rec = model.release.cold_start(k, exclude)
+            except Exception:
+                continue
+            items, scores = _filtered(rec.item_ids, rec.scores, exclude, k)
+            return (None, model.version, items, scores, "degraded")
+        if self.popularity is not None:
+            items, scores = _filtered(*self.popularity, exclude, k)
+            return (None, None, items, scores, "degraded")
+        return None
+
+    def _stage(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.metrics.observe_stage(stage, now - since)
+        return now
+
+    def _account(self, response: RecommendResponse, k, exclude, context, started: float) -> None:
+        self.served.remember(
+            response.request_id,
+            {
+                "variant": response.variant,
+                "model_version": response.model_version,
+                "user_id": response.user_id,
+            },
+        )
+        self.metrics.inc(
+            "requests_total",
+            "Answered /recommend calls by variant, model version and fallback.",
+            variant=str(response.variant),
+            version=str(response.model_version),
+            fallback=str(response.fallback),
+        )
+        if response.fallback:
+            self.metrics.inc("fallbacks_total", "Degraded answers by kind.", kind=response.fallback)
+        self.request_log.maybe_write(
+            {
+                "request_id": response.request_id,
+                "user_id": response.user_id,
+                "k": k,
+                "exclude": exclude,
+                "context": context,
+                "items": [it.item_id for it in response.items],
+                "variant": response.variant,
+                "model_version": response.model_version,
+                "fallback": response.fallback,
+                "cached": response.cached,
+            }
+        )
+        self._stage("total", started)
+
+    def _body_too_big(self, ctx: bentoml.Context) -> JSONResponse | None:
+        limit = self.settings.max_body_kb * 1024
+        try:
+            size = int(ctx.request.headers.get("content-length") or 0)
+        except ValueError:
+            return _error(ctx, 400, "the content-length header is not a number")
+        if size > limit:
+            return _error(ctx, 413, f"request body of {size} bytes exceeds {limit} bytes")
+        return None
+
+    # ---- feedback --------------------------------------------------------------------------
+
+    @bentoml.api(route="/feedback")
+    def feedback(
+        self,
+        request_id: Annotated[str, Field(min_length=1, max_length=64)],
+        user_id: Annotated[int, Field(ge=0)],
+        item_id: Annotated[int, Field(ge=0)],
+        event: Literal[EVENT_TYPES],  # type: ignore[valid-type]
+        value: Annotated[float | None, Field(ge=0, le=1e6)] = None,
+    ) -> FeedbackResponse:
+        """Durably record a user's reaction to an item of a /recommend answer.
+
+        The event is tied to the variant and model version that served ``request_id``. An
+        unknown request_id (older than this process remembers) is still kept, unattributed:
+        losing real feedback is worse than an event without a variant. A request_id that served
+        another user is a 409.
+        """
+        if event == "rating" and (value is None or not 0.5 <= value <= 5):
+            return _error(None, 400, "a rating event needs a value between 0.5 and 5 stars")
+        served = self.served.lookup(request_id)
+        if served is not None and served["user_id"] != user_id:
+            return _error(
+                None,
+                409,
+                f"request {request_id} served user {served['user_id']}, not user {user_id}",
+            )
+        variant = served["variant"] if served else None
+        version = served["model_version"] if served else None
+        self.feedback_log.append(
+            {
+                "request_id": request_id,
+                "user_id": user_id,
+                "item_id": item_id,
+                "event": event,
+                "value": value,
+                "variant": variant,
+                "model_version": version,
+                "attributed": served is not None,
+            }
+        )
+        self.metrics.inc(
+            "feedback_total",
+            "Feedback events by event type and variant.",
+            event=event,
+            variant=str(variant),
+        )
+        return FeedbackResponse(
+            request_id=request_id,
+            attributed=served is not None,
+            variant=variant,
+            model_version=version,
+        )
+
+    # ---- admin -----------------------------------------------------------------------------
+
+    def _admin_denied(self, ctx: bentoml.Context) -> JSONResponse | None:
+        token = self.settings.admin_token
+        secret = token.get_secret_value() if token is not None else ""
+        if not secret:
+            return _error(ctx, 404, "admin disabled: set RECSYS_ADMIN_TOKEN to enable /admin")
+        scheme, _, given = ctx.request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), secret.encode()
+        ):
+            return _error(
+                ctx,
+                401,
+                "admin needs Authorization: Bearer <token>",
+                **{"WWW-Authenticate": "Bearer"},
+            )
+        return None
+
+    @bentoml.api(route="/admin/status")
+    def admin_status(self, ctx: bentoml.Context) -> dict:
+        """What is served, the cache, the canary share and the last reload."""
+        denied = self._admin_denied(ctx)
+        if denied is not None:
+            return denied
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        models = self._models
+        now = time.time()
+        return {
+            "ready": CHAMPION in models,
+            "load_error": self.load_error,
+            "models": {
+                a: {"version": m.version, "age_s": round(now - m.loaded_at, 3)}
+                for a, m in models.items()
+            },
+            "canary_share": self.canary_share,
+            "cache": {
+                "entries": len(self.cache),
+                "capacity": self.cache.capacity,
+                "hits": self.cache.hits,
+                "misses": self.cache.misses,
+                "stale_entries": self.cache.stale_entries({m.version for m in models.values()}),
+            },
+            "last_reload": self.last_reload,
+            "reload_interval_s": self.settings.reload_interval_s,
+            "request_log": {
+                "sample": self.request_log.sample,
+                "written": self.request_log.written,
+                "disk_bytes": self.request_log.disk_bytes(),
+            },
+        }
+
+    @bentoml.api(route="/admin/reload")
+    def admin_reload(self, ctx: bentoml.Context) -> dict:
+        """Reload every alias now; answers what changed and what failed."""
+        denied = self._admin_denied(ctx)
+        if denied is not None:
+            return denied
+        return self.reload()
+
+    @bentoml.api(route="/admin/cache/flush")
+    def admin_cache_flush(self, ctx: bentoml.Context) -> dict:
+        """Empty the recommendation cache."""
+        denied = self._admin_denied(ctx)
+        if denied is not None:
+            return denied
+        return {"flushed": self.cache.flush()}
+
+    @bentoml.api(route="/admin/canary")
+    def admin_canary(
+        self,
+        ctx: bentoml.Context,
+        share: Annotated[float, Field(ge=0.0, le=1.0, description="Challenger share of users.")],
+    ) -> dict:
+        """Set the share of users the challenger serves (0 stops the canary)."""
+        denied = self._admin_denied(ctx)
+        if denied is not None:
+            return denied
+        previous, self.canary_share = self.canary_share, share
+        logger.info("canary share %s -> %s", previous, share)
+        return {"canary_share": share, "previous": previous}
+
+    def __metrics__(self, content: str) -> str:
+        extra = {
+            "cache_entries": ("Entries in the recommendation cache.", float(len(self.cache))),
+            "canary_share": ("Share of users routed to the challenger.", self.canary_share),
+        }
+        return content + self.metrics.render(extra)
+
+
+def _filtered(
+    item_ids, scores, exclude: list[int], k: int
+) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """At most ``k`` items, in order, without excluded items or duplicates."""
+    dropped = set(exclude)
+    items: list[int] = []
+    kept: list[float] = []
+    for item, score in zip(item_ids, scores, strict=True):
+        item = int(item)
+        if item in dropped:
+            continue
+        dropped.add(item)
+        items.append(item)
+        kept.append(float(score))
+        if len(items) == k:
+            break
+    return tuple(items), tuple(kept)
+
+
+def _cold_or_none(model: LoadedModel, user_id: int) -> str | None:
+    return "cold_start" if model.release.user_row(user_id) is None else None

@@ -85,3 +85,71 @@ def test_without_a_model_the_service_is_live_but_not_ready(tmp_path):
     finally:
         proc.stop()
     assert proc.process.returncode is not None
+
+
+def test_exclude_removes_items_and_answers_have_no_duplicates(service):
+    proc, _, result = service
+    user = int(result.release.user_ids[5])
+    first = httpx.post(f"{proc.url}/recommend", json={"user_id": user, "k": 6}).json()
+    banned = [it["item_id"] for it in first["items"][:3]]
+    body = httpx.post(
+        f"{proc.url}/recommend", json={"user_id": user, "k": 6, "exclude": banned}
+    ).json()
+    items = [it["item_id"] for it in body["items"]]
+    assert len(items) == 6 and len(set(items)) == 6
+    assert not set(banned) & set(items)
+
+
+def test_cold_start_respects_exclude(service):
+    proc, _, _ = service
+    first = httpx.post(f"{proc.url}/recommend", json={"user_id": 10**12, "k": 3}).json()
+    top = first["items"][0]["item_id"]
+    body = httpx.post(
+        f"{proc.url}/recommend", json={"user_id": 10**12, "k": 3, "exclude": [top]}
+    ).json()
+    assert body["fallback"] == "cold_start"
+    assert top not in [it["item_id"] for it in body["items"]]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "needle"),
+    [
+        ({"user_id": 1, "exclude": list(range(5000))}, 400, "exclude"),
+        ({"user_id": 1, "exclude": [-1]}, 400, "exclude"),
+        ({"user_id": 1, "context": {"note": "x" * 100_000}}, 413, "exceeds"),
+    ],
+)
+def test_oversized_requests_are_refused_with_a_reason(service, payload, status, needle):
+    proc, _, _ = service
+    reply = httpx.post(f"{proc.url}/recommend", json=payload)
+    assert reply.status_code == status
+    assert needle in reply.text
+
+
+def test_admin_is_disabled_without_a_token(service):
+    proc, _, _ = service
+    for route in ("/admin/status", "/admin/reload", "/admin/cache/flush"):
+        reply = httpx.post(f"{proc.url}{route}", json={}, headers={"authorization": "Bearer x"})
+        assert reply.status_code == 404 and "admin disabled" in reply.text
+
+
+def test_metrics_carry_bentoml_and_recsys_series(service):
+    proc, _, _ = service
+    httpx.post(f"{proc.url}/recommend", json={"user_id": 10**12, "k": 2})
+    text = httpx.get(f"{proc.url}/metrics").text
+    assert 'bentoml_service_request_total{endpoint="/recommend"' in text
+    assert 'recsys_serving_requests_total{fallback="cold_start"' in text
+    assert 'recsys_serving_stage_latency_seconds_count{stage="total"}' in text
+    assert "recsys_serving_model_age_seconds" in text
+
+
+def test_benchmark_service_reports_latency_without_errors(service):
+    from recsys.server import benchmark_service
+
+    proc, _, result = service
+    users = [int(u) for u in result.release.user_ids[:30]]
+    report = benchmark_service(proc.url, users, requests=60, concurrency=2, k=5)
+    assert report.errors == 0 and report.requests == 60
+    assert 0 < report.p50_ms <= report.p95_ms <= report.p99_ms
+    assert report.cached == 30  # each user asked twice: the second answer is the cached one
+    assert report.requests_per_s > 0

@@ -1,0 +1,262 @@
+"""Model lifecycle, canary, cache, feedback and admin of the service, through real HTTP.
+
+One service runs on its own trained world (a fresh data dir: these tests move aliases), with an
+admin token, a 1 s reload poll and a tiny request-log budget so rotation happens.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import httpx
+import pytest
+
+from recsys.config import Settings
+from recsys.registry import configure_mlflow, log_release, version_for_alias
+from recsys.server import ServiceProcess
+from serving.router import route
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "s3cret-admin-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from recsys.gate import register_with_gate
+    from recsys.ingest import ingest_all
+    from recsys.synthetic import WorldConfig, write_world
+    from recsys.train import pipeline_params, train_and_evaluate
+
+    folder = tmp_path_factory.mktemp("serving-world")
+    settings = Settings(data_dir=folder, seed=11)
+    cfg = WorldConfig(n_users=300, n_items=120, n_days=10, n_interactions=9_000, seed=11)
+    write_world(cfg, settings.lake.init())
+    ingest_all(settings.lake)
+    result = train_and_evaluate(settings.lake, pipeline_params(settings), k=10, budget_s=0)
+    registered, decision = register_with_gate(settings, result)
+    assert decision.alias == "champion"
+    return settings, registered, result
+
+
+@pytest.fixture(scope="module")
+def live(world):
+    settings, registered, result = world
+    env = {
+        "RECSYS_ADMIN_TOKEN": TOKEN,
+        "RECSYS_RELOAD_INTERVAL_S": "1",
+        "RECSYS_CANARY_SHARE": "0",
+        "RECSYS_REQUEST_LOG_SAMPLE": "1",
+        "RECSYS_REQUEST_LOG_MAX_MB": "0.01",
+    }
+    with ServiceProcess(settings, env=env) as proc:
+        yield proc, settings, registered, result
+
+
+def admin(proc, path, payload=None, headers=AUTH):
+    return httpx.post(f"{proc.url}{path}", json=payload or {}, headers=headers, timeout=30)
+
+
+def recommend(proc, user, k=5, **extra):
+    reply = httpx.post(f"{proc.url}/recommend", json={"user_id": user, "k": k, **extra})
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def test_admin_needs_the_right_bearer_token(live):
+    proc, *_ = live
+    assert admin(proc, "/admin/status", headers={}).status_code == 401
+    wrong = admin(proc, "/admin/status", headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and TOKEN not in wrong.text
+    assert admin(proc, "/admin/status", headers={"authorization": TOKEN}).status_code == 401
+    status = admin(proc, "/admin/status")
+    assert status.status_code == 200 and status.json()["ready"] is True
+    assert TOKEN not in proc.log_path.read_text()
+
+
+def test_feedback_is_durable_and_tied_to_the_serving_variant(live):
+    proc, settings, registered, result = live
+    user = int(result.release.user_ids[1])
+    served = recommend(proc, user)
+    item = served["items"][0]["item_id"]
+    event = {"request_id": served["request_id"], "user_id": user, "item_id": item}
+    reply = httpx.post(f"{proc.url}/feedback", json={**event, "event": "click"})
+    assert reply.status_code == 200
+    assert reply.json()["attributed"] is True
+    lines = [
+        json.loads(line)
+        for path in sorted((settings.data_dir / "logs" / "feedback").glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    mine = [r for r in lines if r["request_id"] == served["request_id"]]
+    assert mine and mine[0]["variant"] == "champion"
+    assert mine[0]["model_version"] == registered.version and mine[0]["item_id"] == item
+
+    unknown = httpx.post(
+        f"{proc.url}/feedback", json={**event, "request_id": "f" * 32, "event": "view"}
+    )
+    assert unknown.status_code == 200
+    assert unknown.json()["attributed"] is False and unknown.json()["variant"] is None
+
+    other_user = httpx.post(
+        f"{proc.url}/feedback", json={**event, "user_id": user + 1, "event": "view"}
+    )
+    assert other_user.status_code == 409 and "served user" in other_user.text
+    no_stars = httpx.post(f"{proc.url}/feedback", json={**event, "event": "rating"})
+    assert no_stars.status_code == 400 and "rating" in no_stars.text
+    bad = httpx.post(f"{proc.url}/feedback", json={**event, "event": "teleport"})
+    assert 400 <= bad.status_code < 500 and "event" in bad.text
+
+
+def test_cache_serves_repeats_and_flushes(live):
+    proc, _, _, result = live
+    user = int(result.release.user_ids[2])
+    first = recommend(proc, user, k=4)
+    second = recommend(proc, user, k=4)
+    assert first["cached"] is False and second["cached"] is True
+    assert second["items"] == first["items"] and second["request_id"] != first["request_id"]
+    before = admin(proc, "/admin/status").json()["cache"]
+    assert before["hits"] >= 1 and before["entries"] >= 1
+    assert admin(proc, "/admin/cache/flush").json()["flushed"] >= 1
+    assert recommend(proc, user, k=4)["cached"] is False
+
+
+def test_canary_routing_is_deterministic_and_follows_the_share(live):
+    proc, settings, _, result = live
+    challenger = log_release(settings, result.release, result.metrics, aliases=("challenger",))
+    reloaded = admin(proc, "/admin/reload").json()
+    assert reloaded["served"]["challenger"] == challenger.version
+    users = [int(u) for u in result.release.user_ids[:40]]
+    try:
+        assert admin(proc, "/admin/canary", {"share": 0.5}).status_code == 200
+        first = {u: recommend(proc, u)["variant"] for u in users}
+        assert first == {u: route(u, 0.5, True) for u in users}
+        assert set(first.values()) == {"champion", "challenger"}
+        assert {u: recommend(proc, u)["variant"] for u in users} == first
+        for u in users[:5]:
+            body = recommend(proc, u)
+            wanted = challenger.version if first[u] == "challenger" else body["model_version"]
+            assert body["model_version"] == wanted
+        admin(proc, "/admin/canary", {"share": 1.0})
+        assert {recommend(proc, u)["variant"] for u in users} == {"challenger"}
+        admin(proc, "/admin/canary", {"share": 0.0})
+        assert {recommend(proc, u)["variant"] for u in users} == {"champion"}
+        assert admin(proc, "/admin/canary", {"share": 1.5}).status_code == 400
+    finally:
+        admin(proc, "/admin/canary", {"share": 0.0})
+
+
+def test_reload_under_load_swaps_the_version_without_a_failed_request(live):
+    proc, settings, _, result = live
+    users = [int(u) for u in result.release.user_ids[:50]]
+    old = recommend(proc, users[0])["model_version"]
+    recommend(proc, users[1], k=3)  # a cache entry of the old version
+    failures: list[str] = []
+    versions: list[str] = []
+    stop = threading.Event()
+
+    def client(offset: int) -> None:
+        with httpx.Client(timeout=20) as http:
+            i = offset
+            while not stop.is_set():
+                reply = http.post(f"{proc.url}/recommend", json={"user_id": users[i % 50], "k": 5})
+                if reply.status_code != 200 or reply.json()["fallback"] not in (None,):
+                    failures.append(f"{reply.status_code} {reply.text[:200]}")
+                else:
+                    versions.append(reply.json()["model_version"])
+                i += 7
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        new = log_release(settings, result.release, result.metrics, aliases=("champion",))
+        reloaded = admin(proc, "/admin/reload").json()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert not failures
+    assert reloaded["served"]["champion"] == new.version == version_for_alias(settings, "champion")
+    assert versions[0] == old and versions[-1] == new.version
+    status = admin(proc, "/admin/status").json()
+    assert status["models"]["champion"]["version"] == new.version
+    assert status["cache"]["stale_entries"] >= 1  # entries of the old version, never served
+    admin(proc, "/admin/cache/flush")
+    assert admin(proc, "/admin/status").json()["cache"]["stale_entries"] == 0
+
+
+def test_the_poll_follows_an_alias_move_without_a_reload_call(live):
+    proc, settings, registered, _ = live
+    configure_mlflow(settings).set_registered_model_alias(
+        settings.model_name, "champion", registered.version
+    )
+    deadline = time.monotonic() + 15
+    served = None
+    while time.monotonic() < deadline:
+        served = admin(proc, "/admin/status").json()["models"]["champion"]["version"]
+        if served == registered.version:
+            break
+        time.sleep(0.25)
+    assert served == registered.version
+
+
+def test_a_version_with_corrupt_artifacts_is_refused_and_the_old_one_keeps_serving(live):
+    proc, settings, _, result = live
+    before = admin(proc, "/admin/status").json()["models"]["challenger"]["version"]
+    broken = log_release(settings, result.release, result.metrics, aliases=("challenger",))
+    newest = max(
+        settings.data_dir.glob("mlartifacts/**/release.json"), key=lambda p: p.stat().st_mtime
+    )
+    (newest.parent / "user_ids.npy").write_bytes(b"not an array")
+    reloaded = admin(proc, "/admin/reload").json()
+    assert "corrupt" in reloaded["errors"]["challenger"]
+    assert reloaded["served"]["challenger"] == before != broken.version
+    admin(proc, "/admin/canary", {"share": 1.0})
+    try:
+        body = recommend(proc, int(result.release.user_ids[7]))
+        assert body["variant"] == "challenger" and body["model_version"] == before
+    finally:
+        admin(proc, "/admin/canary", {"share": 0.0})
+
+
+def test_request_log_is_sampled_and_rotated_within_its_budget(live):
+    proc, settings, _, result = live
+    for u in result.release.user_ids[:60]:
+        recommend(proc, int(u), k=3, context={"page": "home"})
+    folder = settings.data_dir / "logs" / "requests"
+    files = sorted(folder.glob("requests*.jsonl"))
+    assert len(files) >= 2
+    assert sum(p.stat().st_size for p in files) <= 0.01 * 2**20 * 1.25
+    record = json.loads(files[-1].read_text().splitlines()[-1])
+    assert {"request_id", "user_id", "items", "variant", "model_version"} <= set(record)
+
+
+def test_without_a_champion_the_service_answers_degraded_from_the_lake(world, tmp_path):
+    settings, _, _ = world
+    copy = tmp_path / "no-registry"
+    shutil.copytree(
+        settings.data_dir,
+        copy,
+        ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts", "logs", "bentoml"),
+    )
+    proc = ServiceProcess(Settings(data_dir=copy), env={"RECSYS_RELOAD_INTERVAL_S": "0"})
+    try:
+        proc.start(probe="/livez")
+        assert httpx.get(f"{proc.url}/readyz").status_code == 503
+        reply = httpx.post(f"{proc.url}/recommend", json={"user_id": 3, "k": 5, "exclude": [1]})
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["fallback"] == "degraded" and body["model_version"] is None
+        items = [it["item_id"] for it in body["items"]]
+        assert len(items) == 5 and 1 not in items
+        counts = Settings(data_dir=copy).lake.read_clean_interactions()["item_id"].value_counts()
+        assert items == [i for i in counts.index.tolist() if i != 1][:5]
+    finally:
+        proc.stop()
