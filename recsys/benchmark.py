@@ -24,10 +24,11 @@ import pandas as pd
 
 from recsys.contract import INTERACTION_COLUMNS, validate_interactions
 from recsys.errors import RecsysError
-from recsys.evaluation import ranking_metrics, top_k_unseen
+from recsys.evaluation import top_k_unseen
 from recsys.models.ranker import Ranker
 from recsys.movielens import read_udata
-from recsys.pipeline import PipelineParams, Stage, fit_stage, rank_users, relevant_rows
+from recsys.pipeline import PipelineParams, Stage, fit_stage, rank_users
+from recsys.train import holdout_scorer
 
 
 def read_interactions_file(path: Path) -> pd.DataFrame:
@@ -185,25 +186,12 @@ def benchmark_quality(
     model = fit_static(train, catalog, params, k=k)
     stage = model.stage
     test_users = np.unique(test["user_id"].to_numpy())
-    rows = stage.user_rows(test_users)
-    known = rows >= 0
-    recs, _ = rank_users(stage, model.ranker, rows[known], k, params.candidates)
-    relevant = relevant_rows(stage, test, rows[known])
-    popularity = np.asarray((stage.user_items > 0).sum(axis=0)).ravel()
-
-    def score(matrix: np.ndarray) -> dict:
-        return ranking_metrics(
-            matrix,
-            relevant,
-            k,
-            n_items=len(stage.item_ids),
-            item_popularity=popularity,
-            n_train_users=len(stage.user_ids),
-        )
-
+    known = stage.user_rows(test_users) >= 0
+    rows, score = holdout_scorer(stage, test, k)
+    recs, _ = rank_users(stage, model.ranker, rows, k, params.candidates)
     metrics = {"pipeline": score(recs)}
     for name, source in stage.sources.items():
-        metrics[name] = score(top_k_unseen(source, rows[known], stage.user_items, k))
+        metrics[name] = score(top_k_unseen(source, rows, stage.user_items, k))
     if recs_out is not None:
         _write_recs(recs_out, test_users[known], recs, stage, test_users[~known], k)
     return {

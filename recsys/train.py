@@ -132,17 +132,11 @@ def holdout_start(frame: pd.DataFrame, test_days: int) -> pd.Timestamp:
 # ---- evaluation -----------------------------------------------------------------------------
 
 
-def evaluate_stage(
-    stage: Stage,
-    ranker: Ranker | None,
-    future: pd.DataFrame,
-    k: int,
-    n_candidates: int,
-    *,
-    baselines: tuple[str, ...] = BASELINES,
-) -> dict[str, dict[str, float]]:
-    """Metrics at ``k`` on ``future`` for the pipeline and each single source, for users the
-    stage knows (seen items removed; only items new to the user count as relevant)."""
+def holdout_scorer(
+    stage: Stage, future: pd.DataFrame, k: int
+) -> tuple[np.ndarray, Callable[[np.ndarray], dict[str, float]]]:
+    """(user rows of ``future``'s users known to ``stage``, a function scoring a users x k
+    matrix of recommended item rows for them against what they did in ``future``)."""
     users = np.unique(future["user_id"].to_numpy())
     rows = stage.user_rows(users)
     rows = rows[rows >= 0]
@@ -159,6 +153,21 @@ def evaluate_stage(
             n_train_users=len(stage.user_ids),
         )
 
+    return rows, score
+
+
+def evaluate_stage(
+    stage: Stage,
+    ranker: Ranker | None,
+    future: pd.DataFrame,
+    k: int,
+    n_candidates: int,
+    *,
+    baselines: tuple[str, ...] = BASELINES,
+) -> dict[str, dict[str, float]]:
+    """Metrics at ``k`` on ``future`` for the pipeline and each single source, for users the
+    stage knows (seen items removed; only items new to the user count as relevant)."""
+    rows, score = holdout_scorer(stage, future, k)
     results = {}
     if ranker is not None:
         results["pipeline"] = score(rank_users(stage, ranker, rows, k, n_candidates)[0])

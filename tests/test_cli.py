@@ -62,44 +62,13 @@ def test_user_errors_are_one_readable_line(data_dir, tmp_path):
 
 
 def test_generate_then_train_registers_a_champion(data_dir):
-    gen = run(
-        [
-            "data",
-            "generate",
-            "--users",
-            "300",
-            "--items",
-            "80",
-            "--days",
-            "6",
-            "--interactions",
-            "6000",
-            "--seed",
-            "3",
-        ],
-        data_dir,
-    )
+    world = ["data", "generate", "--users", "300", "--items", "80", "--days", "6"]
+    gen = run([*world, "--interactions", "6000", "--seed", "3"], data_dir)
     assert gen.returncode == 0, gen.stderr
     assert len(list((data_dir / "raw" / "interactions").glob("*.parquet"))) == 6
     assert len(list((data_dir / "clean" / "interactions").glob("*.parquet"))) == 6
     assert (data_dir / "world" / "ground_truth.npz").is_file()
-    again = run(
-        [
-            "data",
-            "generate",
-            "--users",
-            "300",
-            "--items",
-            "80",
-            "--days",
-            "6",
-            "--interactions",
-            "6000",
-            "--seed",
-            "4",
-        ],
-        data_dir,
-    )
+    again = run([*world, "--interactions", "6000", "--seed", "4"], data_dir)
     assert_one_line_error(again, 2, "different synthetic world")
 
     train = run(["train", "--window-days", "6", "--budget-s", "1"], data_dir)
