@@ -146,23 +146,19 @@ def fit_static(
 ) -> StaticModel:
     """Train the pipeline on an unordered TRAIN set (see the module docstring); the ranker
     learns from ``label_splits`` independent random label splits, stacked."""
-    from recsys.pipeline import training_set
+    from recsys.pipeline import fit_ranker, training_set
 
     started = time.perf_counter()
     item_ids = np.unique(np.concatenate([catalog["item_id"].to_numpy(), train["item_id"]]))
     as_of = train["timestamp"].max() + pd.Timedelta(seconds=1)
-    xs, ys, gs = [], [], []
+    sets = []
     for split in range(label_splits):
         rest, held = split_per_user(train, label_share, params.ranker.seed + split)
         label_stage = fit_stage(
             rest, catalog, item_ids, params, as_of=as_of, count_scale=len(train) / len(rest)
         )
-        x, y, groups, _ = training_set(label_stage, held, params)
-        xs.append(x)
-        ys.append(y)
-        gs.append(groups + split * 10**9)  # one user in two splits is two lists
-    x, y = np.vstack(xs), np.concatenate(ys)
-    ranker = Ranker.fit(x, y, np.concatenate(gs), params.ranker, k=k) if y.sum() else None
+        sets.append(training_set(label_stage, held, params)[:3])
+    ranker, _ = fit_ranker(sets, params, k=k)
     stage = fit_stage(train, catalog, item_ids, params, as_of=as_of)
     return StaticModel(stage, ranker, params, time.perf_counter() - started)
 

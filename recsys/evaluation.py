@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import CandidateSource
+from recsys.models.base import CandidateSource, top_k_per_row
 
 METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "coverage", "novelty")
 
@@ -27,23 +27,14 @@ def top_k_unseen(
     out = np.full((len(user_rows), k), -1, dtype=np.int64)
     for start in range(0, len(user_rows), chunk):
         rows = user_rows[start : start + chunk]
-        scores = _score_block(source, rows)
+        scores = np.asarray(source.score_many(rows), dtype=np.float64)
         block_seen = seen[rows].tocoo()
         scores[block_seen.row, block_seen.col] = -np.inf
         kk = min(k, scores.shape[1])
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-        best = np.take_along_axis(part, order, axis=1)
+        best = top_k_per_row(scores, kk)
         finite = np.isfinite(np.take_along_axis(scores, best, axis=1))
         out[start : start + len(rows), :kk] = np.where(finite, best, -1)
     return out
-
-
-def _score_block(source: CandidateSource, rows: np.ndarray) -> np.ndarray:
-    score_many = getattr(source, "score_many", None)
-    if score_many is not None:
-        return np.asarray(score_many(rows), dtype=np.float64)
-    return np.vstack([np.asarray(source.score(int(r)), dtype=np.float64) for r in rows])
 
 
 def ranking_metrics(

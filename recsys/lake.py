@@ -194,29 +194,10 @@ class Lake:
         atomic_write_bytes(folder / "report.json", json.dumps(report, indent=2).encode())
         return folder
 
-    def keep_unreadable(self, batch: str, source: Path, error: str) -> Path:
-        """Copy a file that could not be read at all into quarantine, with the error."""
-        folder = self.quarantine_dir(batch)
-        atomic_write_bytes(folder / f"original{source.suffix}", source.read_bytes())
-        report = {
-            "batch": batch,
-            "source": str(source),
-            "unreadable": error,
-            "quarantined_at": datetime.now(UTC).isoformat(),
-        }
-        atomic_write_bytes(folder / "report.json", json.dumps(report, indent=2).encode())
-        return folder
-
     # ---- other zones ------------------------------------------------------------------------
 
     def world_dir(self) -> Path:
         return self.zone("world")
-
-    def logs_dir(self) -> Path:
-        return self.zone("logs")
-
-    def reports_dir(self) -> Path:
-        return self.zone("reports")
 
 
 def write_json(path: Path, payload: Any) -> None:

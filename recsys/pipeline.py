@@ -21,7 +21,7 @@ from features.compute import ITEM_NUMERIC, USER_NUMERIC, category_vocabulary
 from features.compute import item_features as compute_item_features
 from features.compute import user_features as compute_user_features
 from recsys.models.als import ALSCandidates, ALSParams
-from recsys.models.base import CandidateSource
+from recsys.models.base import CandidateSource, top_k_per_row
 from recsys.models.ease import EASECandidates, EASEParams
 from recsys.models.itemknn import ItemKNNCandidates, ItemKNNParams
 from recsys.models.popularity import PopularityCandidates
@@ -154,14 +154,12 @@ class Stage:
             seen = self.user_items[rows].tocoo()
             tops, mats = [], []
             for name in SOURCES:
-                scores = _score_block(self.sources[name], rows)
+                scores = np.asarray(self.sources[name].score_many(rows), dtype=np.float32)
                 scores[seen.row, seen.col] = -np.inf
                 for i, extra in enumerate(exclude[start : start + len(rows)] if exclude else []):
                     if len(extra):
                         scores[i, extra] = -np.inf
-                top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-                order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-                tops.append(np.take_along_axis(top, order, axis=1))
+                tops.append(top_k_per_row(scores, n))
                 mats.append(scores)
             for i in range(len(rows)):
                 out.append(_merge(i, tops, mats, n))
@@ -191,10 +189,6 @@ class Stage:
             category >= 0, self.user_affinity[user_row, np.maximum(category, 0)], 0.0
         )
         return np.hstack([per_source, user, item, affinity[:, None]]).astype(np.float32)
-
-
-def _score_block(source: CandidateSource, rows: np.ndarray) -> np.ndarray:
-    return np.asarray(source.score_many(rows), dtype=np.float32)
 
 
 def _merge(i: int, tops: list[np.ndarray], mats: list[np.ndarray], n: int) -> CandidateList:
@@ -366,24 +360,21 @@ def rank_users(
 
 
 def fit_ranker(
-    stage: Stage,
-    future: pd.DataFrame,
-    params: PipelineParams,
-    *,
-    k: int = 10,
-    epochs: int | None = None,
+    sets: list[tuple[np.ndarray, np.ndarray, np.ndarray]], params: PipelineParams, *, k: int = 10
 ) -> tuple[Ranker | None, dict[str, float]]:
-    """Train the ranker on ``stage`` with labels from ``future``; None when there is no signal."""
-    x, y, groups, stats = training_set(stage, future, params)
-    if len(x) == 0 or y.sum() == 0:
-        return None, stats
-    ranker = Ranker.fit(x, y, groups, params.ranker, k=k, epochs=epochs)
-    stats.update(
-        {
-            "rows": float(len(x)),
-            "positives": float(y.sum()),
-            "epochs": float(ranker.epochs_trained),
-            "best_val_ndcg": max((h.get("val_ndcg", 0.0) for h in ranker.history), default=0.0),
-        }
-    )
-    return ranker, stats
+    """Stack (features, labels, groups) training sets and fit one ranker (early stopping).
+
+    The same user in two sets is two candidate lists. None when there is no positive label."""
+    sets = [(x, y, g) for x, y, g in sets if len(x)]
+    if not sets or sum(float(y.sum()) for _, y, _ in sets) == 0:
+        return None, {}
+    x = np.vstack([x for x, _, _ in sets])
+    y = np.concatenate([y for _, y, _ in sets])
+    groups = np.concatenate([g + j * 10**9 for j, (_, _, g) in enumerate(sets)])
+    ranker = Ranker.fit(x, y, groups, params.ranker, k=k)
+    return ranker, {
+        "rows": float(len(x)),
+        "positives": float(y.sum()),
+        "epochs": float(ranker.epochs_trained),
+        "best_val_ndcg": max((h.get("val_ndcg", 0.0) for h in ranker.history), default=0.0),
+    }

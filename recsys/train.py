@@ -36,6 +36,7 @@ from recsys.pipeline import (
     PipelineParams,
     Stage,
     feature_names,
+    fit_ranker,
     fit_stage,
     rank_users,
     relevant_rows,
@@ -255,7 +256,7 @@ def train_ranker(
     k: int,
 ) -> tuple[Ranker | None, dict[str, float]]:
     """Stack (features, labels) from every label window and fit one ranker (early stopping)."""
-    xs, ys, gs = [], [], []
+    sets = []
     stats: dict[str, float] = {"windows": 0.0}
     for j, cut in enumerate(cuts):
         history = frame.loc[frame["timestamp"] < cut]
@@ -267,22 +268,11 @@ def train_ranker(
         stage = fit_stage(history, catalog, item_ids, params, as_of=cut)
         x, y, groups, window_stats = training_set(stage, future, params)
         if len(x):
-            xs.append(x)
-            ys.append(y)
-            gs.append(groups + j * 10**9)  # a user in two windows is two groups
+            sets.append((x, y, groups))
             stats["windows"] += 1
             stats[f"window{j}_users"] = window_stats["users"]
-    if not xs or sum(y.sum() for y in ys) == 0:
-        return None, stats
-    x, y, groups = np.vstack(xs), np.concatenate(ys), np.concatenate(gs)
-    ranker = Ranker.fit(x, y, groups, params.ranker, k=k)
-    stats.update(
-        rows=float(len(x)),
-        positives=float(y.sum()),
-        epochs=float(ranker.epochs_trained),
-        best_val_ndcg=max((h.get("val_ndcg", 0.0) for h in ranker.history), default=0.0),
-    )
-    return ranker, stats
+    ranker, fit_stats = fit_ranker(sets, params, k=k)
+    return ranker, stats | fit_stats
 
 
 def train_and_evaluate(

@@ -51,23 +51,37 @@ def ml100k() -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_world(tmp_path_factory: pytest.TempPathFactory):
+def make_trained_world(tmp_path_factory: pytest.TempPathFactory):
+    """Factory: a synthetic world in a fresh data dir, ingested, trained and registered as
+    champion. ``make_trained_world(name, seed, budget_s, **world)`` returns (settings,
+    registered release, train result)."""
+
+    def build(name: str, seed: int, budget_s: float, **world):
+        from recsys.config import Settings
+        from recsys.gate import register_with_gate
+        from recsys.ingest import ingest_all
+        from recsys.synthetic import WorldConfig, write_world
+        from recsys.train import pipeline_params, train_and_evaluate
+
+        settings = Settings(data_dir=tmp_path_factory.mktemp(name), seed=seed)
+        write_world(WorldConfig(seed=seed, **world), settings.lake.init())
+        ingest_all(settings.lake)
+        result = train_and_evaluate(
+            settings.lake, pipeline_params(settings), k=10, budget_s=budget_s
+        )
+        registered, decision = register_with_gate(settings, result)
+        assert decision.alias == "champion"
+        return settings, registered, result
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def trained_world(make_trained_world):
     """A small synthetic world, ingested, trained and registered as champion (built once).
 
     Returns (settings, registered release, train result). Tests must not modify it.
     """
-    from recsys.config import Settings
-    from recsys.gate import register_with_gate
-    from recsys.ingest import ingest_all
-    from recsys.synthetic import WorldConfig, write_world
-    from recsys.train import pipeline_params, train_and_evaluate
-
-    folder = tmp_path_factory.mktemp("trained-world")
-    settings = Settings(data_dir=folder, seed=7)
-    cfg = WorldConfig(n_users=800, n_items=200, n_days=12, n_interactions=30_000, seed=7)
-    write_world(cfg, settings.lake.init())
-    ingest_all(settings.lake)
-    result = train_and_evaluate(settings.lake, pipeline_params(settings), k=10, budget_s=1.0)
-    registered, decision = register_with_gate(settings, result)
-    assert decision.alias == "champion"
-    return settings, registered, result
+    return make_trained_world(
+        "trained-world", 7, 1.0, n_users=800, n_items=200, n_days=12, n_interactions=30_000
+    )

@@ -26,21 +26,10 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from recsys.gate import register_with_gate
-    from recsys.ingest import ingest_all
-    from recsys.synthetic import WorldConfig, write_world
-    from recsys.train import pipeline_params, train_and_evaluate
-
-    folder = tmp_path_factory.mktemp("serving-world")
-    settings = Settings(data_dir=folder, seed=11)
-    cfg = WorldConfig(n_users=300, n_items=120, n_days=10, n_interactions=9_000, seed=11)
-    write_world(cfg, settings.lake.init())
-    ingest_all(settings.lake)
-    result = train_and_evaluate(settings.lake, pipeline_params(settings), k=10, budget_s=0)
-    registered, decision = register_with_gate(settings, result)
-    assert decision.alias == "champion"
-    return settings, registered, result
+def world(make_trained_world):
+    return make_trained_world(
+        "serving-world", 11, 0.0, n_users=300, n_items=120, n_days=10, n_interactions=9_000
+    )
 
 
 @pytest.fixture(scope="module")

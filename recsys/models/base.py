@@ -8,21 +8,8 @@ candidate, the way ``implicit.recommender_base`` lets callers ignore the algorit
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import numpy as np
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """Item rows (index into the release's item index) with the source's scores, best first."""
-
-    items: np.ndarray
-    scores: np.ndarray
-    source: str
-
-    def __len__(self) -> int:
-        return len(self.items)
 
 
 def top_n(scores: np.ndarray, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
@@ -52,13 +39,14 @@ class CandidateSource(ABC):
     def score(self, user_row: int | None) -> np.ndarray | None:
         """Scores for every item row, or None when the source knows nothing about the user."""
 
-    def candidates(
-        self, user_row: int | None, n: int, exclude: np.ndarray | None = None
-    ) -> Candidates:
-        """The ``n`` best items for ``user_row`` not in ``exclude``; empty for an unknown user."""
-        scores = self.score(user_row)
-        if scores is None:
-            empty = np.empty(0, dtype=np.int64)
-            return Candidates(empty, np.empty(0), self.name)
-        rows = top_n(scores, n, exclude)
-        return Candidates(rows, scores[rows], self.name)
+    def score_many(self, user_rows: np.ndarray) -> np.ndarray:
+        """Scores of every item for each of ``user_rows`` (users x items); sources override
+        this with one vectorised product."""
+        return np.vstack([np.asarray(self.score(int(r)), dtype=np.float64) for r in user_rows])
+
+
+def top_k_per_row(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's ``k`` largest scores, best first (``k`` <= columns)."""
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
