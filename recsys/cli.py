@@ -4,7 +4,9 @@
     recsys data generate | movielens --data-path DIR | ingest
     recsys train [--window-days N]
     recsys serve
-    recsys demo
+    recsys ingest PATH [--json]
+    recsys demo [--days N] [--faults a,b] [--seed S]
+    recsys flows serve
 
 Errors a user can cause end with one ``recsys: error: ...`` line and a non-zero exit code.
 """
@@ -22,6 +24,7 @@ import typer
 from typer._click import exceptions as cli_errors  # typer vendors click since 0.2x
 
 from features.cli import features_app
+from flows import cli as flows_cli
 from recsys.config import Settings, get_settings
 from recsys.console import console, err_console, ingest_table, quiet_libraries, table
 from recsys.errors import RecsysError
@@ -400,34 +403,9 @@ def serve(
     os.execve(command[0], command, service_env(settings))
 
 
-@app.command("demo")
-def demo(
-    dataset: Annotated[str, typer.Option(help="synthetic or movielens.")] = "synthetic",
-    data_path: Annotated[
-        Path | None, typer.Option("--data-path", help="ml-100k folder (movielens).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the world and the traffic.")] = 42,
-    users: Annotated[int, typer.Option(min=10, help="Synthetic users.")] = 2000,
-    items: Annotated[int, typer.Option(min=10, help="Synthetic items.")] = 500,
-    days: Annotated[int, typer.Option(min=2, help="Synthetic days.")] = 14,
-    requests: Annotated[int, typer.Option(min=1, max=100_000, help="HTTP requests.")] = 60,
-) -> None:
-    """Generate -> ingest -> train -> register -> serve -> real HTTP traffic -> results."""
-    from recsys.demo import DemoOptions, run_demo
-
-    opts = DemoOptions(
-        dataset=dataset,
-        data_path=data_path,
-        seed=seed,
-        users=users,
-        items=items,
-        days=days,
-        interactions=max(users * 30, 1000),
-        requests=requests,
-    )
-    result = run_demo(_settings(), opts)
-    if not result.ok:
-        raise typer.Exit(1)
+app.command("demo")(flows_cli.demo_command)
+app.command("ingest")(flows_cli.ingest_command)
+app.add_typer(flows_cli.flows_app, name="flows")
 
 
 # ---- entry point ----------------------------------------------------------------------------

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     request_log_max_mb: float = Field(
         50.0, gt=0, description="Disk the request log may use (all rotated files) in MiB."
     )
+    fault_injection: bool = Field(
+        False, description="Enable the service's /admin/fault drills (demo and tests only)."
+    )
 
     # Training defaults (the thin path; the search space lives with the model)
     als_factors: int = Field(32, ge=2, le=1024)

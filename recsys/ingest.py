@@ -1,13 +1,20 @@
 """Ingestion: raw batch -> contract check -> clean lake, rejected rows -> quarantine (+ reason).
 
-Nothing is dropped: for every batch, raw rows = clean rows + quarantined rows. Re-ingesting a
-batch replaces its clean copy and its quarantine whole, so running it twice changes nothing.
+Nothing is dropped: for every delivery, raw rows = clean rows + quarantined rows (exact
+duplicates are quarantined with reason ``duplicate``, so they are counted too). Re-ingesting a
+batch replaces its clean copy with the rows of its newest delivery and that delivery's
+quarantine whole, so running it twice changes nothing; an older delivery keeps its quarantine.
+A file that cannot be read at all is kept, byte for byte, in ``quarantine/<batch>/``.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -20,7 +27,7 @@ from recsys.contract import (
     validate_interactions,
 )
 from recsys.errors import RecsysError
-from recsys.lake import Lake
+from recsys.lake import Lake, atomic_write_bytes, batch_of, check_batch_name
 from recsys.movielens import Dataset
 
 
@@ -34,6 +41,7 @@ class IngestReport:
     quarantined_rows: int
     reasons: dict[str, int] = field(default_factory=dict)
     schema_errors: list[str] = field(default_factory=list)
+    delivery: str | None = None
 
     @property
     def accepted_all(self) -> bool:
@@ -83,12 +91,14 @@ def ingest_batch(
     now: datetime | None = None,
     frame: pd.DataFrame | None = None,
 ) -> IngestReport:
-    """Contract-check raw ``batch`` (or ``frame``) into the clean zone and the quarantine."""
-    raw = lake.read_raw_batch(batch) if frame is None else frame
+    """Contract-check the newest delivery of raw ``batch`` (or ``frame``) into the clean zone
+    and the quarantine of that delivery."""
+    delivery = lake.deliveries(batch)[-1] if frame is None else batch
+    raw = lake.read_raw_delivery(delivery) if frame is None else frame
     result = validate_interactions(raw, known_items=known_items, now=now or datetime.now(UTC))
     lake.write_clean_batch(batch, result.clean)
     counts = result.reason_counts()
-    lake.quarantine_batch(batch, result.rejected, counts, raw_rows=len(raw))
+    lake.quarantine_batch(delivery, result.rejected, counts, raw_rows=len(raw), delivery_of=batch)
     return IngestReport(
         batch=batch,
         raw_rows=len(raw),
@@ -96,7 +106,134 @@ def ingest_batch(
         quarantined_rows=len(result.rejected),
         reasons=counts,
         schema_errors=result.schema_errors,
+        delivery=delivery,
     )
+
+
+def known_items(lake: Lake) -> set[int]:
+    """Item ids of the clean catalog (the contract's ``unknown_item`` check)."""
+    return set(lake.read_clean_catalog("items")["item_id"].tolist())
+
+
+def reingest_window(lake: Lake, batches: list[str]) -> list[IngestReport]:
+    """Re-ingest ``batches`` from the raw zone (each from its newest delivery). Idempotent."""
+    known = known_items(lake)
+    return [ingest_batch(lake, batch_of(name), known_items=known) for name in batches]
+
+
+@dataclass
+class RowCountCheck:
+    """Clean rows of a batch against the median of the trailing batches."""
+
+    batch: str
+    clean_rows: int
+    baseline_rows: float | None
+    ratio: float | None
+    anomalous: bool
+    rule: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def row_count_check(
+    lake: Lake, batch: str, *, trailing: int = 7, low: float = 0.5, high: float = 2.0
+) -> RowCountCheck:
+    """Flag ``batch`` when its clean rows fall outside ``[low, high]`` x the median clean rows
+    of up to ``trailing`` earlier batches (needs at least 3 of them; fewer: never flagged)."""
+    rule = f"clean rows outside [{low:g}, {high:g}] x median of the {trailing} previous batches"
+    names = lake.clean_batches()
+    earlier = [n for n in names if n < batch][-trailing:]
+    rows = _clean_rows(lake, batch)
+    if len(earlier) < 3:
+        return RowCountCheck(batch, rows, None, None, False, rule + " (too few batches yet)")
+    baseline = float(statistics.median(_clean_rows(lake, n) for n in earlier))
+    ratio = rows / baseline if baseline > 0 else (1.0 if rows == 0 else float("inf"))
+    return RowCountCheck(batch, rows, baseline, ratio, not low <= ratio <= high, rule)
+
+
+def _clean_rows(lake: Lake, batch: str) -> int:
+    import pyarrow.parquet as pq
+
+    path = lake.clean_batch_path(batch)
+    return pq.read_metadata(path).num_rows if path.exists() else 0
+
+
+_READERS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".data": "udata"}
+
+
+def read_batch_file(path: Path) -> pd.DataFrame:
+    """Read a delivered batch as it is (no type coercion: the contract judges the values).
+
+    Parquet, CSV and TSV with a header, or the GroupLens ``u.data`` layout
+    (user, item, rating, unix time; tab separated, no header).
+
+    Raises:
+        RecsysError: the file is missing, of an unknown kind, or cannot be parsed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecsysError(f"no such file: {path}")
+    kind = _READERS.get(path.suffix.lower())
+    if kind is None:
+        raise RecsysError(
+            f"cannot read {path.name}: use .parquet, .csv, .tsv or a GroupLens u.data file"
+        )
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pandas()
+        if kind == "udata":
+            from recsys.movielens import read_udata
+
+            return read_udata(path)
+        return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str)
+    except Exception as exc:  # any parse failure is the producer's problem, said in one line
+        raise RecsysError(f"cannot read {path.name}: {type(exc).__name__}: {exc}") from None
+
+
+def quarantine_unreadable(lake: Lake, batch: str, path: Path, reason: str) -> Path:
+    """Keep an unreadable delivery byte for byte, with the reason, in the quarantine."""
+    folder = lake.quarantine_dir(batch)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"unreadable{Path(path).suffix or '.bin'}"
+    if Path(path).is_file():
+        shutil.copyfile(path, target)
+    report = {
+        "batch": batch,
+        "source": str(path),
+        "reasons": {"unreadable": 1},
+        "error": reason,
+        "quarantined_at": datetime.now(UTC).isoformat(),
+    }
+    atomic_write_bytes(folder / "report.json", json.dumps(report, indent=2).encode())
+    return folder
+
+
+def land_file(lake: Lake, path: Path, batch: str | None = None) -> str:
+    """Land a delivered batch file in the raw zone; returns the batch name (default: the file
+    stem). A second, different delivery of the same batch lands as a redelivery.
+
+    Raises:
+        RecsysError: an invalid batch name, or the file cannot be read (it is then kept in the
+            quarantine with the reason before the error is raised).
+    """
+    import pyarrow as pa
+
+    path = Path(path)
+    name = check_batch_name(batch or path.name.split(".")[0])
+    lake.init()
+    try:
+        frame = read_batch_file(path)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    except (RecsysError, pa.ArrowException) as exc:
+        folder = quarantine_unreadable(lake, name, path, str(exc))
+        raise RecsysError(f"{exc} (kept in {folder})") from None
+    if lake.raw_batch_path(name).exists():
+        return batch_of(lake.land_redelivery(name, table))
+    lake.write_raw(lake.raw_batch_path(name), table)
+    return name
 
 
 def ingest_all(
@@ -104,7 +241,7 @@ def ingest_all(
 ) -> list[IngestReport]:
     """Ingest the catalog and every raw batch (or ``batches``). Idempotent."""
     ingest_catalog(lake)
-    known = set(lake.read_clean_catalog("items")["item_id"].tolist())
+    known = known_items(lake)
     names = lake.raw_batches() if batches is None else batches
     if not names:
         raise RecsysError(f"no raw batches under {lake.zone('raw')}; generate or land data first")

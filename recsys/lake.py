@@ -3,19 +3,23 @@
 Layout (all under ``RECSYS_DATA_DIR``, default ``./.recsys``)::
 
     raw/interactions/<YYYY-MM-DD>.parquet   immutable landing zone, one batch per day
+    raw/redelivered/<batch>/<n>.parquet     later deliveries of a batch (``<batch>@r<n>``)
     raw/catalog/items.parquet, users.parquet
     clean/interactions/<YYYY-MM-DD>.parquet contract-checked rows of each batch
     clean/catalog/items.parquet, users.parquet
-    quarantine/<batch>/rows.parquet          rejected rows, every column + ``reason``
-    quarantine/<batch>/report.json           counts per reason, when and why
+    quarantine/<delivery>/rows.parquet       rejected rows, every column + ``reason``
+    quarantine/<delivery>/report.json        counts per reason, when and why
+    quarantine/<delivery>/unreadable.*       a delivered file that could not be read at all
     features/                                Feast offline sources and online store
     logs/                                    request, feedback and incident logs
     reports/                                 HTML reports, plots, JSON snapshots
     world/                                   synthetic world ground truth (tastes, click model)
 
-Raw files are never rewritten: writing different bytes to an existing raw batch is an error,
-writing the same bytes again is a no-op. Every write goes to a temporary file first and is
-renamed into place, so a crash never leaves half a file.
+A batch may be delivered again (the source re-sends a day after a corrupt delivery): each
+delivery is its own immutable raw file and keeps its own quarantine; the clean copy of the batch
+holds the rows of its newest delivery. Raw files are never rewritten: writing different bytes
+to an existing raw file is an error, writing the same bytes again is a no-op. Every write goes
+to a temporary file first and is renamed into place, so a crash never leaves half a file.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +42,22 @@ from recsys.contract import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA, con
 from recsys.errors import RecsysError
 
 ZONES = ("raw", "clean", "quarantine", "features", "logs", "reports", "world")
+_BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_REDELIVERY = "@r"
+
+
+def check_batch_name(name: str) -> str:
+    """Return ``name`` if it is a valid batch name (letters, digits, ``._-``), else raise."""
+    if not _BATCH_NAME.match(name):
+        raise RecsysError(
+            f"invalid batch name {name!r}: use letters, digits, '.', '_' and '-' (at most 128)"
+        )
+    return name
+
+
+def batch_of(delivery: str) -> str:
+    """The batch a delivery name belongs to (``2026-01-05@r1`` -> ``2026-01-05``)."""
+    return delivery.split(_REDELIVERY, 1)[0]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -115,10 +136,46 @@ class Lake:
         return sorted(p.stem for p in folder.glob("*.parquet")) if folder.exists() else []
 
     def read_raw_batch(self, batch: str) -> pd.DataFrame:
-        path = self.raw_batch_path(batch)
+        """The rows of the newest delivery of ``batch``."""
+        return self.read_raw_delivery(self.deliveries(batch)[-1])
+
+    def deliveries(self, batch: str) -> list[str]:
+        """Delivery names of ``batch``, oldest first: ``batch``, ``batch@r1``, ...
+
+        Raises:
+            RecsysError: the batch was never landed.
+        """
+        if not self.raw_batch_path(batch).exists():
+            raise RecsysError(f"no raw batch {batch!r} under {self.raw_batch_path(batch).parent}")
+        folder = self.zone("raw") / "redelivered" / batch
+        numbers = sorted(int(p.stem) for p in folder.glob("*.parquet")) if folder.exists() else []
+        return [batch] + [f"{batch}{_REDELIVERY}{n}" for n in numbers]
+
+    def delivery_path(self, delivery: str) -> Path:
+        batch, _, number = delivery.partition(_REDELIVERY)
+        if not number:
+            return self.raw_batch_path(batch)
+        return self.zone("raw") / "redelivered" / batch / f"{int(number)}.parquet"
+
+    def read_raw_delivery(self, delivery: str) -> pd.DataFrame:
+        path = self.delivery_path(delivery)
         if not path.exists():
-            raise RecsysError(f"no raw batch {batch!r} under {path.parent}")
+            raise RecsysError(f"no raw delivery {delivery!r} at {path}")
         return pq.read_table(path).to_pandas()
+
+    def land_redelivery(self, batch: str, table: pa.Table) -> str:
+        """Land a new delivery of an existing ``batch``; returns its name (``batch@r<n>``).
+
+        Identical bytes to the newest delivery are not landed twice (its name is returned).
+        """
+        newest = self.deliveries(batch)[-1]
+        if hashlib.sha256(parquet_bytes(table)).hexdigest() == file_sha256(
+            self.delivery_path(newest)
+        ):
+            return newest
+        name = f"{batch}{_REDELIVERY}{len(self.deliveries(batch))}"
+        self.write_raw(self.delivery_path(name), table)
+        return name
 
     # ---- clean ------------------------------------------------------------------------------
 

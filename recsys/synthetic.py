@@ -768,6 +768,21 @@ def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
+def write_ground_truth(world: World, lake: Lake) -> Path:
+    """Write the world's hidden arrays and config under ``world/`` (no raw data)."""
+    world_dir = lake.world_dir()
+    atomic_write_bytes(world_dir / GROUND_TRUTH_FILE, _npz_bytes(world.ground_truth()))
+    write_json(
+        world_dir / WORLD_FILE,
+        {
+            "format_version": WORLD_FORMAT_VERSION,
+            "config": world.config.to_dict(),
+            "summary": world.summary(),
+        },
+    )
+    return world_dir
+
+
 def write_world(cfg: WorldConfig, lake: Lake, show_progress: bool = False) -> dict[str, Any]:
     """Generate the world of ``cfg`` and land it in ``lake``; returns a manifest.
 

@@ -86,5 +86,15 @@ class RecommendationCache:
                 if answer.version != key[0] or answer.version not in served_versions
             )
 
+    def restamp(self, version: str) -> int:
+        """Fault drill only: stamp every entry with ``version`` (as a cache that survived a
+        deploy would hold); returns how many entries now disagree with their key."""
+        with self._lock:
+            for key, answer in list(self._entries.items()):
+                self._entries[key] = CachedAnswer(
+                    version, answer.variant, answer.item_ids, answer.scores
+                )
+            return sum(1 for key in self._entries if key[0] != version)
+
     def __len__(self) -> int:
         return len(self._entries)

@@ -484,6 +484,27 @@ class RecommenderService:
         logger.info("canary share %s -> %s", previous, share)
         return {"canary_share": share, "previous": previous}
 
+    @bentoml.api(route="/admin/fault")
+    def admin_fault(
+        self,
+        ctx: bentoml.Context,
+        name: Annotated[Literal["stale-cache"], Field(description="The fault to inject.")],
+    ) -> dict:
+        """Fault drills: only when the service runs with ``RECSYS_FAULT_INJECTION=true`` (the
+        demo and the tests); 404 otherwise. ``stale-cache`` stamps every cache entry with a
+        superseded model version, as a cache that survived a deploy would hold."""
+        denied = self._admin_denied(ctx)
+        if denied is not None:
+            return denied
+        if not self.settings.fault_injection:
+            return _error(ctx, 404, "fault injection is disabled (RECSYS_FAULT_INJECTION)")
+        champion = self._models.get(CHAMPION)
+        current = champion.version if champion else "0"
+        superseded = str(int(current) - 1) if current.isdigit() and int(current) > 1 else "0"
+        entries = self.cache.restamp(superseded)
+        logger.warning("fault drill %s: %d cache entries stamped v%s", name, entries, superseded)
+        return {"fault": name, "entries": entries, "stamped_version": superseded}
+
     def __metrics__(self, content: str) -> str:
         extra = {
             "cache_entries": ("Entries in the recommendation cache.", float(len(self.cache))),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,12 @@ for _key, _value in {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }.items():
     os.environ[_key] = _value
-for _key in [k for k in os.environ if k.startswith("RECSYS_")]:
+for _key in [k for k in os.environ if k.startswith("RECSYS_") or k == "PREFECT_API_URL"]:
     del os.environ[_key]
+# Prefect runs on its ephemeral API with a database of its own per test session.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="recsys-prefect-")
+os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "true"
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ML100K = REPO_ROOT.parent / "shared" / "data" / "ml-100k"

@@ -1,0 +1,24 @@
+"""The flows as Prefect deployments with schedules (``recsys flows serve``)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flows.features import features_flow
+from flows.guardian import scheduled_guardian_flow
+from flows.ingest import ingest_flow
+from flows.train import train_flow
+
+
+def deployments(
+    guardian_minutes: int = 15, train_cron: str = "0 3 * * *", features_cron: str = "30 * * * *"
+) -> list:
+    """Deployments of the ingest (on demand), features, train and guardian flows."""
+    return [
+        ingest_flow.to_deployment(name="ingest", description="Contract-check raw batches."),
+        features_flow.to_deployment(name="features", cron=features_cron),
+        train_flow.to_deployment(name="train", cron=train_cron),
+        scheduled_guardian_flow.to_deployment(
+            name="guardian", interval=timedelta(minutes=guardian_minutes)
+        ),
+    ]

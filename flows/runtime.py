@@ -1,0 +1,50 @@
+"""Prefect set-up for this project's flows, decided by the settings profile.
+
+Call :func:`configure_prefect` before the first ``import prefect``: Prefect reads its settings
+from the environment when it is imported. Local profile: an ephemeral API with its database under
+``<data_dir>/prefect`` (no server to install). Prod: ``RECSYS_PREFECT_API_URL`` names the server.
+"""
+
+from __future__ import annotations
+
+import os
+
+from recsys.config import Settings
+
+
+def configure_prefect(settings: Settings, *, quiet: bool = False) -> None:
+    """Point Prefect at the profile's API and home; keep telemetry off. Idempotent."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    if settings.prefect_api_url:
+        os.environ["PREFECT_API_URL"] = settings.prefect_api_url
+    else:
+        home = settings.data_dir / "prefect"
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("PREFECT_HOME", str(home))
+        os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+    if quiet:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def transient(task, task_run, state) -> bool:
+    """Retry condition: retry I/O and network errors, never a user error (RecsysError)."""
+    import httpx
+
+    from recsys.errors import RecsysError
+
+    try:
+        state.result()
+    except RecsysError:
+        return False
+    except (OSError, TimeoutError, httpx.HTTPError, ConnectionError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def artifact_key(*parts: object) -> str:
+    """A valid Prefect artifact key (lowercase letters, digits, dashes) from ``parts``."""
+    text = "-".join(str(p) for p in parts if p is not None).lower()
+    return "".join(c if c.isalnum() else "-" for c in text).strip("-")[:100] or "artifact"

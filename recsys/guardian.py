@@ -1,0 +1,739 @@
+"""The guardian's checks and fixes, in the triage order of DESIGN.md.
+
+Each check reads the system (lake, registry, feature store, the service's admin API, the service's
+request and feedback logs) and returns a :class:`Finding`; a failing finding names the fix that
+heals it. Each fix acts, then verifies by looking again, and returns a :class:`FixOutcome`. The
+Prefect flows (``flows/monitor.py``, ``flows/heal.py``) only compose these functions; the
+incidents they write are ``monitoring.incidents.Incident`` records.
+
+Triage order (data and system health first, then features, then the model):
+
+1. data       ``delivery``: the newest batches passed the contract and kept their row count.
+              Fix: fetch the batch again from its source, land it as a redelivery, re-ingest,
+              rebuild the affected features.
+2. serving    ``readiness``, ``model_version`` (served versions equal the registry aliases),
+              ``cache_version`` (no cache entry stamped with a model that is not served).
+              Fix: reload by alias; flush the cache.
+3. features   ``feature_freshness`` (online store materialized up to the newest offline day),
+              ``feature_skew`` (online equals offline point-in-time values). Fix: backfill.
+4. model      ``drift``: Evidently data drift of the newest batch against the champion's
+              training window, weighed against the champion's measured quality loss on it.
+              Fix: retrain on the recent window, gate offline, start the canary.
+5. canary     ``canary``: the challenger against the champion on online CTR with guardrails
+              (``recsys.canary``). Fix: promote or roll back. ``champion_ctr``: a champion that
+              replaced another and lost CTR against it. Fix: roll back to ``previous``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from recsys.admin import ServiceAdmin
+from recsys.config import Settings
+from recsys.errors import RecsysError
+
+logger = logging.getLogger(__name__)
+
+LAYERS = ("data", "serving", "features", "model", "canary")
+BatchSource = Callable[[str], pd.DataFrame | None]
+"""Fetches a batch again from its producer (``None``: the producer cannot re-send it)."""
+
+
+@dataclass
+class Finding:
+    """One check's verdict. ``fix`` names the fix for a failing check (None: nothing to do)."""
+
+    layer: str
+    check: str
+    ok: bool
+    seen: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    fix: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FixOutcome:
+    action: str
+    verified: bool
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GuardianPolicy:
+    """Thresholds of the checks; defaults are production-minded, the demo keeps them."""
+
+    max_quarantine_share: float = 0.01
+    drift_quality_tolerance: float = 0.05
+    drift_share_threshold: float = 0.3
+    ctr_drop: float = 0.10
+    min_requests: int = 200
+    canary_share: float = 0.5
+    retrain_window_days: int | None = 7
+    retrain_budget_s: float = 3.0
+    feature_skew_sample: int = 200
+
+
+@dataclass
+class Cycle:
+    """What one guardian cycle looks at.
+
+    ``current`` and ``baseline`` are wall-clock windows (epoch seconds) of the service's logs:
+    the traffic being judged and the traffic it is compared with. ``batches`` are the batches
+    delivered since the last cycle.
+    """
+
+    settings: Settings
+    admin: ServiceAdmin | None
+    current: tuple[float, float]
+    baseline: tuple[float, float] | None
+    batches: list[str] = field(default_factory=list)
+    source: BatchSource | None = None
+    policy: GuardianPolicy = field(default_factory=GuardianPolicy)
+    day: int | None = None
+    reports_dir: Any = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- 1. data ---------------------------------------------------------------------------------
+
+
+def check_delivery(cycle: Cycle) -> Finding:
+    """The cycle's batches: contract rejections and the row count against trailing days."""
+    import json
+
+    from recsys.ingest import row_count_check
+
+    lake = cycle.settings.lake
+    bad: dict[str, Any] = {}
+    for batch in cycle.batches:
+        delivery = lake.deliveries(batch)[-1]
+        report_file = lake.quarantine_dir(delivery) / "report.json"
+        report = json.loads(report_file.read_text()) if report_file.exists() else {}
+        quarantined = int(report.get("quarantined_rows", 0))
+        raw = int(report.get("raw_rows", 0)) or 1
+        rows = row_count_check(lake, batch)
+        share = quarantined / raw
+        if share > cycle.policy.max_quarantine_share or rows.anomalous:
+            bad[batch] = {
+                "delivery": delivery,
+                "quarantined_rows": quarantined,
+                "quarantined_share": round(share, 4),
+                "reasons": report.get("reasons", {}),
+                "clean_rows": rows.clean_rows,
+                "baseline_rows": rows.baseline_rows,
+                "row_count_anomaly": rows.anomalous,
+            }
+    if not bad:
+        return Finding("data", "delivery", True, f"{len(cycle.batches)} batch(es) passed")
+    worst = max(bad.values(), key=lambda b: b["quarantined_share"])
+    seen = (
+        f"batch(es) {', '.join(bad)} failed the contract or row count: "
+        f"{worst['quarantined_share']:.0%} of rows quarantined ({worst['reasons']})"
+    )
+    return Finding("data", "delivery", False, seen, {"batches": bad}, fix="redeliver_reingest")
+
+
+def fix_redeliver_reingest(cycle: Cycle, finding: Finding) -> FixOutcome:
+    """Fetch each bad batch again from the source, land it as a redelivery, re-ingest it, and
+    rebuild the features of the changed days. Verifies with :func:`check_delivery`."""
+    import pyarrow as pa
+
+    from recsys.contract import INTERACTIONS_SCHEMA, conform
+    from recsys.ingest import reingest_window
+
+    lake = cycle.settings.lake
+    landed: dict[str, str] = {}
+    for batch in finding.evidence["batches"]:
+        frame = cycle.source(batch) if cycle.source else None
+        if frame is None:
+            continue
+        table = conform(frame, INTERACTIONS_SCHEMA)
+        landed[batch] = lake.land_redelivery(batch, pa.Table.from_pandas(table.to_pandas()))
+    if not landed:
+        return FixOutcome("quarantine (no source can re-send)", False, {"landed": {}})
+    reports = reingest_window(lake, list(landed))
+    _rebuild_features(cycle)
+    after = check_delivery(cycle)
+    return FixOutcome(
+        "redeliver+reingest",
+        after.ok,
+        {"landed": landed, "reingested": [r.as_dict() for r in reports], "after": after.seen},
+    )
+
+
+def _rebuild_features(cycle: Cycle) -> None:
+    from features.store import materialize
+
+    materialize(cycle.settings)
+
+
+# ---- 2. serving ------------------------------------------------------------------------------
+
+
+def _status(cycle: Cycle) -> dict[str, Any]:
+    if "status" not in cycle.cache:
+        cycle.cache["status"] = cycle.admin.status() if cycle.admin else {}
+    return cycle.cache["status"]
+
+
+def check_readiness(cycle: Cycle) -> Finding:
+    if cycle.admin is None:
+        return Finding("serving", "readiness", True, "no service to check")
+    ready = cycle.admin.ready()
+    if ready:
+        return Finding("serving", "readiness", True, "the service is ready")
+    return Finding(
+        "serving",
+        "readiness",
+        False,
+        "the service is not ready",
+        {"url": cycle.admin.url},
+        "reload",
+    )
+
+
+def check_model_version(cycle: Cycle) -> Finding:
+    """The versions the service serves equal the registry's aliases."""
+    from recsys.registry import CHALLENGER, CHAMPION, version_for_alias
+
+    if cycle.admin is None:
+        return Finding("serving", "model_version", True, "no service to check")
+    served = {a: m["version"] for a, m in _status(cycle).get("models", {}).items()}
+    wanted = {a: version_for_alias(cycle.settings, a) for a in (CHAMPION, CHALLENGER)}
+    wrong = {
+        a: {"served": served.get(a), "registry": v} for a, v in wanted.items() if served.get(a) != v
+    }
+    if not wrong:
+        return Finding("serving", "model_version", True, f"serving {served}")
+    return Finding(
+        "serving",
+        "model_version",
+        False,
+        f"served versions differ from the registry: {wrong}",
+        {"mismatch": wrong},
+        "reload",
+    )
+
+
+def fix_reload(cycle: Cycle, finding: Finding) -> FixOutcome:
+    answer = cycle.admin.reload()
+    cycle.cache.pop("status", None)
+    after = check_model_version(cycle)
+    return FixOutcome("reload", after.ok and not answer.get("errors"), {"reload": answer})
+
+
+def check_cache_version(cycle: Cycle) -> Finding:
+    """No cache entry carries a model version the service does not serve."""
+    if cycle.admin is None:
+        return Finding("serving", "cache_version", True, "no service to check")
+    cache = _status(cycle).get("cache", {})
+    stale = int(cache.get("stale_entries", 0))
+    requests = _requests_frame(cycle)
+    wrong_version = 0
+    if not requests.empty and "model_version" in requests:
+        served = {m["version"] for m in _status(cycle).get("models", {}).values()}
+        hits = (
+            requests[requests.get("cached", False).astype(bool)]
+            if "cached" in requests
+            else requests
+        )
+        wrong_version = int(
+            (~hits["model_version"].isin(served) & hits["model_version"].notna()).sum()
+        )
+    evidence = {
+        "stale_entries": stale,
+        "cached_answers_from_unserved_versions": wrong_version,
+        "entries": cache.get("entries"),
+    }
+    if stale == 0:
+        return Finding(
+            "serving", "cache_version", True, "every cache entry matches a served model", evidence
+        )
+    return Finding(
+        "serving",
+        "cache_version",
+        False,
+        f"{stale} cache entries are stamped with a model version that is not served",
+        evidence,
+        "flush_cache",
+    )
+
+
+def fix_flush_cache(cycle: Cycle, finding: Finding) -> FixOutcome:
+    answer = cycle.admin.flush_cache()
+    cycle.cache.pop("status", None)
+    after = check_cache_version(cycle)
+    return FixOutcome("flush_cache", after.ok, {"flushed": answer.get("flushed")})
+
+
+# ---- 3. features -----------------------------------------------------------------------------
+
+
+def check_feature_freshness(cycle: Cycle) -> Finding:
+    """The online store is materialized up to the newest clean day of the lake (on the data's
+    clock): a skipped or failed materialization leaves it behind."""
+    import json
+
+    from features.offline import snapshot_time
+    from features.spec import FeaturePaths
+
+    lake = cycle.settings.lake
+    clean = lake.clean_batches()
+    if not clean:
+        return Finding("features", "feature_freshness", True, "no clean data yet")
+    expected = snapshot_time(max(clean))
+    marker = FeaturePaths(cycle.settings.data_dir).materialized_marker
+    views = json.loads(marker.read_text()).get("views", {}) if marker.exists() else {}
+    behind = {}
+    for view, window in views.items():
+        end = pd.Timestamp(window["end"])
+        if end < expected:
+            lag = round((expected - end).total_seconds() / 3600, 1)
+            behind[view] = {"materialized_to": end.isoformat(), "lag_hours": lag}
+    evidence = {
+        "newest_clean_day": max(clean),
+        "expected_through": expected.isoformat(),
+        "views": behind or {v: w["end"] for v, w in views.items()},
+    }
+    if not views:
+        seen = "the online store was never materialized"
+        return Finding("features", "feature_freshness", False, seen, evidence, "backfill")
+    if not behind:
+        seen = f"online store fresh through {expected.isoformat()}"
+        return Finding("features", "feature_freshness", True, seen, evidence)
+    lag = max(b["lag_hours"] for b in behind.values())
+    seen = f"online store is {lag:g} h behind the newest clean data ({', '.join(behind)})"
+    return Finding("features", "feature_freshness", False, seen, evidence, "backfill")
+
+
+def check_feature_skew(cycle: Cycle) -> Finding:
+    """Online values equal offline point-in-time values on sampled entities."""
+    from features.skew import skew_report
+
+    try:
+        report = skew_report(cycle.settings, sample_size=cycle.policy.feature_skew_sample)
+    except RecsysError as exc:
+        return Finding("features", "feature_skew", True, f"nothing to compare yet: {exc}")
+    failing = report.failing_views()
+    evidence = {"failing_views": failing, "report": _small(report.as_dict())}
+    if not failing:
+        return Finding(
+            "features", "feature_skew", True, "online equals offline on the sample", evidence
+        )
+    return Finding(
+        "features",
+        "feature_skew",
+        False,
+        f"online values differ from offline point-in-time values in {', '.join(failing)}",
+        evidence,
+        "backfill",
+    )
+
+
+def fix_backfill(cycle: Cycle, finding: Finding) -> FixOutcome:
+    """Build the missing offline days, materialize them, repair any remaining skew, verify
+    freshness and skew again."""
+    from features.skew import backfill
+    from features.store import materialize
+
+    done = materialize(cycle.settings)
+    repaired = backfill(cycle.settings, sample_size=cycle.policy.feature_skew_sample)
+    fresh = check_feature_freshness(cycle)
+    skew = check_feature_skew(cycle)
+    return FixOutcome(
+        "backfill",
+        fresh.ok and skew.ok,
+        {
+            "materialized": _small(done["views"]),
+            "repaired_views": repaired.views,
+            "freshness_after": fresh.seen,
+            "skew_after": skew.seen,
+        },
+    )
+
+
+# ---- 4. model --------------------------------------------------------------------------------
+
+
+def check_drift(cycle: Cycle) -> Finding:
+    """Evidently drift of the cycle's batches against the champion's training window, and the
+    champion's quality on them against its quality on its own holdout days. Drift without a
+    quality loss beyond the tolerance does not ask for a retrain; a quality loss does."""
+    from monitoring.drift import champion_quality, drift_decision, interaction_drift
+
+    from recsys.registry import CHAMPION, load_release, version_for_alias
+
+    if not cycle.batches or version_for_alias(cycle.settings, CHAMPION) is None:
+        return Finding("model", "drift", True, "no new batch or no champion: nothing to compare")
+    lake = cycle.settings.lake
+    version, release = load_release(cycle.settings, CHAMPION)
+    window = release.meta["training_window"]
+    frame = lake.read_clean_interactions()
+    start, end = pd.Timestamp(window["start"]), pd.Timestamp(window["end"])
+    holdout_start = pd.Timestamp(window["holdout_start"])
+    reference = frame[(frame["timestamp"] >= start) & (frame["timestamp"] < holdout_start)]
+    holdout = frame[(frame["timestamp"] >= holdout_start) & (frame["timestamp"] <= end)]
+    current = lake.read_clean_interactions([b for b in cycle.batches if b in lake.clean_batches()])
+    if current.empty or reference.empty:
+        return Finding("model", "drift", True, "no rows to compare")
+    items = lake.read_clean_catalog("items")
+    out_dir = cycle.reports_dir or (cycle.settings.data_dir / "reports")
+    name = f"drift-day-{cycle.day}" if cycle.day is not None else f"drift-{cycle.batches[-1]}"
+    drift = interaction_drift(
+        pd.concat([reference, holdout]),
+        current,
+        items,
+        out_dir,
+        name,
+        share_threshold=cycle.policy.drift_share_threshold,
+    )
+    q_ref = champion_quality(release, holdout) if not holdout.empty else None
+    q_now = champion_quality(release, current)
+    if q_ref is None:
+        q_ref = q_now
+    decision = drift_decision(drift, q_ref, q_now, tolerance=cycle.policy.drift_quality_tolerance)
+    evidence = {
+        "champion": version,
+        "drifted": drift.drifted,
+        "share_drifted": round(drift.share_drifted, 3),
+        "columns": {c: round(float(s), 4) for c, s in drift.columns.items()},
+        "quality_reference": round(decision.quality_reference, 4),
+        "quality_current": round(decision.quality_current, 4),
+        "quality_loss": round(decision.quality_loss, 4),
+        "report": str(drift.html_path) if drift.html_path else None,
+        "reason": decision.reason,
+    }
+    if not decision.retrain:
+        return Finding("model", "drift", True, decision.reason, evidence)
+    return Finding("model", "drift", False, decision.reason, evidence, "retrain")
+
+
+def fix_retrain(cycle: Cycle, finding: Finding) -> FixOutcome:
+    """Retrain on the recent window, gate offline; a passing model becomes the challenger and
+    the canary starts at the policy's share. Verified when the service serves the challenger."""
+    from recsys.gate import register_with_gate
+    from recsys.promotion import AliasMove, aliases, record_move
+    from recsys.train import pipeline_params, train_and_evaluate
+
+    if aliases(cycle.settings).get("challenger"):
+        return FixOutcome(
+            "retrain skipped: a canary is running", True, {"aliases": aliases(cycle.settings)}
+        )
+    before = aliases(cycle.settings)
+    result = train_and_evaluate(
+        cycle.settings.lake,
+        pipeline_params(cycle.settings),
+        window_days=cycle.policy.retrain_window_days,
+        budget_s=cycle.policy.retrain_budget_s,
+        model_name=cycle.settings.model_name,
+    )
+    registered, decision = register_with_gate(cycle.settings, result)
+    detail = {"version": registered.version, "gate": decision.reason, "passed": decision.passed}
+    if not decision.passed or decision.alias != "challenger":
+        return FixOutcome("retrain (rejected by the gate)", False, detail)
+    record_move(
+        cycle.settings,
+        AliasMove(
+            "challenger_registered",
+            before,
+            aliases(cycle.settings),
+            f"retrain: {finding.seen}",
+            {"gate": decision.as_dict(), "trigger": finding.check},
+            _now_iso(),
+        ),
+    )
+    verified = start_canary(cycle)
+    detail["canary_share"] = cycle.policy.canary_share
+    return FixOutcome("retrain", verified, detail)
+
+
+def start_canary(cycle: Cycle) -> bool:
+    """Point the service at the new challenger with the policy's share; True when it serves it."""
+    from recsys.registry import CHALLENGER, version_for_alias
+
+    if cycle.admin is None:
+        return True
+    cycle.admin.reload()
+    cycle.admin.set_canary(cycle.policy.canary_share)
+    cycle.cache.pop("status", None)
+    return cycle.admin.served_versions().get(CHALLENGER) == version_for_alias(
+        cycle.settings, CHALLENGER
+    )
+
+
+# ---- 5. canary and champion ------------------------------------------------------------------
+
+
+def _arm(arms, variant: str, version: str | None):
+    from recsys.canary import ArmStats
+
+    match = [a for a in arms if a.variant == variant and a.model_version == version]
+    if not match:
+        return ArmStats(0, 0)
+    a = match[0]
+    return ArmStats(a.requests, a.clicked_requests, a.p99_ms, a.fallbacks, a.coverage)
+
+
+def _last_move(cycle: Cycle, actions: tuple[str, ...]):
+    from recsys.promotion import promotion_history
+
+    moves = [m for m in promotion_history(cycle.settings) if m.action in actions]
+    return moves[-1] if moves else None
+
+
+def _epoch(iso: str) -> float:
+    return pd.Timestamp(iso).timestamp()
+
+
+def check_canary(cycle: Cycle) -> Finding:
+    """Judge the running canary on the traffic since it started (``recsys.canary``)."""
+    from monitoring.traffic import traffic_by_arm
+
+    from recsys.canary import CanaryPolicy, decide_canary
+    from recsys.promotion import aliases
+
+    names = aliases(cycle.settings)
+    if not names.get("challenger"):
+        return Finding("canary", "canary", True, "no canary running")
+    move = _last_move(cycle, ("challenger_registered",))
+    since = _epoch(move.at) if move else None
+    arms = traffic_by_arm(
+        cycle.settings, since=since, until=cycle.current[1], catalog_size=_catalog_size(cycle)
+    )
+    champion = _arm(arms, "champion", names["champion"])
+    challenger = _arm(arms, "challenger", names["challenger"])
+    policy = CanaryPolicy(min_requests=cycle.policy.min_requests)
+    decision = decide_canary(champion, challenger, policy)
+    evidence = {
+        "champion": {"version": names["champion"], **asdict(champion)},
+        "challenger": {"version": names["challenger"], **asdict(challenger)},
+        "rule": decision.rule,
+        **decision.evidence,
+    }
+    if decision.action == "continue":
+        return Finding("canary", "canary", True, f"canary continues: {decision.reason}", evidence)
+    ok = False
+    fix = "promote" if decision.action == "promote" else "rollback_challenger"
+    seen = (
+        f"canary v{names['challenger']} vs v{names['champion']}: {decision.action} "
+        f"({decision.reason})"
+    )
+    return Finding("canary", "canary", ok, seen, evidence, fix)
+
+
+def fix_promote(cycle: Cycle, finding: Finding) -> FixOutcome:
+    from recsys.promotion import promote_challenger
+
+    move = promote_challenger(cycle.settings, finding.seen, finding.evidence)
+    return _after_move(cycle, "promote", move)
+
+
+def fix_rollback_challenger(cycle: Cycle, finding: Finding) -> FixOutcome:
+    from recsys.promotion import reject_challenger
+
+    move = reject_challenger(cycle.settings, finding.seen, finding.evidence)
+    return _after_move(cycle, "rollback_challenger", move)
+
+
+def check_champion_ctr(cycle: Cycle) -> Finding:
+    """A champion that replaced another one must not lose CTR against it: the current
+    champion's CTR since it took over, against the replaced version's CTR in the baseline."""
+    from monitoring.traffic import ctr_drop, traffic_by_arm
+
+    from recsys.promotion import aliases
+
+    names = aliases(cycle.settings)
+    move = _last_move(cycle, ("promote", "manual_promote", "rollback_champion", "manual_rollback"))
+    if move is None or cycle.baseline is None:
+        return Finding(
+            "canary", "champion_ctr", True, "the champion never changed: nothing to compare"
+        )
+    replaced = move.aliases_before.get("champion")
+    current_version = names.get("champion")
+    if (
+        replaced is None
+        or replaced == current_version
+        or move.aliases_after.get("champion") != current_version
+    ):
+        return Finding("canary", "champion_ctr", True, "no comparable change of champion")
+    changed_at = _epoch(move.at)
+    catalog = _catalog_size(cycle)
+    before = _arm(
+        traffic_by_arm(
+            cycle.settings, since=cycle.baseline[0], until=changed_at, catalog_size=catalog
+        ),
+        "champion",
+        replaced,
+    )
+    after = _arm(
+        traffic_by_arm(
+            cycle.settings, since=changed_at, until=cycle.current[1], catalog_size=catalog
+        ),
+        "champion",
+        current_version,
+    )
+    if before.requests == 0:
+        return Finding("canary", "champion_ctr", True, f"no traffic of v{replaced} to compare with")
+    baseline_ctr = before.clicked_requests / before.requests
+    drop = ctr_drop(
+        after,
+        baseline_ctr,
+        before.requests,
+        threshold=cycle.policy.ctr_drop,
+        min_requests=cycle.policy.min_requests,
+    )
+    evidence = {
+        "champion": current_version,
+        "replaced": replaced,
+        "changed_by": move.action,
+        "ctr_now": round(drop.current_ctr, 4),
+        "ctr_before": round(baseline_ctr, 4),
+        "requests_now": after.requests,
+        "requests_before": before.requests,
+        "rule": drop.rule,
+    }
+    if not drop.fired:
+        return Finding(
+            "canary", "champion_ctr", True, f"champion v{current_version} holds its CTR", evidence
+        )
+    return Finding(
+        "canary",
+        "champion_ctr",
+        False,
+        f"champion v{current_version} CTR {drop.current_ctr:.3f} is {drop.drop:.0%} below "
+        f"v{replaced}'s {baseline_ctr:.3f}",
+        evidence,
+        "rollback_champion",
+    )
+
+
+def fix_rollback_champion(cycle: Cycle, finding: Finding) -> FixOutcome:
+    from recsys.promotion import rollback_champion
+
+    move = rollback_champion(cycle.settings, finding.seen, finding.evidence)
+    return _after_move(cycle, "rollback_champion", move)
+
+
+def _after_move(cycle: Cycle, action: str, move) -> FixOutcome:
+    """Make the service follow the registry; verified when it serves the new aliases."""
+    from recsys.registry import CHALLENGER, CHAMPION, version_for_alias
+
+    detail = {"aliases_before": move.aliases_before, "aliases_after": move.aliases_after}
+    if cycle.admin is None:
+        return FixOutcome(action, True, detail)
+    if version_for_alias(cycle.settings, CHALLENGER) is None:
+        cycle.admin.set_canary(0.0)
+    cycle.admin.reload()
+    cycle.cache.pop("status", None)
+    served = cycle.admin.served_versions()
+    detail["served"] = served
+    verified = served.get(CHAMPION) == version_for_alias(cycle.settings, CHAMPION) and served.get(
+        CHALLENGER
+    ) == version_for_alias(cycle.settings, CHALLENGER)
+    return FixOutcome(action, verified, detail)
+
+
+# ---- the cycle -------------------------------------------------------------------------------
+
+CHECKS: tuple[tuple[str, Callable[[Cycle], Finding]], ...] = (
+    ("delivery", check_delivery),
+    ("readiness", check_readiness),
+    ("model_version", check_model_version),
+    ("cache_version", check_cache_version),
+    ("feature_freshness", check_feature_freshness),
+    ("feature_skew", check_feature_skew),
+    ("drift", check_drift),
+    ("canary", check_canary),
+    ("champion_ctr", check_champion_ctr),
+)
+"""Every check, in the triage order."""
+
+FIXES: dict[str, Callable[[Cycle, Finding], FixOutcome]] = {
+    "redeliver_reingest": fix_redeliver_reingest,
+    "reload": fix_reload,
+    "flush_cache": fix_flush_cache,
+    "backfill": fix_backfill,
+    "retrain": fix_retrain,
+    "promote": fix_promote,
+    "rollback_challenger": fix_rollback_challenger,
+    "rollback_champion": fix_rollback_champion,
+}
+
+
+def run_check(cycle: Cycle, name: str) -> Finding:
+    """Run one check; a check that crashes is itself a failing finding (never silent)."""
+    check = dict(CHECKS)[name]
+    try:
+        return check(cycle)
+    except Exception as exc:
+        logger.exception("check %s failed", name)
+        layer = {
+            "delivery": "data",
+            "drift": "model",
+            "canary": "canary",
+            "champion_ctr": "canary",
+        }.get(name, "features" if name.startswith("feature") else "serving")
+        return Finding(
+            layer, name, False, f"the check itself failed: {type(exc).__name__}: {exc}", {}
+        )
+
+
+def apply_fix(cycle: Cycle, finding: Finding) -> FixOutcome:
+    """Run the fix a failing finding names; a fix that crashes is an unverified outcome."""
+    if finding.fix is None:
+        return FixOutcome("none (no automated fix: see docs/runbook.md)", False)
+    try:
+        return FIXES[finding.fix](cycle, finding)
+    except Exception as exc:
+        logger.exception("fix %s failed", finding.fix)
+        return FixOutcome(finding.fix, False, {"error": f"{type(exc).__name__}: {exc}"})
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def _requests_frame(cycle: Cycle) -> pd.DataFrame:
+    from monitoring.traffic import read_requests
+
+    if "requests" not in cycle.cache:
+        cycle.cache["requests"] = read_requests(
+            cycle.settings, since=cycle.current[0], until=cycle.current[1]
+        )
+    return cycle.cache["requests"]
+
+
+def _catalog_size(cycle: Cycle) -> int | None:
+    try:
+        return len(cycle.settings.lake.read_clean_catalog("items"))
+    except RecsysError:
+        return None
+
+
+def _small(payload: Any, limit: int = 20) -> Any:
+    """A JSON-able, bounded copy of ``payload`` for evidence (long lists are cut)."""
+    if isinstance(payload, dict):
+        return {str(k): _small(v, limit) for k, v in list(payload.items())[:limit]}
+    if isinstance(payload, list | tuple):
+        return [_small(v, limit) for v in payload[:limit]]
+    if isinstance(payload, float | int | str | bool) or payload is None:
+        return payload
+    return str(payload)
+
+
+def _now_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat()
+
+
+def wall_now() -> float:
+    return time.time()

@@ -1,0 +1,102 @@
+"""Ingestion as a user meets it: `recsys ingest PATH` through the Prefect ingest flow, exit
+codes 0/3/2, nothing lost; redeliveries and idempotent re-ingest; the row-count check."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from recsys.cli import main
+from recsys.contract import INTERACTIONS_SCHEMA, conform
+from recsys.ingest import ingest_all, ingest_batch, known_items, reingest_window, row_count_check
+from recsys.synthetic import WorldConfig, generate_world, write_world
+
+
+@pytest.fixture
+def small_world(settings):
+    cfg = WorldConfig(n_users=120, n_items=60, n_days=6, n_interactions=3000, seed=3)
+    write_world(cfg, settings.lake.init())
+    ingest_all(settings.lake)
+    return settings, generate_world(cfg)
+
+
+def _run(argv, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def test_recsys_ingest_exit_codes_and_nothing_lost(small_world, tmp_path, capsys):
+    settings, world = small_world
+    frame = next(iter(world.batches()))[1].copy()
+    frame["timestamp"] = frame["timestamp"] + pd.Timedelta(days=30)
+
+    good = tmp_path / "2026-02-10.csv"
+    frame.to_csv(good, index=False)
+    code, out, _ = _run(["ingest", str(good), "--json"], capsys)
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["accepted"] == len(frame) and payload["quarantined"] == 0
+
+    bad = frame.copy()
+    bad.loc[bad.index[:3], "user_id"] = None
+    bad = pd.concat([bad, bad.iloc[5:7]], ignore_index=True)
+    bad.loc[bad.index[10], "value"] = -4
+    path = tmp_path / "2026-02-11.csv"
+    bad.to_csv(path, index=False)
+    code, out, _ = _run(["ingest", str(path), "--json"], capsys)
+    assert code == 3
+    payload = json.loads(out)
+    assert payload["reasons"]["null:user_id"] == 3
+    assert payload["reasons"]["duplicate"] == 2
+    assert payload["accepted"] + payload["quarantined"] == payload["raw_rows"] == len(bad)
+    kept = pd.read_parquet(settings.lake.quarantine_dir("2026-02-11") / "rows.parquet")
+    assert len(kept) == payload["quarantined"] and kept["reason"].notna().all()
+
+    garbage = tmp_path / "2026-02-12.parquet"
+    garbage.write_bytes(b"this is not parquet at all")
+    code, _, err = _run(["ingest", str(garbage)], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("recsys: error: cannot read 2026-02-12.parquet")
+    kept_dir = settings.lake.quarantine_dir("2026-02-12")
+    assert (kept_dir / "unreadable.parquet").read_bytes() == garbage.read_bytes()
+    assert json.loads((kept_dir / "report.json").read_text())["reasons"] == {"unreadable": 1}
+
+
+def test_renamed_column_quarantines_the_batch_and_a_redelivery_heals_it(small_world):
+    settings, world = small_world
+    lake = settings.lake
+    name, frame = list(world.batches())[2]
+    assert lake.deliveries(name) == [name]
+    clean_before = len(lake.read_clean_interactions([name]))
+
+    # the landed day was fine; a second, corrupt delivery of it arrives
+    broken = frame.rename(columns={"value": "rating_value"})
+    delivery = lake.land_redelivery(name, pa.Table.from_pandas(broken, preserve_index=False))
+    assert delivery == f"{name}@r1"
+    report = ingest_batch(lake, name, known_items=known_items(lake))
+    assert report.clean_rows == 0 and report.quarantined_rows == len(frame)
+    assert "schema:unknown_column:rating_value" in report.reasons
+    # the source re-sends the day: re-ingest is idempotent and the corrupt delivery stays kept
+    fixed = lake.land_redelivery(name, conform(frame, INTERACTIONS_SCHEMA))
+    assert fixed == f"{name}@r2"
+    for _ in range(2):
+        (again,) = reingest_window(lake, [name])
+        assert again.clean_rows == clean_before and again.quarantined_rows == 0
+    assert (lake.quarantine_dir(f"{name}@r1") / "rows.parquet").is_file()
+    assert lake.read_raw_delivery(f"{name}@r1").shape[0] == len(frame)
+
+
+def test_row_count_check_flags_a_short_batch(small_world):
+    settings, world = small_world
+    lake = settings.lake
+    last = lake.clean_batches()[-1]
+    assert not row_count_check(lake, last).anomalous
+    frame = lake.read_clean_interactions([last])
+    lake.write_clean_batch(last, frame.head(len(frame) // 10))
+    check = row_count_check(lake, last)
+    assert check.anomalous and check.ratio < 0.5
