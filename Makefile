@@ -33,8 +33,11 @@ $(STAMP): pyproject.toml requirements.lock | $(BIN)/python
 
 install: $(STAMP) ## Create .venv if missing and install the project (pinned)
 
-demo: $(STAMP) ## Run the main job on the local profile: generate, train, serve, traffic
-	$(BIN)/recsys demo
+DEMO_DIR ?= .recsys-demo
+
+demo: $(STAMP) ## Run the main job: simulated days, faults injected and healed (fresh $(DEMO_DIR))
+	rm -rf $(DEMO_DIR)
+	RECSYS_DATA_DIR=$(DEMO_DIR) $(BIN)/recsys demo
 
 test: $(STAMP) ## Run the whole test suite (fails when no test ran)
 	@$(BIN)/python -m pytest; rc=$$?; \
@@ -51,5 +54,5 @@ format: $(STAMP) ## ruff fix and format
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-clean: ## Remove the local data directory (.recsys): lake, registry, logs
-	rm -rf .recsys
+clean: ## Remove the local data directories (.recsys, .recsys-demo): lake, registry, logs
+	rm -rf .recsys $(DEMO_DIR)

@@ -90,8 +90,8 @@ def demo_command(
     ] = "all",
     seed: Annotated[int, typer.Option(min=0, help="Seed of the world and the traffic.")] = 42,
     dataset: Annotated[str, typer.Option(help="Data set of the world: synthetic.")] = "synthetic",
-    users: Annotated[int, typer.Option(min=50, help="Synthetic users.")] = 1500,
-    items: Annotated[int, typer.Option(min=50, help="Synthetic items.")] = 400,
+    users: Annotated[int, typer.Option(min=50, help="Synthetic users.")] = 1200,
+    items: Annotated[int, typer.Option(min=50, help="Synthetic items.")] = 300,
     requests_per_day: Annotated[
         int, typer.Option(min=100, max=100_000, help="HTTP requests per simulated day.")
     ] = 800,
@@ -109,7 +109,9 @@ def demo_command(
         )
     fault_names = parse_faults(faults)
     settings = _prefect()
-    from flows.demo import DemoOptions, demo_flow, print_summary
+    from flows.demo import DemoOptions, demo_flow, print_summary, schedule
+
+    schedule(fault_names, days)  # a --days too short for the faults is a user error, said now
 
     if settings.lake.raw_batches():
         raise RecsysError(

@@ -51,18 +51,33 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "bad-challenger": ("canary", "rollback_challenger"),
     "champion-degradation": ("champion_ctr", "rollback_champion"),
 }
-# Days a fault needs before the next one may start (drift: detect, retrain, then the canary).
+# Days a fault needs at the least before the next one may start (drift: detect, retrain, canary).
 SPAN = {"drift": 3}
+# Days the demo waits for the system to settle (a canary verdict) before it injects the next
+# fault anyway, and days it may add to the planned ones for such waits.
+MAX_WAIT_DAYS = 4
+EXTRA_DAYS = 8
+
+
+# The demo's training size: what keeps a retrain to seconds on 2 cores. Settings a user set
+# (RECSYS_CANDIDATES, RECSYS_RANKER_MAX_EPOCHS, RECSYS_RANKER_MODELS) win.
+DEMO_TRAINING = {"candidates": 100, "ranker_max_epochs": 15, "ranker_models": 1}
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """``settings`` with the demo's training size where the user did not choose one."""
+    update = {k: v for k, v in DEMO_TRAINING.items() if k not in settings.model_fields_set}
+    return settings.model_copy(update=update)
 
 
 @dataclass
 class DemoOptions:
     seed: int = 42
-    users: int = 1500
-    items: int = 400
+    users: int = 1200
+    items: int = 300
     warmup_days: int = 10
-    days: int | None = None  # default: enough for the faults plus one quiet day at each end
-    interactions_per_day: int = 4000
+    days: int | None = None  # default: what the faults need (and their canaries' verdicts)
+    interactions_per_day: int = 3000
     requests_per_day: int = 800
     faults: list[str] = field(default_factory=lambda: list(FAULTS))
     budget_s: float = 3.0
@@ -84,8 +99,14 @@ class DemoOutcome:
 
 
 def schedule(faults: list[str], days: int | None) -> tuple[dict[int, str], int]:
-    """Demo day (1-based) -> fault, one fault at a time, from day 2 on; and the number of days
-    (the faults' span plus one quiet day at the end, or ``days`` if larger)."""
+    """The earliest demo day (1-based) of each fault, one at a time from day 2 on (``drift`` is
+    built into the world, so its day is fixed); and the days that plan needs (the faults' span
+    plus one quiet day at the end, or ``days`` if larger). A fault after a model change waits
+    for the canary's verdict, so the demo may run up to ``EXTRA_DAYS`` more (not with --days).
+
+    Raises:
+        RecsysError: ``days`` is too few for the faults.
+    """
     plan: dict[int, str] = {}
     day = 2
     for name in FAULTS:
@@ -96,6 +117,53 @@ def schedule(faults: list[str], days: int | None) -> tuple[dict[int, str], int]:
     if days is not None and days < needed:
         raise RecsysError(f"--days {days} is too few for faults {faults}: they need {needed}")
     return plan, max(needed, days or 0)
+
+
+@dataclass
+class Injector:
+    """Injects the planned faults in order, each on its earliest day or later: a fault waits
+    (up to ``MAX_WAIT_DAYS``) while a challenger is in canary or the previous fault has not
+    been healed yet, so faults never overlap. ``drift`` lives in the world: never moved."""
+
+    plan: dict[int, str]
+    injected: dict[int, str] = field(default_factory=dict)
+    waited: int = 0
+
+    @property
+    def pending(self) -> list[tuple[int, str]]:
+        done = set(self.injected.values())
+        return [(d, f) for d, f in sorted(self.plan.items()) if f not in done]
+
+    def resolved(self, incidents: list[Any]) -> bool:
+        """The last injected fault met its expected check (or nothing was injected yet)."""
+        if not self.injected:
+            return True
+        day, fault = max(self.injected.items())
+        check, _ = EXPECTED[fault]
+        return any(i.check == check and i.day is not None and i.day >= day for i in incidents)
+
+    def fault_for(self, day: int, quiet: bool, incidents: list[Any]) -> str | None:
+        if not self.pending:
+            return None
+        if (day, "drift") in self.pending:  # the world drifts today, whatever else waits
+            self.injected[day] = "drift"
+            return "drift"
+        earliest, fault = self.pending[0]
+        if fault == "drift":
+            ready = day == earliest
+        else:
+            settled = quiet and self.resolved(incidents)
+            ready = day >= earliest and (settled or self.waited >= MAX_WAIT_DAYS)
+            if day >= earliest and not ready:
+                self.waited += 1
+        if not ready:
+            return None
+        self.injected[day] = fault
+        self.waited = 0
+        return fault
+
+    def done(self, quiet: bool, incidents: list[Any]) -> bool:
+        return not self.pending and quiet and self.resolved(incidents)
 
 
 class SourceSystem:
@@ -155,9 +223,8 @@ def _deliver(settings: Settings, batch: str, frame: pd.DataFrame, corrupt: bool,
 def _inject_bad_model(settings: Settings, opts: DemoOptions, as_champion: bool) -> str:
     """Train a model, break its ranker after evaluation, and register it: through the gate as a
     challenger, or (a hot fix that skips the canary) straight to champion."""
-    from recsys.promotion import AliasMove, aliases, record_move
-
     from recsys.gate import register_with_gate
+    from recsys.promotion import AliasMove, aliases, record_move
     from recsys.registry import CHAMPION, PREVIOUS, configure_mlflow, log_release
     from recsys.train import pipeline_params, train_and_evaluate
 
@@ -165,7 +232,7 @@ def _inject_bad_model(settings: Settings, opts: DemoOptions, as_champion: bool) 
     result = train_and_evaluate(
         settings.lake,
         pipeline_params(settings),
-        window_days=7,
+        window_days=14,
         budget_s=0.0,
         model_name=settings.model_name,
     )
@@ -233,8 +300,23 @@ def _attribute(
             ),
             None,
         )
+        follow_up = None
         if match is not None:
             match.fault = fault
+            if fault == "drift":  # the retrain's challenger goes through the canary next
+                verdict = next(
+                    (
+                        inc
+                        for inc in incidents
+                        if inc.check == "canary"
+                        and inc.day is not None
+                        and match.day <= inc.day < until
+                    ),
+                    None,
+                )
+                if verdict is not None:
+                    verdict.fault = fault
+                    follow_up = f"canary {verdict.action} on day {verdict.day}"
         outcomes.append(
             FaultOutcome(
                 fault=fault,
@@ -243,6 +325,7 @@ def _attribute(
                 check=match.check if match else None,
                 action=match.action if match else None,
                 verified=bool(match and match.verified and match.action == action),
+                follow_up=follow_up,
             )
         )
     return outcomes, incidents
@@ -251,17 +334,18 @@ def _attribute(
 @flow(name="demo", validate_parameters=False)
 def demo_flow(settings: Settings, opts: DemoOptions) -> DemoOutcome:
     """The whole demo (see the module doc). Returns the days, incidents and fault outcomes."""
-    from monitoring.report import DayRecord, write_demo_report
-    from recsys.promotion import aliases
-
     from monitoring.incidents import incident_log
+    from monitoring.report import DayRecord, FaultOutcome, write_demo_report
+    from recsys.promotion import aliases
     from recsys.server import ServiceProcess
     from recsys.simulate import simulate_day
 
     started = time.perf_counter()
+    settings = demo_settings(settings)
     plan, n_days = schedule(opts.faults, opts.days)
     drift_demo_day = next((d for d, f in plan.items() if f == "drift"), None)
-    world_days = opts.warmup_days + n_days
+    last_day = n_days if opts.days is not None else n_days + EXTRA_DAYS
+    world_days = opts.warmup_days + last_day
     # demo day d serves world day warmup + d - 1, and receives the batch of the day before
     drift_day = opts.warmup_days + drift_demo_day - 1 if drift_demo_day else None
     world = generate(settings, opts, world_days, drift_day)
@@ -270,8 +354,9 @@ def demo_flow(settings: Settings, opts: DemoOptions) -> DemoOutcome:
     names = world.batch_names
     _land_world(settings, world, names[: opts.warmup_days - 1])
     console.print(
-        f"world: {opts.users} users, {opts.items} items, {world_days} days; "
-        f"faults: {', '.join(f'day {d}: {f}' for d, f in sorted(plan.items())) or 'none'}"
+        f"world: {opts.users} users, {opts.items} items; {opts.warmup_days} warm-up days, "
+        f"{n_days} demo days planned (up to {last_day}); faults from: "
+        f"{', '.join(f'day {d}: {f}' for d, f in sorted(plan.items())) or 'none'}"
     )
     ingest_flow(settings, batches=names[: opts.warmup_days - 1])
     features_flow(settings)
@@ -288,19 +373,24 @@ def demo_flow(settings: Settings, opts: DemoOptions) -> DemoOutcome:
     policy = GuardianPolicy(retrain_budget_s=opts.budget_s, min_requests=200)
     days: list[Any] = []
     windows: list[tuple[float, float]] = []
+    healed_so_far: list[Any] = []
+    injector = Injector(plan)
     with ServiceProcess(settings, env=service_env).start() as service:
         admin = ServiceAdmin(service.url, token)
         console.print(f"service ready on {service.url}")
-        for day in range(1, n_days + 1):
-            fault = plan.get(day)
+        for day in range(1, last_day + 1):
+            quiet = not aliases(settings).get("challenger")
+            fault = injector.fault_for(day, quiet, healed_so_far)
             world_day = opts.warmup_days + day - 1
+            if world_day > len(names):
+                break
             batch = names[world_day - 1]
             notes = []
             frame = source(batch)
             _deliver(settings, batch, frame, fault == "corrupt-batch", opts.seed + day)
             ingest_flow(settings, batches=[batch])
             if fault != "stale-online-store":
-                features_flow(settings)
+                features_flow(settings, check_skew=False)
             else:
                 notes.append("materialization silently skipped")
             if fault == "bad-challenger":
@@ -337,6 +427,7 @@ def demo_flow(settings: Settings, opts: DemoOptions) -> DemoOutcome:
                 reports_dir=settings.lake.zone("reports") / "demo",
             )
             _, healed = guardian_flow(cycle)
+            healed_so_far.extend(healed)
             served = admin.served_versions()
             record = DayRecord(
                 day=day,
@@ -352,9 +443,22 @@ def demo_flow(settings: Settings, opts: DemoOptions) -> DemoOutcome:
             )
             days.append(record)
             _print_day(record, healed)
+            quiet = not aliases(settings).get("challenger")
+            if opts.days is None and day >= n_days and injector.done(quiet, healed_so_far):
+                break
+    not_injected = [f for _, f in injector.pending]
+    if not_injected:
+        console.print(f"[bold red]not injected[/] (the days ran out): {', '.join(not_injected)}")
+    plan = injector.injected
 
     incidents = incident_log(settings).read()
-    outcomes, incidents = _attribute(plan, incidents, n_days)
+    outcomes, incidents = _attribute(plan, incidents, len(days))
+    outcomes += [
+        FaultOutcome(
+            fault=f, injected_day=None, detected_day=None, check=None, action=None, verified=False
+        )
+        for f in not_injected
+    ]
     report = write_demo_report(settings.lake.zone("reports") / "demo", days, incidents, outcomes)
     return DemoOutcome(days, incidents, outcomes, report, time.perf_counter() - started)
 
@@ -377,10 +481,10 @@ def print_summary(outcome: DemoOutcome) -> None:
     rows = [
         [
             o.fault,
-            o.injected_day,
+            o.injected_day if o.injected_day is not None else "-",
             o.detected_day if o.detected_day is not None else "-",
             o.check or "-",
-            o.action or "-",
+            (o.action or "-") + (f", then {o.follow_up}" if o.follow_up else ""),
             "yes" if o.verified else "NO",
         ]
         for o in outcome.outcomes

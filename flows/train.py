@@ -27,9 +27,8 @@ def search_and_train(settings: Settings, window_days: int | None, budget_s: floa
 
 @task(name="gate and register", retries=2, retry_delay_seconds=2, retry_condition_fn=transient)
 def gate_and_register(settings: Settings, result) -> dict[str, Any]:
-    from recsys.promotion import AliasMove, aliases, record_move
-
     from recsys.gate import register_with_gate
+    from recsys.promotion import AliasMove, aliases, record_move
 
     before = aliases(settings)
     registered, decision = register_with_gate(settings, result)

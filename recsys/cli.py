@@ -7,6 +7,8 @@
     recsys ingest PATH [--json]
     recsys demo [--days N] [--faults a,b] [--seed S]
     recsys flows serve
+    recsys status [--json] [--url URL]
+    recsys rollback [--to VERSION] [--reason TEXT]
 
 Errors a user can cause end with one ``recsys: error: ...`` line and a non-zero exit code.
 """
@@ -386,6 +388,143 @@ def benchmark_train(
     )
 
 
+# ---- release management ---------------------------------------------------------------------
+
+
+def _short(text: object, width: int = 70) -> str:
+    text = str(text) if text is not None else "-"
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _alias_change(move: dict) -> str:
+    before, after = move["aliases_before"], move["aliases_after"]
+    changed = [
+        f"{a} {before.get(a) or 'none'} -> {after.get(a) or 'none'}"
+        for a in ("champion", "challenger", "previous")
+        if before.get(a) != after.get(a)
+    ]
+    return ", ".join(changed) or "no alias changed"
+
+
+def _incident_row(incident: dict) -> list:
+    keys = ("day", "layer", "check", "seen", "action", "verified")
+    return [_short(incident.get(key), 60) for key in keys]
+
+
+@app.command("status")
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    url: Annotated[
+        str | None, typer.Option(help="Service URL (default http://SERVE_HOST:SERVE_PORT).")
+    ] = None,
+) -> None:
+    """Aliases and their versions, rejected versions, what the service serves, the last
+    promotion moves and incidents."""
+    from recsys.promotion import release_status
+
+    report = release_status(_settings(), url)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    console.print(
+        table(
+            f"Aliases of {report['model']}",
+            ["alias", "version", "holdout nDCG@k", "created (UTC)"],
+            [
+                [r["alias"], r["version"] or "-", r["holdout_ndcg"] or "-", r["created"] or "-"]
+                for r in report["aliases"]
+            ],
+        )
+    )
+    if report["rejected"]:
+        console.print(
+            table(
+                "Rejected versions (kept)",
+                ["version", "stage", "reason"],
+                [
+                    [r["version"], r["stage"] or "-", _short(r["reason"], 100)]
+                    for r in report["rejected"]
+                ],
+            )
+        )
+    service = report["service"]
+    if service["reachable"]:
+        served = ", ".join(f"{a} v{v}" for a, v in sorted(service["served"].items())) or "nothing"
+        console.print(
+            f"service at {service['url']}: serves {served}; canary share "
+            f"{service['canary_share']}" + ("" if service.get("ready") else " (not ready)")
+        )
+    else:
+        console.print(f"service: served versions unknown ({service['note']})")
+    console.print(
+        table(
+            "Last promotion moves",
+            ["at (UTC)", "action", "by", "aliases", "reason"],
+            [
+                [m["at"][:19], m["action"], m["actor"], _alias_change(m), _short(m["reason"])]
+                for m in report["moves"]
+            ],
+        )
+        if report["moves"]
+        else "no promotion moves recorded yet"
+    )
+    console.print(
+        table(
+            "Last incidents",
+            ["day", "layer", "check", "seen", "action", "verified"],
+            [_incident_row(i) for i in report["incidents"]],
+        )
+        if report["incidents"]
+        else "no incidents recorded"
+    )
+
+
+@app.command("rollback")
+def rollback(
+    to: Annotated[
+        str | None, typer.Option("--to", help="Version to serve (default: the previous alias).")
+    ] = None,
+    reason: Annotated[
+        str, typer.Option(help="Why (kept in the history and on the rejected version).")
+    ] = "manual rollback from the command line",
+    url: Annotated[
+        str | None, typer.Option(help="Service URL (default http://SERVE_HOST:SERVE_PORT).")
+    ] = None,
+) -> None:
+    """Point champion back at the previous good version (or --to VERSION), tag the replaced
+    one rejected, and make the running service reload."""
+    from recsys.admin import ServiceAdmin
+    from recsys.promotion import rollback_champion
+
+    settings = _settings()
+    move = rollback_champion(
+        settings, reason, {"requested_from": "cli", "to_version": to}, to_version=to, actor="cli"
+    )
+    before, after = move.aliases_before, move.aliases_after
+    console.print(
+        f"champion v{before['champion']} -> v{after['champion']} (v{before['champion']} tagged "
+        f"rejected); previous {before['previous'] or '-'} -> {after['previous'] or '-'}"
+    )
+    admin = ServiceAdmin.from_settings(settings, url)
+    admin.timeout = 60.0  # a reload loads a whole release
+    if not admin.token:
+        console.print(
+            "service not told (no RECSYS_ADMIN_TOKEN): it follows at its next registry poll"
+        )
+        return
+    try:
+        answer = admin.reload()
+    except RecsysError as exc:
+        console.print(f"service not reloaded ({exc}): it follows at its next registry poll")
+        return
+    served = (answer.get("served") or {}).get("champion")
+    problems = answer.get("errors") or {}
+    console.print(
+        f"service at {admin.url} reloaded: serves champion v{served or '-'}"
+        + (f" (reload problems: {problems})" if problems or served != after["champion"] else "")
+    )
+
+
 # ---- serve and demo -------------------------------------------------------------------------
 
 
@@ -401,6 +540,65 @@ def serve(
     command = bentoml_command(host or settings.serve_host, port or settings.serve_port)
     os.chdir(PROJECT_ROOT)
     os.execve(command[0], command, service_env(settings))
+
+
+serve_bench_app = typer.Typer(help="Load benchmarks of the running system.", no_args_is_help=True)
+app.add_typer(serve_bench_app, name="bench")
+
+
+@serve_bench_app.command("serve")
+def bench_serve(
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of load per endpoint.")] = 20.0,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Concurrent clients.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Train a model on synthetic|movielens in a temporary data dir."),
+    ] = None,
+    data_path: Annotated[
+        Path | None, typer.Option("--data-path", help="MovieLens-100K folder (u.data, u.item).")
+    ] = None,
+    items: Annotated[int, typer.Option(min=2, help="Synthetic world: items.")] = 500,
+    users: Annotated[int, typer.Option(min=2, help="Synthetic world: users.")] = 2000,
+    days: Annotated[int, typer.Option(min=3, help="Synthetic world: days.")] = 14,
+    interactions: Annotated[int, typer.Option(min=1, help="Synthetic world: events.")] = 60_000,
+    warmup: Annotated[int, typer.Option(min=0, help="Requests before measuring.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the world and the request mix.")] = 42,
+) -> None:
+    """Drive the real service with locust (known, unknown and repeat users) beside a trivial
+    BentoML endpoint; print latency, throughput, errors and the in-process stage split.
+
+    Serves the champion of RECSYS_DATA_DIR, or (with --dataset, or when there is none) trains
+    one in a temporary data dir first."""
+    from recsys.loadtest import WorldSpec, has_champion, report_tables
+    from recsys.loadtest import bench_serve as run_bench
+
+    settings = _settings()
+    world = None
+    if dataset is not None or data_path is not None or not has_champion(settings):
+        world = WorldSpec(
+            dataset=dataset or ("movielens" if data_path else "synthetic"),
+            data_path=data_path,
+            users=users,
+            items=items,
+            days=days,
+            interactions=interactions,
+            seed=seed,
+        )
+    report = run_bench(
+        settings,
+        duration=duration,
+        concurrency=concurrency,
+        world=world,
+        warmup=warmup,
+        seed=seed,
+        log=lambda line: err_console.print(line, markup=False),
+    )
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for part in report_tables(report):
+        console.print(part)
 
 
 app.command("demo")(flows_cli.demo_command)

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     als_regularization: float = Field(20.0, gt=0)
     als_alpha: float = Field(2.0, gt=0, description="Confidence = alpha * weight.")
     als_iterations: int = Field(20, ge=1, le=500)
+    candidates: int = Field(200, ge=10, le=5000, description="Candidate set size per user.")
+    ranker_max_epochs: int = Field(40, ge=1, le=1000, description="Ranker epochs at most.")
+    ranker_models: int = Field(2, ge=1, le=16, description="Ranker ensemble size (seeds).")
 
     @field_validator("data_dir")
     @classmethod

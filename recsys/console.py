@@ -17,7 +17,7 @@ _WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 140
 console = Console(stderr=False, highlight=False, width=_WIDTH)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
-_NOISY = ("mlflow", "alembic", "urllib3", "httpx", "bentoml", "implicit", "numexpr")
+_NOISY = ("mlflow", "alembic", "urllib3", "httpx", "bentoml", "implicit", "numexpr", "py.warnings")
 
 
 def quiet_libraries(verbose: bool = False) -> None:
@@ -41,6 +41,10 @@ def quiet_libraries(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     if not verbose:
         warnings.filterwarnings("ignore")
+        # libraries that re-add filters of their own (in task threads) still print nothing
+        warnings.showwarning = lambda *args, **kwargs: None
+        # and in the processes we start (the BentoML service, Prefect's ephemeral API server)
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 
 def table(

@@ -53,18 +53,19 @@ def ranking_metrics(
     """
     keep = [i for i, rel in enumerate(relevant) if len(rel)]
     if not keep:
-        return dict.fromkeys(METRICS, 0.0) | {"users": 0}
+        return dict.fromkeys(METRICS, 0.0) | {"users": 0, "ndcg_se": 0.0}
     recs = recommended[keep, :k]
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    precision = recall = ndcg = ap = hit = 0.0
-    for recs_row, i in zip(recs, keep, strict=True):
+    precision = recall = ap = hit = 0.0
+    per_user_ndcg = np.empty(len(keep))
+    for j, (recs_row, i) in enumerate(zip(recs, keep, strict=True)):
         rel = relevant[i]
         hits = np.isin(recs_row, rel) & (recs_row >= 0)
         n_hit = hits.sum()
         precision += n_hit / k
         recall += n_hit / len(rel)
         ideal = discounts[: min(len(rel), k)].sum()
-        ndcg += (hits * discounts).sum() / ideal
+        per_user_ndcg[j] = (hits * discounts).sum() / ideal
         if n_hit:
             ap += (np.cumsum(hits) / np.arange(1, k + 1))[hits].sum() / min(len(rel), k)
             hit += 1
@@ -73,7 +74,7 @@ def ranking_metrics(
     metrics = {
         "precision": precision / n,
         "recall": recall / n,
-        "ndcg": ndcg / n,
+        "ndcg": per_user_ndcg.mean(),
         "map": ap / n,
         "hit_rate": hit / n,
         "coverage": len(np.unique(shown)) / max(n_items, 1),
@@ -85,4 +86,6 @@ def ranking_metrics(
         metrics["novelty"] = 0.0
     metrics = {name: float(value) for name, value in metrics.items()}
     metrics["users"] = n
+    # standard error of the mean nDCG over users: how far two models may differ by chance
+    metrics["ndcg_se"] = float(per_user_ndcg.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
     return metrics

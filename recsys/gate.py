@@ -1,8 +1,12 @@
 """The offline quality gate: a new model becomes ``challenger`` only if it is not worse than
 the champion on the same holdout, beyond a stated tolerance.
 
-Rule: pass when ``new_ndcg >= champion_ndcg * (1 - tolerance)`` (nDCG@k on the new run's
-temporal holdout; default tolerance 2% relative). Both sides are measured on the same data:
+Rule: pass when ``new_ndcg >= champion_ndcg * (1 - tolerance) - z * se`` (nDCG@k on the new
+run's temporal holdout; default tolerance 2% relative; ``se`` the standard error of the
+difference of the two means over the holdout's users, ``z`` = 1.645, one-sided 95%): a model is
+rejected only when it is worse beyond the tolerance by more than chance explains on a holdout of
+that size (a few hundred users make nDCG differences of several points noise). Both sides are
+measured on the same data:
 the champion's configuration and its ranker weights are refit on exactly the days before the
 holdout, so neither side has seen the holdout. A rejected model is still registered, tagged
 ``rejected=true`` with the reason, and no alias ever points at it, so it is never served.
@@ -29,6 +33,7 @@ from recsys.train import TrainResult, evaluate_stage
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = 0.02
+Z_ONE_SIDED_95 = 1.645
 
 
 @dataclass
@@ -40,6 +45,7 @@ class GateDecision:
     champion_ndcg: float | None
     tolerance: float
     reason: str
+    noise_margin: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,20 +53,22 @@ class GateDecision:
 
 def champion_on_same_holdout(
     settings: Settings, result: TrainResult
-) -> tuple[str | None, float | None, str]:
-    """(champion version, its nDCG@k on ``result``'s holdout, how it was measured)."""
+) -> tuple[str | None, float | None, str, float]:
+    """(champion version, its nDCG@k on ``result``'s holdout, how it was measured, the standard
+    error of that nDCG; 0 when unknown)."""
     from recsys.registry import version_for_alias
 
     if version_for_alias(settings, CHAMPION) is None:
-        return None, None, "no champion yet"
+        return None, None, "no champion yet", 0.0
     try:
         version, champion = load_release(settings, CHAMPION)
     except RecsysError as exc:  # e.g. a release of an older format: not comparable
-        return version_for_alias(settings, CHAMPION), None, f"champion unreadable: {exc}"
+        return version_for_alias(settings, CHAMPION), None, f"champion unreadable: {exc}", 0.0
     if champion.meta.get("feature_names") != feature_names() or champion.ranker is None:
         recorded = champion.meta.get("metrics", {}).get("holdout", {}).get("pipeline", {})
         ndcg = recorded.get("ndcg")
-        return version, ndcg, "champion has another feature set: compared with its own holdout"
+        how = "champion has another feature set: compared with its own holdout"
+        return version, ndcg, how, float(recorded.get("ndcg_se", 0.0))
     k = int(result.release.meta.get("k", 10))
     catalog_ids = result.release.item_ids
     stage = fit_stage(
@@ -73,7 +81,9 @@ def champion_on_same_holdout(
     metrics = evaluate_stage(
         stage, champion.ranker, result.holdout, k, champion.params.candidates, baselines=()
     )
-    return version, metrics["pipeline"]["ndcg"], "champion config + ranker refit on same days"
+    pipeline = metrics["pipeline"]
+    how = "champion config + ranker refit on same days"
+    return version, pipeline["ndcg"], how, float(pipeline.get("ndcg_se", 0.0))
 
 
 def _catalog(settings: Settings):
@@ -86,7 +96,9 @@ def decide(
     """Apply the gate to a trained result (no registry writes)."""
     metric = "pipeline" if "pipeline" in result.metrics else "als"
     new_ndcg = result.metrics[metric]["ndcg"]
-    version, champion_ndcg, how = champion_on_same_holdout(settings, result)
+    version, champion_ndcg, how, champion_se = champion_on_same_holdout(settings, result)
+    new_se = float(result.metrics[metric].get("ndcg_se", 0.0))
+    margin = Z_ONE_SIDED_95 * (new_se**2 + champion_se**2) ** 0.5
     if version is None:
         return GateDecision(
             True, CHAMPION, new_ndcg, None, None, tolerance, "first model: becomes champion"
@@ -101,7 +113,8 @@ def decide(
             tolerance,
             f"champion v{version} has no comparable metric ({how})",
         )
-    floor = champion_ndcg * (1 - tolerance)
+    floor = champion_ndcg * (1 - tolerance) - margin
+    rule = f"champion v{version} {champion_ndcg:.4f} x (1 - {tolerance:g}) - noise {margin:.4f}"
     if new_ndcg >= floor:
         return GateDecision(
             True,
@@ -110,8 +123,8 @@ def decide(
             version,
             champion_ndcg,
             tolerance,
-            f"nDCG {new_ndcg:.4f} >= champion v{version} {champion_ndcg:.4f} x (1 - "
-            f"{tolerance:g}) ({how})",
+            f"nDCG {new_ndcg:.4f} >= {rule} ({how})",
+            margin,
         )
     return GateDecision(
         False,
@@ -120,8 +133,8 @@ def decide(
         version,
         champion_ndcg,
         tolerance,
-        f"nDCG {new_ndcg:.4f} < champion v{version} {champion_ndcg:.4f} x (1 - {tolerance:g}) "
-        f"({how})",
+        f"nDCG {new_ndcg:.4f} < {rule} ({how})",
+        margin,
     )
 
 

@@ -72,12 +72,12 @@ class GuardianPolicy:
     """Thresholds of the checks; defaults are production-minded, the demo keeps them."""
 
     max_quarantine_share: float = 0.01
-    drift_quality_tolerance: float = 0.05
+    drift_quality_tolerance: float = 0.15
     drift_share_threshold: float = 0.3
     ctr_drop: float = 0.10
     min_requests: int = 200
     canary_share: float = 0.5
-    retrain_window_days: int | None = 7
+    retrain_window_days: int | None = 14
     retrain_budget_s: float = 3.0
     feature_skew_sample: int = 200
 
@@ -369,11 +369,13 @@ def check_drift(cycle: Cycle) -> Finding:
     champion's quality on them against its quality on its own holdout days. Drift without a
     quality loss beyond the tolerance does not ask for a retrain; a quality loss does."""
     from monitoring.drift import champion_quality, drift_decision, interaction_drift
-
     from recsys.registry import CHAMPION, load_release, version_for_alias
 
     if not cycle.batches or version_for_alias(cycle.settings, CHAMPION) is None:
         return Finding("model", "drift", True, "no new batch or no champion: nothing to compare")
+    deferred = _drift_deferred(cycle)
+    if deferred:
+        return Finding("model", "drift", True, deferred, {"deferred": True})
     lake = cycle.settings.lake
     version, release = load_release(cycle.settings, CHAMPION)
     window = release.meta["training_window"]
@@ -396,10 +398,13 @@ def check_drift(cycle: Cycle) -> Finding:
         name,
         share_threshold=cycle.policy.drift_share_threshold,
     )
-    q_ref = champion_quality(release, holdout) if not holdout.empty else None
+    # the reference is the quality measured at training on the temporal holdout (a model fit
+    # on earlier days, scored on the next ones): the same question asked of the newest batch
+    recorded = release.meta.get("metrics", {}).get("holdout", {}).get("pipeline", {})
     q_now = champion_quality(release, current)
+    q_ref = recorded.get("ndcg")
     if q_ref is None:
-        q_ref = q_now
+        q_ref = champion_quality(release, holdout) if not holdout.empty else q_now
     decision = drift_decision(drift, q_ref, q_now, tolerance=cycle.policy.drift_quality_tolerance)
     evidence = {
         "champion": version,
@@ -417,6 +422,26 @@ def check_drift(cycle: Cycle) -> Finding:
     return Finding("model", "drift", False, decision.reason, evidence, "retrain")
 
 
+def _drift_deferred(cycle: Cycle) -> str | None:
+    """Why a retrain must wait, or None. While a challenger is in canary, its verdict comes
+    first (a second retrain would replace it unjudged); a champion that changed since the
+    baseline traffic is on probation: ``champion_ctr`` judges it online before drift asks for
+    another model."""
+    from recsys.promotion import aliases
+
+    names = aliases(cycle.settings)
+    if names.get("challenger"):
+        return f"challenger v{names['challenger']} is in canary: drift is judged after its verdict"
+    move = _last_move(cycle, CHAMPION_MOVES)
+    since = cycle.baseline[0] if cycle.baseline else cycle.current[0]
+    if move is not None and _epoch(move.at) >= since:
+        return (
+            f"champion v{names.get('champion')} took over ({move.action}) since the baseline "
+            "traffic: on probation, judged online by champion_ctr before any retrain"
+        )
+    return None
+
+
 def fix_retrain(cycle: Cycle, finding: Finding) -> FixOutcome:
     """Retrain on the recent window, gate offline; a passing model becomes the challenger and
     the canary starts at the policy's share. Verified when the service serves the challenger."""
@@ -424,10 +449,6 @@ def fix_retrain(cycle: Cycle, finding: Finding) -> FixOutcome:
     from recsys.promotion import AliasMove, aliases, record_move
     from recsys.train import pipeline_params, train_and_evaluate
 
-    if aliases(cycle.settings).get("challenger"):
-        return FixOutcome(
-            "retrain skipped: a canary is running", True, {"aliases": aliases(cycle.settings)}
-        )
     before = aliases(cycle.settings)
     result = train_and_evaluate(
         cycle.settings.lake,
@@ -480,7 +501,7 @@ def _arm(arms, variant: str, version: str | None):
     if not match:
         return ArmStats(0, 0)
     a = match[0]
-    return ArmStats(a.requests, a.clicked_requests, a.p99_ms, a.fallbacks, a.coverage)
+    return ArmStats(a.requests, a.clicked_requests, a.p99_ms, a.degraded, a.coverage)
 
 
 def _last_move(cycle: Cycle, actions: tuple[str, ...]):
@@ -490,6 +511,9 @@ def _last_move(cycle: Cycle, actions: tuple[str, ...]):
     return moves[-1] if moves else None
 
 
+CHAMPION_MOVES = ("promote", "manual_promote", "rollback_champion", "manual_rollback")
+
+
 def _epoch(iso: str) -> float:
     return pd.Timestamp(iso).timestamp()
 
@@ -497,7 +521,6 @@ def _epoch(iso: str) -> float:
 def check_canary(cycle: Cycle) -> Finding:
     """Judge the running canary on the traffic since it started (``recsys.canary``)."""
     from monitoring.traffic import traffic_by_arm
-
     from recsys.canary import CanaryPolicy, decide_canary
     from recsys.promotion import aliases
 
@@ -548,11 +571,10 @@ def check_champion_ctr(cycle: Cycle) -> Finding:
     """A champion that replaced another one must not lose CTR against it: the current
     champion's CTR since it took over, against the replaced version's CTR in the baseline."""
     from monitoring.traffic import ctr_drop, traffic_by_arm
-
     from recsys.promotion import aliases
 
     names = aliases(cycle.settings)
-    move = _last_move(cycle, ("promote", "manual_promote", "rollback_champion", "manual_rollback"))
+    move = _last_move(cycle, CHAMPION_MOVES)
     if move is None or cycle.baseline is None:
         return Finding(
             "canary", "champion_ctr", True, "the champion never changed: nothing to compare"

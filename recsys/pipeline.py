@@ -107,6 +107,12 @@ def _compress(names: tuple[str, ...], table: np.ndarray, count_scale: float = 1.
     return out
 
 
+def ranker_view(names: tuple[str, ...], raw: np.ndarray) -> np.ndarray:
+    """Raw feature values (features/compute.py, the Feast stores) as a release's tables hold
+    them, i.e. what the ranker sees: log1p of counts and ages."""
+    return _compress(names, raw)
+
+
 @dataclass
 class CandidateList:
     """One user's merged candidates: item rows with each source's score and rank."""
@@ -165,8 +171,21 @@ class Stage:
                 out.append(_merge(i, tops, mats, n))
         return out
 
-    def features(self, user_row: int, cands: CandidateList) -> np.ndarray:
-        """Ranker input rows (len(cands) x len(feature_names())) for one user."""
+    def features(
+        self,
+        user_row: int,
+        cands: CandidateList,
+        *,
+        user: np.ndarray | None = None,
+        affinity: np.ndarray | None = None,
+        items: np.ndarray | None = None,
+        item_category: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Ranker input rows (len(cands) x len(feature_names())) for one user.
+
+        ``user`` (one row of the user table), ``affinity`` (per category of this stage),
+        ``items`` (item table rows of ``cands.items``) and ``item_category`` replace the stage's
+        own rows when given: serving passes online-store values in the stage's layout."""
         m = len(cands.items)
         n_sources = cands.scores.shape[1]
         width = len(_PER_SOURCE)
@@ -182,13 +201,13 @@ class Stage:
         )
         per_source[:, 3::width] = np.where(present, np.log1p(cands.ranks), np.log1p(1000))
         per_source[:, 4::width] = present
-        user = np.broadcast_to(self.user_table[user_row], (m, self.user_table.shape[1]))
-        item = self.item_table[cands.items]
-        category = self.item_category[cands.items]
-        affinity = np.where(
-            category >= 0, self.user_affinity[user_row, np.maximum(category, 0)], 0.0
-        )
-        return np.hstack([per_source, user, item, affinity[:, None]]).astype(np.float32)
+        user_row_values = self.user_table[user_row] if user is None else user
+        user_block = np.broadcast_to(user_row_values, (m, self.user_table.shape[1]))
+        item = self.item_table[cands.items] if items is None else items
+        category = self.item_category[cands.items] if item_category is None else item_category
+        shares = self.user_affinity[user_row] if affinity is None else affinity
+        of_item = np.where(category >= 0, shares[np.maximum(category, 0)], 0.0)
+        return np.hstack([per_source, user_block, item, of_item[:, None]]).astype(np.float32)
 
 
 def _merge(i: int, tops: list[np.ndarray], mats: list[np.ndarray], n: int) -> CandidateList:

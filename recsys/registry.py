@@ -61,10 +61,28 @@ def _ensure_experiment(settings: Settings) -> str:
     )
 
 
+PYFUNC_PACKAGES = ("mlflow", "numpy", "pandas", "pyarrow", "scipy", "torch", "selfheal-recsys")
+
+
+def pyfunc_requirements() -> list[str]:
+    """What the pyfunc flavour imports, pinned to the installed versions. Given explicitly:
+    MLflow's own inference loads the model in a subprocess and costs seconds per release
+    (and misses torch, which the ranker imports lazily)."""
+    from importlib import metadata
+
+    pins = []
+    for name in PYFUNC_PACKAGES:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
 def _flat_metrics(metrics: dict[str, dict[str, float]], k: int) -> dict[str, float]:
     return {
         f"{model}_{name}_at_{k}"
-        if name not in {"coverage", "novelty", "users"}
+        if name not in {"coverage", "novelty", "users", "ndcg_se"}
         else f"{model}_{name}": float(value)
         for model, values in metrics.items()
         for name, value in values.items()
@@ -156,6 +174,7 @@ def log_release(
                     metadata={"data_fingerprint": meta["data_fingerprint"]},
                     signature=_signature(),
                     input_example=_input_example(release),
+                    pip_requirements=pyfunc_requirements(),
                 )
             logger.info("mlflow: %s", chatter.getvalue().strip())
     version = str(info.registered_model_version)

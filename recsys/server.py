@@ -23,6 +23,8 @@ from recsys.config import Settings
 from recsys.errors import RecsysError
 
 SERVICE_TARGET = "serving.service:RecommenderService"
+FLOOR_TARGET = "serving.floor:FloorService"
+"""A trivial BentoML endpoint with the same server settings: the framework's floor."""
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 QUIET_ENV = {
@@ -32,6 +34,7 @@ QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
@@ -43,10 +46,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def bentoml_command(host: str, port: int) -> list[str]:
+def bentoml_command(host: str, port: int, target: str = SERVICE_TARGET) -> list[str]:
+    """``bentoml serve <target> --host H --port P`` with this interpreter's bentoml."""
     executable = Path(sys.executable).with_name("bentoml")
     program = [str(executable)] if executable.exists() else [sys.executable, "-m", "bentoml"]
-    return [*program, "serve", SERVICE_TARGET, "--host", host, "--port", str(port)]
+    return [*program, "serve", target, "--host", host, "--port", str(port)]
 
 
 def service_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -74,8 +78,12 @@ class ServiceProcess:
         port: int | None = None,
         log_path: Path | None = None,
         env: dict[str, str] | None = None,
+        target: str = SERVICE_TARGET,
+        start_timeout: float = 90.0,
     ) -> None:
         self.settings = settings
+        self.target = target
+        self.start_timeout = start_timeout
         self.host = host or settings.serve_host
         self.port = port or free_port(self.host)
         self.log_path = log_path or settings.data_dir / "logs" / f"service-{self.port}.log"
@@ -93,10 +101,12 @@ class ServiceProcess:
             RecsysError: the process exited or was not ready in ``timeout`` seconds (the
                 message carries the last lines of its log).
         """
+        if self.running:
+            raise RecsysError(f"the service on {self.url} is already running; stop it first")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            bentoml_command(self.host, self.port),
+            bentoml_command(self.host, self.port, self.target),
             cwd=PROJECT_ROOT,
             env=self.env,
             stdout=log,
@@ -137,8 +147,13 @@ class ServiceProcess:
         except ProcessLookupError:
             return self.process.wait(timeout=5)
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def __enter__(self) -> ServiceProcess:
-        return self.start()
+        # `with ServiceProcess(...).start() as s:` enters a started service: not a second one
+        return self if self.running else self.start(self.start_timeout)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -99,7 +99,15 @@ def pipeline_params(settings, seed: int | None = None) -> PipelineParams:
     """Default pipeline parameters from the settings, one seed for every random choice."""
     seed = settings.seed if seed is None else seed
     base = PipelineParams()
-    return replace(base, als=als_params(settings, seed), ranker=replace(base.ranker, seed=seed))
+    ranker = replace(
+        base.ranker,
+        seed=seed,
+        max_epochs=settings.ranker_max_epochs,
+        n_models=settings.ranker_models,
+    )
+    return replace(
+        base, als=als_params(settings, seed), ranker=ranker, candidates=settings.candidates
+    )
 
 
 def select_window(frame: pd.DataFrame, window_days: int | None) -> pd.DataFrame:

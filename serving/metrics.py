@@ -10,8 +10,32 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from datetime import datetime
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Sub-millisecond bounds too: the pipeline's stages take 0.05-1 ms each.
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.0025,
+    0.003,
+    0.004,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+FEATURE_SOURCES = ("online", "not_materialized", "unreachable")
 PREFIX = "recsys_serving"
 
 
@@ -64,8 +88,13 @@ class ServingMetrics:
         with self._lock:
             return self._counters[name].get(tuple(sorted(labels.items())), 0.0)
 
-    def render(self, extra_gauges: dict[str, tuple[str, float]] | None = None) -> str:
-        """Prometheus text exposition of every series."""
+    def render(
+        self,
+        extra_gauges: dict[str, tuple[str, float]] | None = None,
+        features: dict | None = None,
+    ) -> str:
+        """Prometheus text exposition of every series. ``features``: the feature source's
+        freshness (``serving.features.ServingFeatures.freshness`` plus ``source``)."""
         out: list[str] = []
         with self._lock:
             for name, series in self._counters.items():
@@ -99,4 +128,39 @@ class ServingMetrics:
         for name, (help_text, value) in (extra_gauges or {}).items():
             full = f"{PREFIX}_{name}"
             out += [f"# HELP {full} {help_text}", f"# TYPE {full} gauge", f"{full} {value}"]
+        if features is not None:
+            out += _feature_gauges(features)
         return "\n".join(out) + "\n"
+
+
+def _feature_gauges(features: dict) -> list[str]:
+    """Where features come from and how old the online store is (absent: never materialized)."""
+    out: list[str] = []
+    full = f"{PREFIX}_feature_source"
+    out += [
+        f"# HELP {full} 1 for the state of the online feature source, 0 for the others.",
+        f"# TYPE {full} gauge",
+    ]
+    out += [
+        f"{full}{_labels((('source', s),))} {int(features.get('source') == s)}"
+        for s in FEATURE_SOURCES
+    ]
+    if features.get("age_s") is not None:
+        full = f"{PREFIX}_feature_age_seconds"
+        out += [
+            f"# HELP {full} Seconds since the online store was last materialized (wall clock).",
+            f"# TYPE {full} gauge",
+            f"{full} {features['age_s']}",
+        ]
+    until = {v: e for v, e in (features.get("materialized_until") or {}).items() if e}
+    if until:
+        full = f"{PREFIX}_feature_materialized_until_timestamp_seconds"
+        out += [
+            f"# HELP {full} End of the materialized window of each view (the data's clock).",
+            f"# TYPE {full} gauge",
+        ]
+        out += [
+            f"{full}{_labels((('view', v),))} {datetime.fromisoformat(e).timestamp():.0f}"
+            for v, e in sorted(until.items())
+        ]
+    return out

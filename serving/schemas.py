@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, Field
+
+ItemId = Annotated[int, Field(ge=0)]
+ContextValue = str | int | float | bool | None
 
 
 class ScoredItem(BaseModel):
@@ -22,6 +27,13 @@ class RecommendResponse(BaseModel):
         None,
         description="Set when a degraded path answered: cold_start (unknown user), cache (the "
         "model failed; the user's last good answer), degraded (popularity).",
+    )
+    features: str | None = Field(
+        None,
+        description="Where the ranker's user and item features came from: online (the Feast "
+        "online store), release (the online store was never materialized: the release's own "
+        "tables), release_fallback (the online store failed or lacked a row: the release's rows "
+        "filled in); None when no ranker ran (cold start, popularity).",
     )
     cached: bool = Field(False, description="True when the answer came from the cache.")
 

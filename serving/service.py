@@ -16,14 +16,27 @@ they answer 404 "admin disabled". ``/metrics`` carries BentoML's series and ours
 (``recsys_serving_*``).
 
 Routing: a user goes to the challenger when sha256 of its id falls under ``canary_share``
-(``serving.router``). Degraded paths never answer 5xx while anything can answer: unknown users get
-the cold-start list, a failing model the user's last cached answer or the popularity list.
+(``serving.router``). Then candidates (the release's sources) -> features -> ranker -> filters
+(``serving.ranking``). The user and item features come from the Feast online store, with the
+release's own tables as the fallback (``serving.features``); every answer says which in
+``features`` ("online", "release": never materialized, "release_fallback": the store failed or
+lacked rows). Degraded paths never answer 5xx while anything can answer: unknown users get the
+cold-start list, a failing model the user's last cached answer or the popularity list.
 Reload (``/admin/reload`` or the poll every ``reload_interval_s``) loads a new version fully,
 then swaps one reference, so a request in flight finishes on the model it started with.
+
+``/readyz`` answers 200 once the champion is loaded and a smoke prediction passed through the
+whole hot path, features included: with a materialized online store the item table is loaded
+first; with none (never materialized) the service is ready on the release's features and
+``/admin/status`` says ``features.source: not_materialized``; with an unreachable store it is
+ready on the release's features, answers are flagged ``release_fallback`` and the store is
+retried every few seconds.
 """
 
 from __future__ import annotations
 
+import copy
+import gc
 import hmac
 import logging
 import os
@@ -46,10 +59,18 @@ from recsys.errors import RecsysError
 from recsys.registry import download_release, version_for_alias
 from recsys.release import Release
 from serving.cache import CachedAnswer, RecommendationCache
+from serving.features import RELEASE_FALLBACK, ServingFeatures
 from serving.logs import FeedbackLog, RequestLog, ServedRequests
 from serving.metrics import ServingMetrics
+from serving.ranking import RankedList, rank_for_user
 from serving.router import CHALLENGER, CHAMPION, route
-from serving.schemas import FeedbackResponse, RecommendResponse, ScoredItem
+from serving.schemas import (
+    ContextValue,
+    FeedbackResponse,
+    ItemId,
+    RecommendResponse,
+    ScoredItem,
+)
 
 logger = logging.getLogger("recsys.serving")
 
@@ -58,9 +79,6 @@ _SETTINGS = get_settings()
 MAX_K = _SETTINGS.max_k
 MAX_EXCLUDE = _SETTINGS.max_exclude
 ALIASES = (CHAMPION, CHALLENGER)
-
-ItemId = Annotated[int, Field(ge=0)]
-ContextValue = str | int | float | bool | None
 
 
 @dataclass(frozen=True)
@@ -81,8 +99,9 @@ def _error(ctx: bentoml.Context | None, status: int, message: str, **headers: st
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
-def load_model(settings, alias: str) -> LoadedModel:
-    """Download, load and smoke-test the release behind ``alias``.
+def load_model(settings, alias: str, features: ServingFeatures | None = None) -> LoadedModel:
+    """Download, load and smoke-test the release behind ``alias``: the item table of
+    ``features`` is made to cover its catalog, then one prediction runs the whole hot path.
 
     Raises:
         RecsysError: no such alias, the artifacts are incomplete, or the smoke prediction failed.
@@ -90,8 +109,13 @@ def load_model(settings, alias: str) -> LoadedModel:
     with tempfile.TemporaryDirectory(prefix=f"recsys-{alias}-") as folder:
         version, release_dir = download_release(settings, alias, Path(folder))
         release = Release.load(release_dir)
+    if features is not None:
+        features.cover(release.item_ids)
     probe = int(release.user_ids[0]) if release.n_users else 0
-    answer = release.recommend(probe, 1)
+    try:
+        answer = rank_for_user(release, probe, 1, [], features)
+    except Exception as exc:
+        raise RecsysError(f"smoke prediction of version {version} failed: {exc}") from None
     if release.n_items and len(answer.item_ids) == 0:
         raise RecsysError(f"smoke prediction of version {version} for user {probe} was empty")
     return LoadedModel(alias, version, release, time.time())
@@ -118,6 +142,8 @@ class RecommenderService:
         self.canary_share = settings.canary_share
         self.cache = RecommendationCache(settings.cache_size)
         self.metrics = ServingMetrics()
+        self.features = ServingFeatures(settings)
+        self._before_fault: dict[str, LoadedModel] = {}
         logs = settings.data_dir / "logs"
         self.feedback_log = FeedbackLog(logs / "feedback")
         self.request_log = RequestLog(
@@ -135,6 +161,7 @@ class RecommenderService:
         self._stop = threading.Event()
         if settings.reload_interval_s > 0:
             threading.Thread(target=self._poll, name="recsys-reload", daemon=True).start()
+        _freeze_heap()
 
     # ---- model lifecycle -------------------------------------------------------------------
 
@@ -175,7 +202,7 @@ class RecommenderService:
                     loaded = (
                         LoadedModel(alias, wanted, twin.release, twin.loaded_at)
                         if twin is not None
-                        else load_model(self.settings, alias)
+                        else load_model(self.settings, alias, self.features)
                     )
                 except Exception as exc:
                     errors[alias] = str(exc)
@@ -186,6 +213,9 @@ class RecommenderService:
                 changed[alias] = loaded.version
                 logger.info("serving %s version %s", alias, loaded.version)
             self._models = models  # one reference swap: requests keep the dict they read
+            retired = self.cache.retire({m.version for m in models.values()})
+            if changed:
+                _freeze_heap()
             self.load_error = errors.get(CHAMPION) if CHAMPION not in models else None
             self.metrics.set_model_loaded({a: (m.version, m.loaded_at) for a, m in models.items()})
             for alias in changed:
@@ -195,6 +225,7 @@ class RecommenderService:
                 "changed": changed,
                 "errors": errors,
                 "served": {a: m.version for a, m in models.items()},
+                "cache_entries_retired": retired,
             }
             return self.last_reload
 
@@ -234,12 +265,13 @@ class RecommenderService:
         variant = route(user_id, self.canary_share, CHALLENGER in models)
         model = models.get(variant)
         mark = self._stage("route", started)
+        reasons: tuple[str, ...] = ()
         if model is None:
             answer = self._degraded(user_id, k, exclude, models)
             if answer is None:
                 return _error(ctx, 503, f"no model loaded: {self.load_error}")
         else:
-            key = self.cache.key(model.version, user_id, k, exclude)
+            key = self.cache.key(model.version, user_id, k, exclude, self.features.epoch)
             hit = self.cache.get(key)
             cached = hit is not None
             self.metrics.inc(
@@ -248,21 +280,33 @@ class RecommenderService:
             mark = self._stage("cache", mark)
             if hit is not None:
                 fallback = _cold_or_none(model, user_id)
-                answer = (hit.variant, hit.version, hit.item_ids, hit.scores, fallback)
+                answer = (
+                    hit.variant,
+                    hit.version,
+                    hit.item_ids,
+                    hit.scores,
+                    fallback,
+                    hit.features,
+                )
             else:
                 try:
-                    rec = model.release.recommend(user_id, k, exclude)
+                    ranked = rank_for_user(model.release, user_id, k, exclude, self.features)
                 except Exception:
                     logger.exception("model %s failed for user %s", model.version, user_id)
+                    self.metrics.inc(
+                        "model_errors_total",
+                        "Model failures during /recommend by variant and version.",
+                        variant=variant,
+                        version=model.version,
+                    )
                     answer = self._degraded(user_id, k, exclude, models)
                     if answer is None:
                         return _error(ctx, 503, "the model failed and no fallback could answer")
                 else:
-                    items, scores = _filtered(rec.item_ids, rec.scores, exclude, k)
-                    answer = (variant, model.version, items, scores, rec.fallback)
-                    self.cache.put(key, CachedAnswer(model.version, variant, items, scores))
+                    answer = self._ranked_answer(key, variant, model, ranked, exclude, k)
+                    reasons = ranked.feature_reasons
                 self._stage("model", mark)
-        served_variant, version, items, scores, fallback = answer
+        served_variant, version, items, scores, fallback, features = answer
         response = RecommendResponse(
             request_id=uuid.uuid4().hex,
             user_id=user_id,
@@ -270,10 +314,25 @@ class RecommenderService:
             model_version=version,
             variant=served_variant,
             fallback=fallback,
+            features=features,
             cached=cached,
         )
-        self._account(response, k, exclude, context, started)
+        self._account(response, k, exclude, context, started, reasons)
         return response
+
+    def _ranked_answer(
+        self, key, variant: str, model: LoadedModel, ranked: RankedList, exclude, k: int
+    ) -> tuple:
+        """The answer tuple of a ranked list; cached unless its features were a fallback (the
+        next request should try the online store again)."""
+        for stage, seconds in ranked.seconds.items():
+            self.metrics.observe_stage(stage, seconds)
+        items, scores = _filtered(ranked.item_ids, ranked.scores, exclude, k)
+        if ranked.features != RELEASE_FALLBACK:
+            self.cache.put(
+                key, CachedAnswer(model.version, variant, items, scores, ranked.features)
+            )
+        return (variant, model.version, items, scores, ranked.fallback, ranked.features)
 
     def _degraded(
         self, user_id: int, k: int, exclude: list[int], models: dict[str, LoadedModel]
@@ -284,17 +343,17 @@ class RecommenderService:
         if last is not None:
             items, scores = _filtered(last.item_ids, last.scores, exclude, k)
             if items:
-                return (last.variant, last.version, items, scores, "cache")
+                return (last.variant, last.version, items, scores, "cache", last.features)
         for model in models.values():
             try:
                 rec = model.release.cold_start(k, exclude)
             except Exception:
                 continue
             items, scores = _filtered(rec.item_ids, rec.scores, exclude, k)
-            return (None, model.version, items, scores, "degraded")
+            return (None, model.version, items, scores, "degraded", None)
         if self.popularity is not None:
             items, scores = _filtered(*self.popularity, exclude, k)
-            return (None, None, items, scores, "degraded")
+            return (None, None, items, scores, "degraded", None)
         return None
 
     def _stage(self, stage: str, since: float) -> float:
@@ -302,7 +361,15 @@ class RecommenderService:
         self.metrics.observe_stage(stage, now - since)
         return now
 
-    def _account(self, response: RecommendResponse, k, exclude, context, started: float) -> None:
+    def _account(
+        self,
+        response: RecommendResponse,
+        k,
+        exclude,
+        context,
+        started: float,
+        feature_reasons: tuple[str, ...] = (),
+    ) -> None:
         self.served.remember(
             response.request_id,
             {
@@ -320,6 +387,20 @@ class RecommenderService:
         )
         if response.fallback:
             self.metrics.inc("fallbacks_total", "Degraded answers by kind.", kind=response.fallback)
+        if response.features:
+            self.metrics.inc(
+                "feature_answers_total",
+                "Ranked answers by where their features came from (online, release, "
+                "release_fallback).",
+                features=response.features,
+            )
+        for reason in feature_reasons:
+            self.metrics.inc(
+                "feature_fallbacks_total",
+                "Answers ranked with some of the release's features instead of the online "
+                "store's, by reason (unreachable, missing_user, missing_items).",
+                reason=reason,
+            )
         self.request_log.maybe_write(
             {
                 "request_id": response.request_id,
@@ -331,7 +412,10 @@ class RecommenderService:
                 "variant": response.variant,
                 "model_version": response.model_version,
                 "fallback": response.fallback,
+                "features": response.features,
+                "feature_reasons": list(feature_reasons),
                 "cached": response.cached,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
             }
         )
         self._stage("total", started)
@@ -442,9 +526,11 @@ class RecommenderService:
                 "entries": len(self.cache),
                 "capacity": self.cache.capacity,
                 "hits": self.cache.hits,
+                "retired": self.cache.retired,
                 "misses": self.cache.misses,
                 "stale_entries": self.cache.stale_entries({m.version for m in models.values()}),
             },
+            "features": self.features.status(),
             "last_reload": self.last_reload,
             "reload_interval_s": self.settings.reload_interval_s,
             "request_log": {
@@ -488,16 +574,26 @@ class RecommenderService:
     def admin_fault(
         self,
         ctx: bentoml.Context,
-        name: Annotated[Literal["stale-cache"], Field(description="The fault to inject.")],
+        name: Annotated[
+            Literal["stale-cache", "model-error", "clear"],
+            Field(description="The fault to inject, or clear to undo model-error."),
+        ],
     ) -> dict:
         """Fault drills: only when the service runs with ``RECSYS_FAULT_INJECTION=true`` (the
         demo and the tests); 404 otherwise. ``stale-cache`` stamps every cache entry with a
-        superseded model version, as a cache that survived a deploy would hold."""
+        superseded model version, as a cache that survived a deploy would hold.
+        ``model-error`` makes every served model fail when it ranks (its ranker's input
+        standardisation loses a column, as a release packed against another feature layout
+        would), while loading and cold start still work; ``clear`` restores the models."""
         denied = self._admin_denied(ctx)
         if denied is not None:
             return denied
         if not self.settings.fault_injection:
             return _error(ctx, 404, "fault injection is disabled (RECSYS_FAULT_INJECTION)")
+        if name == "model-error":
+            return self._break_models()
+        if name == "clear":
+            return self._restore_models()
         champion = self._models.get(CHAMPION)
         current = champion.version if champion else "0"
         superseded = str(int(current) - 1) if current.isdigit() and int(current) > 1 else "0"
@@ -505,12 +601,50 @@ class RecommenderService:
         logger.warning("fault drill %s: %d cache entries stamped v%s", name, entries, superseded)
         return {"fault": name, "entries": entries, "stamped_version": superseded}
 
+    def _break_models(self) -> dict:
+        with self._reload_lock:
+            broken: dict[str, LoadedModel] = {}
+            for alias, model in self._models.items():
+                if model.release.ranker is None:
+                    continue
+                self._before_fault.setdefault(alias, model)
+                ranker = copy.copy(model.release.ranker)
+                ranker.mean = ranker.mean[:-1]  # a width the feature rows no longer match
+                release = copy.copy(model.release)
+                release.ranker = ranker
+                broken[alias] = LoadedModel(alias, model.version, release, model.loaded_at)
+            self._models = {**self._models, **broken}
+        logger.warning("fault drill model-error: %s rank with a broken ranker", sorted(broken))
+        return {"fault": "model-error", "models": sorted(broken)}
+
+    def _restore_models(self) -> dict:
+        with self._reload_lock:
+            models = dict(self._models)
+            restored = [
+                alias
+                for alias, original in self._before_fault.items()
+                if alias in models and models[alias].version == original.version
+            ]
+            models.update({alias: self._before_fault[alias] for alias in restored})
+            self._models = models
+            self._before_fault = {}
+        logger.warning("fault drill cleared: %s restored", restored)
+        return {"fault": "clear", "models": sorted(restored)}
+
     def __metrics__(self, content: str) -> str:
         extra = {
             "cache_entries": ("Entries in the recommendation cache.", float(len(self.cache))),
             "canary_share": ("Share of users routed to the challenger.", self.canary_share),
         }
-        return content + self.metrics.render(extra)
+        features = {**self.features.freshness(), "source": self.features.state}
+        return content + self.metrics.render(extra, features=features)
+
+
+def _freeze_heap() -> None:
+    """Collect, then move every object alive now out of the cyclic GC's reach. The libraries and
+    models are ~500k tracked objects: a full collection over them stalls a request ~0.3 s."""
+    gc.collect()
+    gc.freeze()
 
 
 def _filtered(
@@ -533,4 +667,5 @@ def _filtered(
 
 
 def _cold_or_none(model: LoadedModel, user_id: int) -> str | None:
+    """``cold_start`` when the model does not know ``user_id`` (a cached cold-start list)."""
     return "cold_start" if model.release.user_row(user_id) is None else None

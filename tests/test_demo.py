@@ -1,65 +1,69 @@
-"""`recsys demo`, the main job, end to end as a user runs it (a real subprocess)."""
+"""`recsys demo`, the main job, end to end as a user runs it (a real subprocess): simulated
+days, every default fault injected, detected and healed; the summary and the HTML report."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from recsys.faults import FAULTS
+
+RECSYS = str(Path(sys.executable).with_name("recsys"))
 
 
-def test_demo_runs_the_thin_path_and_stops_the_server(data_dir):
-    recsys = str(Path(sys.executable).with_name("recsys"))
-    proc = subprocess.run(
-        [recsys, "demo", "--users", "400", "--items", "120", "--days", "6", "--requests", "30"],
+def _run(args: list[str], data_dir: Path, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [RECSYS, *args],
         capture_output=True,
         text=True,
-        timeout=600,
-        env={**os.environ, "RECSYS_DATA_DIR": str(data_dir)},
+        timeout=timeout,
+        env={**os.environ, "RECSYS_DATA_DIR": str(data_dir), "COLUMNS": "200"},
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    out = proc.stdout
-    assert "demo passed" in out
-    assert "errors" in out and "cold-start answers" in out
-    assert "true CTR: served (champion)" in out
-    assert (data_dir / "mlflow.db").is_file()
-    assert len(list((data_dir / "clean" / "interactions").glob("*.parquet"))) == 6
-    # the server was stopped: nothing listens any more on the port it logged to
-    logs = list((data_dir / "logs").glob("service-*.log"))
-    assert logs
-    port = int(logs[0].stem.split("-")[1])
-    import socket
 
+
+@pytest.mark.slow
+def test_default_demo_heals_every_fault(data_dir):
+    proc = _run(["demo"], data_dir, timeout=900)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-4000:] + proc.stderr[-3000:]
+    assert "demo passed" in out
+    for fault in FAULTS:
+        assert fault in out
+    incidents = [
+        json.loads(line)
+        for line in (data_dir / "logs" / "incidents.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    checks = {i["check"] for i in incidents}
+    assert {"delivery", "feature_freshness", "cache_version", "drift", "canary"} <= checks
+    assert "champion_ctr" in checks
+    report = data_dir / "reports" / "demo" / "index.html"
+    assert report.is_file()
+    html = report.read_text()
+    assert all(fault in html for fault in FAULTS)
+    assert list(report.parent.glob("*.png"))
+    # the service was stopped: nothing listens any more on the port it logged to
+    logs = list((data_dir / "logs").glob("service-*.log"))
+    port = int(logs[0].stem.split("-")[1])
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_demo_on_movielens(data_dir, ml100k):
-    recsys = str(Path(sys.executable).with_name("recsys"))
-    proc = subprocess.run(
-        [recsys, "demo", "--dataset", "movielens", "--data-path", str(ml100k), "--requests", "20"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "RECSYS_DATA_DIR": str(data_dir)},
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "demo passed" in proc.stdout
-    assert "true CTR" not in proc.stdout  # real data has no ground truth
-
-
-def test_demo_with_an_unknown_dataset_is_a_one_line_error(data_dir):
-    recsys = str(Path(sys.executable).with_name("recsys"))
-    proc = subprocess.run(
-        [recsys, "demo", "--dataset", "imagenet"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "RECSYS_DATA_DIR": str(data_dir)},
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("recsys: error: unknown --dataset")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["demo", "--faults", "meteor"], "recsys: error: unknown faults ['meteor']"),
+        (["demo", "--dataset", "imagenet"], "recsys: error: --dataset 'imagenet'"),
+        (["demo", "--days", "3"], "recsys: error: --days 3 is too few"),
+    ],
+)
+def test_demo_bad_options_are_one_line_errors(data_dir, args, message):
+    proc = _run(args, data_dir, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(message)

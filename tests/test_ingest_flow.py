@@ -92,7 +92,7 @@ def test_renamed_column_quarantines_the_batch_and_a_redelivery_heals_it(small_wo
 
 
 def test_row_count_check_flags_a_short_batch(small_world):
-    settings, world = small_world
+    settings, _world = small_world
     lake = settings.lake
     last = lake.clean_batches()[-1]
     assert not row_count_check(lake, last).anomalous

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -43,6 +45,9 @@ def test_pyfunc_flavour_predicts_from_the_alias_uri(trained_world):
     user = int(result.release.user_ids[0])
     out = model.predict(pd.DataFrame({"user_id": [user, 10**9], "k": [5, 3]}))
     known = out[out["user_id"] == user]
+    requirements = mlflow.pyfunc.get_model_dependencies(f"models:/{settings.model_name}@{CHAMPION}")
+    pins = Path(requirements).read_text().split()
+    assert {p.split("==")[0] for p in pins} >= {"mlflow", "numpy", "torch", "selfheal-recsys"}
     assert known["rank"].tolist() == [1, 2, 3, 4, 5]
     assert known["item_id"].tolist() == result.release.recommend(user, 5).item_ids.tolist()
     assert set(out.loc[out["user_id"] == 10**9, "fallback"]) == {"cold_start"}

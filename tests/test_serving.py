@@ -1,6 +1,14 @@
-"""The BentoML service through real HTTP against a `bentoml serve` process on loopback."""
+"""The BentoML service through real HTTP against a `bentoml serve` process on loopback.
+
+Two services: one on the shared trained world (its online store was never materialized, so it
+ranks with the release's features), one on a copy of it whose Feast online store is
+materialized (stale first, then brought up to date, then made unreadable).
+"""
 
 from __future__ import annotations
+
+import shutil
+import time
 
 import httpx
 import pytest
@@ -34,6 +42,7 @@ def test_recommend_returns_ranked_unseen_items_from_the_champion(service):
     body = reply.json()
     assert body["model_version"] == registered.version
     assert body["variant"] == "champion" and body["fallback"] is None
+    assert body["features"] == "release"  # never materialized: the release's own tables
     items = [it["item_id"] for it in body["items"]]
     assert items == release.recommend(user, 7).item_ids.tolist()
     seen = set(release.item_ids[release.seen_rows(release.user_row(user))].tolist())
@@ -141,6 +150,8 @@ def test_metrics_carry_bentoml_and_recsys_series(service):
     assert 'recsys_serving_requests_total{fallback="cold_start"' in text
     assert 'recsys_serving_stage_latency_seconds_count{stage="total"}' in text
     assert "recsys_serving_model_age_seconds" in text
+    assert 'recsys_serving_feature_source{source="not_materialized"} 1' in text
+    assert "recsys_serving_feature_age_seconds" not in text  # no materialization, no age
 
 
 def test_benchmark_service_reports_latency_without_errors(service):
@@ -153,3 +164,116 @@ def test_benchmark_service_reports_latency_without_errors(service):
     assert 0 < report.p50_ms <= report.p95_ms <= report.p99_ms
     assert report.cached == 30  # each user asked twice: the second answer is the cached one
     assert report.requests_per_s > 0
+
+
+# ---- online features ----------------------------------------------------------------------
+
+TOKEN = "online-features-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+STALE_DAYS = 3
+
+
+@pytest.fixture(scope="module")
+def online(trained_world, tmp_path_factory):
+    """A copy of the trained world with its online store materialized ``STALE_DAYS`` days short
+    of the lake (a skipped materialization), and a service on it."""
+    from features.offline import build_offline_features, offline_days, snapshot_time
+    from features.spec import FeaturePaths
+    from features.store import materialize
+
+    settings, _, result = trained_world
+    folder = tmp_path_factory.mktemp("online-features") / "data"
+    shutil.copytree(
+        settings.data_dir, folder, ignore=shutil.ignore_patterns("logs", "bentoml", "features")
+    )
+    copy = Settings(data_dir=folder, seed=settings.seed)
+    build_offline_features(copy)
+    days = offline_days(FeaturePaths(folder))
+    stale_end = snapshot_time(days[-1 - STALE_DAYS])
+    materialize(copy, end=stale_end, build=False)
+    env = {"RECSYS_ADMIN_TOKEN": TOKEN, "RECSYS_RELOAD_INTERVAL_S": "0"}
+    with ServiceProcess(copy, env=env) as proc:
+        yield proc, copy, result.release, stale_end, snapshot_time(days[-1])
+
+
+def _ask(proc, user: int, k: int = 10) -> dict:
+    reply = httpx.post(f"{proc.url}/recommend", json={"user_id": user, "k": k}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def _items(body: dict) -> list[int]:
+    return [it["item_id"] for it in body["items"]]
+
+
+def _status(proc) -> dict:
+    return httpx.post(f"{proc.url}/admin/status", json={}, headers=AUTH, timeout=30).json()
+
+
+def test_online_features_rank_and_a_stale_store_shows_its_age_and_changes_answers(online):
+    from features.store import materialize
+    from serving.features import ServingFeatures
+    from serving.ranking import rank_for_user
+
+    proc, settings, release, stale_end, newest_end = online
+    users = [int(u) for u in release.user_ids[:40]]
+    stale = {u: _ask(proc, u) for u in users}
+    assert {b["fallback"] for b in stale.values()} == {None}
+    # items created in the skipped days have no online row yet: the release's rows fill in
+    assert {b["features"] for b in stale.values()} <= {"online", "release_fallback"}
+    features = _status(proc)["features"]
+    assert features["source"] == "online" and features["error"] is None
+    assert set(features["materialized_until"].values()) == {stale_end.isoformat()}
+    assert features["age_s"] >= 0
+    assert sum(features["answers"].values()) >= len(users)
+    assert set(features["fallbacks"]) <= {"missing_items", "missing_user"}
+    text = httpx.get(f"{proc.url}/metrics").text
+    assert 'recsys_serving_feature_source{source="online"} 1' in text
+    assert "recsys_serving_feature_age_seconds " in text
+    gauge = 'recsys_serving_feature_materialized_until_timestamp_seconds{view="user_features"}'
+    assert f"{gauge} {stale_end.timestamp():.0f}" in text
+
+    materialize(settings, build=False)  # the guardian's backfill: the skipped days go online
+    reference = ServingFeatures(settings)
+    reference.cover(release.item_ids)
+    expected = {u: rank_for_user(release, u, 10, [], reference).item_ids.tolist() for u in users}
+    deadline = time.monotonic() + 30
+    while True:  # the service reloads its item table in the background after a materialization
+        fresh = {u: _ask(proc, u) for u in users}
+        if all(_items(fresh[u]) == expected[u] for u in users) or time.monotonic() > deadline:
+            break
+        httpx.post(f"{proc.url}/admin/cache/flush", json={}, headers=AUTH)
+        time.sleep(0.5)
+    assert {u: _items(fresh[u]) for u in users} == expected
+    assert {b["features"] for b in fresh.values()} == {"online"}
+    assert [u for u in users if _items(stale[u]) != _items(fresh[u])], "stale features served"
+    after = _status(proc)["features"]
+    assert set(after["materialized_until"].values()) == {newest_end.isoformat()}
+    assert after["age_s"] < features["age_s"] + 30
+
+
+def test_an_unreachable_online_store_gives_flagged_answers_with_release_features(online):
+    proc, settings, release, _, _ = online
+    store = settings.data_dir / "features" / "online.db"
+    intact = store.read_bytes()
+    users = [int(u) for u in release.user_ids[50:60]]
+    try:
+        with store.open("r+b") as handle:  # in place: the service's open connection sees it
+            handle.write(b"\x00 not a database " * (len(intact) // 19 + 1))
+        answers = {u: _ask(proc, u, k=8) for u in users}
+        features = _status(proc)["features"]
+    finally:
+        store.write_bytes(intact)
+    for user, body in answers.items():
+        assert body["features"] == "release_fallback" and body["fallback"] is None
+        assert _items(body) == release.recommend(user, 8).item_ids.tolist()
+    assert features["source"] == "unreachable" and "database" in features["error"]
+    assert features["fallbacks"]["unreachable"] >= len(users)
+    text = httpx.get(f"{proc.url}/metrics").text
+    assert 'recsys_serving_feature_fallbacks_total{reason="unreachable"}' in text
+    assert 'recsys_serving_feature_answers_total{features="release_fallback"}' in text
+    deadline = time.monotonic() + 15
+    while _ask(proc, users[0], k=7)["features"] != "online" and time.monotonic() < deadline:
+        time.sleep(0.5)  # the store is retried a few seconds after the failure
+    assert _ask(proc, users[1], k=7)["features"] == "online"
+    assert _status(proc)["features"]["source"] == "online"

@@ -1,0 +1,481 @@
+"""Release management: alias moves in the MLflow registry and the promotion history.
+
+Aliases (``recsys.registry``): ``champion`` serves most traffic, ``challenger`` is the canary,
+``previous`` is the last good champion. MLflow keeps no history of alias moves, so every move
+is appended to ``<data_dir>/logs/promotions.jsonl`` (one JSON line, fsynced, never rewritten)
+and mirrored as a ``last_move`` tag on each version whose aliases changed.
+
+    promote_challenger   champion -> previous, challenger -> champion, challenger alias removed
+    reject_challenger    challenger tagged rejected (stage canary) with the evidence, alias removed
+    rollback_champion    champion -> previous (or a named version), the bad champion tagged
+                         rejected (stage champion); the new ``previous`` is read from the history
+
+Nothing is deleted: a rejected version stays registered with ``rejected=true``,
+``rejection_reason``, ``rejection_stage`` and ``rejection_evidence`` (the same tags the offline
+gate writes, which uses stage ``gate``), and no alias points at it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from recsys.config import Settings
+from recsys.errors import RecsysError
+from recsys.jsonlog import append_record
+from recsys.registry import CHALLENGER, CHAMPION, PREVIOUS, configure_mlflow
+
+logger = logging.getLogger(__name__)
+
+ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
+_TAG_LIMIT = 4000  # keeps a tag readable in the MLflow UI; the full evidence is in the history
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+@dataclass
+class AliasMove:
+    """One change of the registry's aliases: what moved, why, on which evidence, when, by whom.
+
+    ``action`` is ``promote``, ``reject_challenger``, ``rollback_champion``,
+    ``manual_rollback``, ``challenger_registered`` (or another name a caller records).
+    """
+
+    action: str
+    aliases_before: dict[str, str | None]
+    aliases_after: dict[str, str | None]
+    reason: str
+    evidence: dict
+    at: str = field(default_factory=_utc_now)
+    actor: str = "guardian"
+    model_name: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The move as plain JSON values (numpy scalars and paths converted)."""
+        return _json_safe(asdict(self))
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> AliasMove:
+        """Inverse of :meth:`as_dict`; unknown keys (a newer writer) are ignored."""
+        known = {f.name for f in fields(cls)}
+        missing = [k for k in ("action", "aliases_before", "aliases_after") if k not in payload]
+        if missing:
+            raise ValueError(f"a promotion record lacks {missing}")
+        values = {k: v for k, v in payload.items() if k in known}
+        values.setdefault("reason", "")
+        values.setdefault("evidence", {})
+        return cls(**values)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    tolist = getattr(value, "tolist", None)  # numpy scalars and arrays
+    if callable(tolist):
+        return _json_safe(tolist())
+    return str(value)
+
+
+def history_path(settings: Settings) -> Path:
+    """``<data_dir>/logs/promotions.jsonl``."""
+    return Path(settings.data_dir) / "logs" / "promotions.jsonl"
+
+
+# ---- reading the registry -------------------------------------------------------------------
+
+
+def aliases(settings: Settings) -> dict[str, str | None]:
+    """``{"champion": v, "challenger": v, "previous": v}``; None where an alias is unset (all
+    None before the first model is registered)."""
+    from mlflow.exceptions import MlflowException
+
+    client = configure_mlflow(settings)
+    try:
+        model = client.get_registered_model(settings.model_name)
+    except MlflowException:
+        return dict.fromkeys(ALIASES)
+    known = {str(a): str(v) for a, v in (model.aliases or {}).items()}
+    return {a: known.get(a) for a in ALIASES}
+
+
+def _version(client, settings: Settings, version: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(settings.model_name, version)
+    except MlflowException:
+        return None
+
+
+def _is_rejected(model_version) -> bool:
+    return (model_version.tags or {}).get("rejected") == "true"
+
+
+def _normalise_version(version: str) -> str:
+    text = str(version).strip().removeprefix("v")
+    if not text.isdigit():
+        raise RecsysError(f"model version must be a number like 3 (or v3), not {version!r}")
+    return str(int(text))
+
+
+# ---- the history ----------------------------------------------------------------------------
+
+
+def record_move(settings: Settings, move: AliasMove) -> None:
+    """Append ``move`` to the promotion history (one line, fsynced, under an exclusive lock,
+    safe across processes) and mirror it as a ``last_move`` tag on each version whose aliases
+    changed. The history line is written first: it is the record; the tag is a convenience."""
+    if move.model_name is None:
+        move.model_name = settings.model_name
+    append_record(history_path(settings), move.as_dict())
+    _mirror_as_tags(settings, move)
+
+
+def _mirror_as_tags(settings: Settings, move: AliasMove) -> None:
+    from mlflow.exceptions import MlflowException
+
+    def held(names: dict[str, str | None], version: str) -> set[str]:
+        return {a for a, v in names.items() if v == version}
+
+    versions = {v for v in (*move.aliases_before.values(), *move.aliases_after.values()) if v}
+    summary = f"{move.at} {move.action} by {move.actor}: {move.reason}"[:_TAG_LIMIT]
+    client = configure_mlflow(settings)
+    for version in sorted(versions, key=int):
+        if held(move.aliases_before, version) == held(move.aliases_after, version):
+            continue
+        try:
+            client.set_model_version_tag(settings.model_name, version, "last_move", summary)
+        except MlflowException as exc:  # the history line is already durable
+            logger.warning("could not tag version %s with its last move: %s", version, exc)
+
+
+def promotion_history(settings: Settings) -> list[AliasMove]:
+    """Every recorded move of this model, oldest first. A line that is not a complete record
+    (a torn write) is skipped with a warning; a missing file is an empty history."""
+    path = history_path(settings)
+    if not path.exists():
+        return []
+    moves: list[AliasMove] = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            text = raw.strip()
+            if not text:
+                continue
+            try:
+                payload = json.loads(text)
+                if not isinstance(payload, dict):
+                    raise ValueError("not a JSON object")
+                move = AliasMove.from_dict(payload)
+            except (ValueError, TypeError) as exc:
+                logger.warning("skipping unreadable line %d of %s: %s", number, path, exc)
+                continue
+            if move.model_name in (None, settings.model_name):
+                moves.append(move)
+    return moves
+
+
+def champion_sequence(history: list[AliasMove]) -> list[str]:
+    """The versions that held ``champion``, in the order they took it (a version appears
+    again each time it comes back)."""
+    sequence: list[str] = []
+    for move in history:
+        for version in (move.aliases_before.get(CHAMPION), move.aliases_after.get(CHAMPION)):
+            if version and (not sequence or sequence[-1] != version):
+                sequence.append(version)
+    return sequence
+
+
+def last_good_champion(settings: Settings, exclude: set[str]) -> str | None:
+    """The most recent champion in the history that is not in ``exclude``, still registered
+    and not rejected; None when there is none."""
+    client = configure_mlflow(settings)
+    for version in reversed(champion_sequence(promotion_history(settings))):
+        if version in exclude:
+            continue
+        model_version = _version(client, settings, version)
+        if model_version is not None and not _is_rejected(model_version):
+            return version
+    return None
+
+
+# ---- the moves ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _moving(settings: Settings) -> Iterator[None]:
+    """Hold an exclusive lock for one read-move-record, so a CLI rollback and a guardian
+    promotion on this machine never interleave their alias moves."""
+    path = history_path(settings).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _one_move_at_a_time(move: Callable[..., AliasMove]) -> Callable[..., AliasMove]:
+    @functools.wraps(move)
+    def locked(settings: Settings, *args: Any, **kwargs: Any) -> AliasMove:
+        with _moving(settings):
+            return move(settings, *args, **kwargs)
+
+    return locked
+
+
+def _tag_rejected(client, settings: Settings, version: str, reason: str, stage: str, evidence):
+    tags = {
+        "rejected": "true",
+        "rejection_reason": reason[:_TAG_LIMIT],
+        "rejection_stage": stage,
+        "rejection_evidence": json.dumps(_json_safe(evidence), sort_keys=True)[:_TAG_LIMIT],
+        "rejected_at": _utc_now(),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.model_name, version, key, value)
+
+
+@_one_move_at_a_time
+def promote_challenger(
+    settings: Settings, reason: str, evidence: dict, *, actor: str = "guardian"
+) -> AliasMove:
+    """Champion -> ``previous``, challenger -> ``champion``, the challenger alias removed;
+    the move is recorded and returned.
+
+    Raises:
+        RecsysError: no challenger to promote.
+    """
+    client = configure_mlflow(settings)
+    before = aliases(settings)
+    challenger = before[CHALLENGER]
+    if challenger is None:
+        raise RecsysError(
+            f"no challenger to promote in {settings.model_name!r}: train one first "
+            "(`recsys train`); aliases are "
+            + ", ".join(f"{a}={v or '-'}" for a, v in before.items())
+        )
+    name = settings.model_name
+    if before[CHAMPION] is not None:
+        client.set_registered_model_alias(name, PREVIOUS, before[CHAMPION])
+    client.set_registered_model_alias(name, CHAMPION, challenger)
+    client.delete_registered_model_alias(name, CHALLENGER)
+    client.set_model_version_tag(name, challenger, "promoted_at", _utc_now())
+    move = AliasMove("promote", before, aliases(settings), reason, evidence, actor=actor)
+    record_move(settings, move)
+    logger.info("promoted v%s to champion (was v%s): %s", challenger, before[CHAMPION], reason)
+    return move
+
+
+@_one_move_at_a_time
+def reject_challenger(
+    settings: Settings, reason: str, evidence: dict, *, actor: str = "guardian"
+) -> AliasMove:
+    """Tag the challenger ``rejected`` (stage ``canary``) with the reason and the evidence and
+    remove its alias; the version stays registered. The move is recorded and returned.
+
+    Raises:
+        RecsysError: no challenger to reject.
+    """
+    client = configure_mlflow(settings)
+    before = aliases(settings)
+    challenger = before[CHALLENGER]
+    if challenger is None:
+        raise RecsysError(f"no challenger to reject in {settings.model_name!r}: none is running")
+    _tag_rejected(client, settings, challenger, reason, "canary", evidence)
+    client.delete_registered_model_alias(settings.model_name, CHALLENGER)
+    move = AliasMove("reject_challenger", before, aliases(settings), reason, evidence, actor=actor)
+    record_move(settings, move)
+    logger.warning("rejected challenger v%s: %s", challenger, reason)
+    return move
+
+
+@_one_move_at_a_time
+def rollback_champion(
+    settings: Settings,
+    reason: str,
+    evidence: dict,
+    *,
+    to_version: str | None = None,
+    actor: str = "guardian",
+) -> AliasMove:
+    """Point ``champion`` back at ``previous`` (or at ``to_version``) and tag the replaced
+    champion ``rejected`` (stage ``champion``).
+
+    The new ``previous`` is the most recent champion in the promotion history that is neither
+    the new champion nor rejected (``last_good_champion``); when there is none the alias is
+    removed, so a second rollback never guesses. A running challenger is left alone. The move
+    (``rollback_champion`` by the guardian, ``manual_rollback`` by anyone else) is recorded
+    and returned.
+
+    Raises:
+        RecsysError: no champion; nothing to roll back to (no ``previous`` and no
+            ``to_version``); ``to_version`` does not exist, is rejected, is the champion or the
+            running challenger.
+    """
+    client = configure_mlflow(settings)
+    name = settings.model_name
+    before = aliases(settings)
+    bad = before[CHAMPION]
+    if bad is None:
+        raise RecsysError(f"no champion in {name!r} to roll back: train one first")
+    if to_version is None:
+        target = before[PREVIOUS]
+        if target is None:
+            raise RecsysError(
+                f"nothing to roll back to: champion v{bad} has no previous version "
+                "(the history holds no earlier good champion); name one with --to VERSION"
+            )
+    else:
+        target = _normalise_version(to_version)
+    model_version = _version(client, settings, target)
+    if model_version is None:
+        raise RecsysError(
+            f"version {target} of {name!r} does not exist; `recsys status` lists the versions"
+        )
+    if target == bad:
+        raise RecsysError(f"v{target} is already the champion: nothing to roll back")
+    if _is_rejected(model_version):
+        why = model_version.tags.get("rejection_reason", "no reason recorded")
+        raise RecsysError(
+            f"v{target} was rejected ({why[:200]}); roll back to a good version with --to VERSION"
+        )
+    if target == before[CHALLENGER]:
+        raise RecsysError(
+            f"v{target} is the running challenger: let the canary promote it, or reject it first"
+        )
+    new_previous = last_good_champion(settings, exclude={bad, target})
+    _tag_rejected(client, settings, bad, reason, "champion", evidence)
+    client.set_registered_model_alias(name, CHAMPION, target)
+    if new_previous is not None:
+        client.set_registered_model_alias(name, PREVIOUS, new_previous)
+    elif before[PREVIOUS] is not None:
+        client.delete_registered_model_alias(name, PREVIOUS)
+    action = "rollback_champion" if actor == "guardian" else "manual_rollback"
+    move = AliasMove(action, before, aliases(settings), reason, evidence, actor=actor)
+    record_move(settings, move)
+    logger.warning("rolled champion back from v%s to v%s: %s", bad, target, reason)
+    return move
+
+
+# ---- status ---------------------------------------------------------------------------------
+
+
+def _created(timestamp_ms: int | None) -> str | None:
+    if not timestamp_ms:
+        return None
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+def _holdout_ndcg(model_version) -> float | None:
+    tags = model_version.tags or {}
+    value = tags.get("pipeline_ndcg_at_k") or tags.get("als_ndcg_at_k")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def rejected_versions(settings: Settings) -> list[dict[str, Any]]:
+    """Every version tagged rejected, newest first: version, stage, reason, created."""
+    client = configure_mlflow(settings)
+    name = settings.model_name.replace("'", "\\'")
+    found = client.search_model_versions(f"name = '{name}' and tags.rejected = 'true'")
+    rows = []
+    for mv in sorted(found, key=lambda v: int(v.version), reverse=True):
+        tags = mv.tags or {}
+        rows.append(
+            {
+                "version": str(mv.version),
+                "stage": tags.get("rejection_stage") or ("gate" if tags.get("gate") else None),
+                "reason": tags.get("rejection_reason") or tags.get("gate_reason"),
+                "created": _created(mv.creation_timestamp),
+            }
+        )
+    return rows
+
+
+def _service_status(settings: Settings, url: str | None) -> dict[str, Any]:
+    from recsys.admin import ServiceAdmin
+
+    admin = ServiceAdmin.from_settings(settings, url)
+    admin.timeout = 5.0
+    out: dict[str, Any] = {"url": admin.url, "reachable": False}
+    if not admin.token:
+        out["note"] = f"no admin token to ask {admin.url}: set RECSYS_ADMIN_TOKEN"
+        return out
+    try:
+        answer = admin.status()
+    except RecsysError as exc:
+        out["note"] = str(exc)
+        return out
+    out.update(
+        reachable=True,
+        served={a: m.get("version") for a, m in answer.get("models", {}).items()},
+        canary_share=answer.get("canary_share"),
+        ready=answer.get("ready"),
+        load_error=answer.get("load_error"),
+    )
+    return out
+
+
+def recent_incidents(settings: Settings, n: int = 5) -> list[dict[str, Any]]:
+    """The ``n`` newest records of ``<data_dir>/logs/incidents.jsonl`` (oldest first);
+    unreadable lines are skipped; no file means no incidents."""
+    path = Path(settings.data_dir) / "logs" / "incidents.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for raw in path.read_bytes().splitlines():
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(payload, dict):
+            records.append(payload)
+    return records[-n:] if n > 0 else []
+
+
+def release_status(settings: Settings, url: str | None = None, last: int = 5) -> dict[str, Any]:
+    """Everything ``recsys status`` shows, as JSON values: the aliases with each version's
+    holdout nDCG and creation time, the rejected versions with reasons, what the service at
+    ``url`` (default ``http://serve_host:serve_port``) serves and its canary share (or a note
+    why that is unknown), the ``last`` promotion moves and the ``last`` incidents."""
+    client = configure_mlflow(settings)
+    rows = []
+    for alias, version in aliases(settings).items():
+        mv = _version(client, settings, version) if version else None
+        rows.append(
+            {
+                "alias": alias,
+                "version": version,
+                "holdout_ndcg": _holdout_ndcg(mv) if mv else None,
+                "created": _created(mv.creation_timestamp) if mv else None,
+            }
+        )
+    return {
+        "model": settings.model_name,
+        "aliases": rows,
+        "rejected": rejected_versions(settings),
+        "service": _service_status(settings, url),
+        "moves": [m.as_dict() for m in promotion_history(settings)[-last:]] if last > 0 else [],
+        "incidents": recent_incidents(settings, last),
+    }

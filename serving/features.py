@@ -1,0 +1,288 @@
+"""Where the ranker's user and item features come from on the serving hot path.
+
+The Feast online store first, through :class:`features.online.OnlineFeatureReader` in table mode
+(the user's row is one ``get_online_features`` call; the candidates' rows come from an in-memory
+item table that reloads in the background when a materialization is seen). The release's own
+tables (as of its training cut) fill in whatever the online store cannot give. Every ranked
+answer says which it got, in the response field ``features``:
+
+    "online"            every row came from the online store
+    "release"           the online store was never materialized: the release's tables, by
+                        design (``/admin/status`` features.source says ``not_materialized``)
+    "release_fallback"  the online store failed (unreachable, unreadable) or had no row for the
+                        user or for some candidates: the release's rows filled in. Counted in
+                        ``recsys_serving_feature_fallbacks_total{reason}``
+
+After a failed read the online store is left alone for :data:`RETRY_S` seconds (answers take the
+release's tables meanwhile), so an outage costs one failed read per window, not one per request.
+
+Freshness: Feast does not enforce a view's TTL on online reads, and neither does this module:
+whatever was materialized last is served. What it exports is the age, so a skipped
+materialization shows: seconds since the last materialization (the marker's wall-clock stamp) and
+the end of each view's materialized window (the data's clock).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from features.compute import ITEM_NUMERIC, USER_NUMERIC
+from features.spec import ITEM_FEATURES, USER_FEATURES, FeaturePaths
+from recsys.pipeline import ranker_view
+
+logger = logging.getLogger("recsys.serving")
+
+RETRY_S = 2.0
+"""Seconds the online store is left alone after a failed read."""
+WATCH_S = 1.0
+"""Seconds between looks at the materialization marker while no reader is open."""
+
+ONLINE, RELEASE, RELEASE_FALLBACK = "online", "release", "release_fallback"
+_CATEGORY = ITEM_FEATURES.index("item_category_index")
+_ITEM_NUMERIC_COLUMNS = [ITEM_FEATURES.index(name) for name in ITEM_NUMERIC]
+
+
+@dataclass(frozen=True)
+class FeatureRows:
+    """One request's user and item features in a release's layout (see ``Stage.features``).
+
+    ``None`` arrays mean "the release's own rows". ``source`` is what the answer reports;
+    ``reasons`` say why the release's rows were (partly) used.
+    """
+
+    source: str
+    reasons: tuple[str, ...] = ()
+    user: np.ndarray | None = None
+    affinity: np.ndarray | None = None
+    items: np.ndarray | None = None
+    item_category: np.ndarray | None = None
+
+    def overrides(self) -> dict[str, np.ndarray | None]:
+        return {
+            "user": self.user,
+            "affinity": self.affinity,
+            "items": self.items,
+            "item_category": self.item_category,
+        }
+
+
+class ServingFeatures:
+    """The online-feature source of the service, with the release's tables as the fallback.
+
+    Thread-safe: requests call :meth:`rows`; reloads call :meth:`cover`; a background thread
+    opens the reader when a first materialization appears or the store comes back.
+    """
+
+    def __init__(self, settings, *, retry_s: float = RETRY_S, watch_s: float = WATCH_S) -> None:
+        self.settings = settings
+        self.paths = FeaturePaths(settings.data_dir)
+        self.retry_s = retry_s
+        self.watch_s = watch_s
+        self._reader = None
+        self._catalog = np.zeros(0, dtype=np.int64)
+        self._lock = threading.Lock()
+        self._opening = threading.Lock()
+        self.state = "not_materialized"
+        self.error: str | None = None
+        self._retry_at = 0.0
+        self._next_watch = 0.0
+        self._marker_cache: tuple[float, dict[str, Any] | None] = (-1.0, None)
+        self._layouts: dict[tuple, np.ndarray] = {}
+        self.answers: Counter[str] = Counter()
+        self.fallbacks: Counter[str] = Counter()
+
+    # ---- opening the online reader ---------------------------------------------------------
+
+    def cover(self, item_ids: np.ndarray) -> None:
+        """Make the item table hold ``item_ids`` (a release's catalog), opening the online reader
+        now if a materialization exists. Never raises: a failure is the ``unreachable`` state."""
+        ids = np.union1d(self._catalog, np.asarray(item_ids, dtype=np.int64))
+        if self._reader is not None and len(ids) == len(self._catalog):
+            return
+        self._catalog = ids
+        if self.marker() is not None:
+            self._open()
+
+    def _open(self) -> bool:
+        """Build a reader over the current catalog and swap it in; False if the store failed."""
+        from features.online import OnlineFeatureReader
+
+        with self._opening:
+            try:
+                reader = OnlineFeatureReader(
+                    self.settings, item_mode="table", catalog=self._catalog.tolist()
+                )
+            except Exception as exc:  # the store is a dependency: its failure is a state
+                self._failed(exc)
+                return False
+            with self._lock:
+                self._reader = reader
+                self._layouts.clear()
+                self._retry_at = 0.0
+            self._set_state("online", None)
+            return True
+
+    def _open_in_background(self) -> None:
+        if self._opening.locked() or not len(self._catalog):
+            return
+        threading.Thread(target=self._open, name="recsys-features-open", daemon=True).start()
+
+    def _set_state(self, state: str, error: str | None) -> None:
+        if state != self.state:
+            log = logger.info if state == "online" else logger.warning
+            log("online features: %s -> %s%s", self.state, state, f" ({error})" if error else "")
+        self.state, self.error = state, error
+
+    def _failed(self, exc: BaseException) -> None:
+        self._retry_at = time.monotonic() + self.retry_s
+        self._set_state("unreachable", f"{type(exc).__name__}: {exc}"[:300])
+
+    # ---- the hot path ----------------------------------------------------------------------
+
+    def rows(self, release, user_id: int, user_row: int, item_rows: np.ndarray) -> FeatureRows:
+        """Features of one user and its candidates (rows of ``release``), never raising for a
+        dependency: the online store's values where it has them, the release's elsewhere."""
+        rows = self._read(release, user_id, user_row, item_rows)
+        with self._lock:
+            self.answers[rows.source] += 1
+            for reason in rows.reasons:
+                self.fallbacks[reason] += 1
+        return rows
+
+    def _read(self, release, user_id: int, user_row: int, item_rows: np.ndarray) -> FeatureRows:
+        reader = self._reader
+        now = time.monotonic()
+        if reader is None:
+            if now >= self._next_watch:
+                self._next_watch = now + self.watch_s
+                if self.marker() is not None and now >= self._retry_at:
+                    self._open_in_background()
+            if self.state == "not_materialized":
+                return FeatureRows(RELEASE)
+            return FeatureRows(RELEASE_FALLBACK, ("unreachable",))
+        if now < self._retry_at:
+            return FeatureRows(RELEASE_FALLBACK, ("unreachable",))
+        item_ids = release.item_ids[item_rows]
+        try:
+            user = reader.user_features(int(user_id))
+            items = reader.item_features(item_ids)
+        except Exception as exc:  # unreachable or unreadable store: the release's rows answer
+            self._failed(exc)
+            return FeatureRows(RELEASE_FALLBACK, ("unreachable",))
+        if self.state != "online":
+            self._set_state("online", None)
+        return self._in_release_layout(release, user_row, item_rows, user, items, reader)
+
+    def _in_release_layout(self, release, user_row, item_rows, user, items, reader) -> FeatureRows:
+        stage = release.stage
+        to_release = self._layout(reader.vocabulary, stage.categories)
+        reasons: list[str] = []
+        if user is None:
+            reasons.append("missing_user")
+            user_values, affinity = stage.user_table[user_row], stage.user_affinity[user_row]
+        else:
+            raw = np.array([[user[name] for name in USER_NUMERIC]], dtype=np.float32)
+            user_values = ranker_view(USER_NUMERIC, raw)[0]
+            shares = np.asarray(user[USER_FEATURES[-1]], dtype=np.float32)
+            affinity = np.zeros(len(stage.categories), dtype=np.float32)
+            known = to_release[: len(shares)] >= 0
+            affinity[to_release[: len(shares)][known]] = shares[known]
+        values = items.values
+        item_values = ranker_view(ITEM_NUMERIC, values[:, _ITEM_NUMERIC_COLUMNS])
+        online_category = np.nan_to_num(values[:, _CATEGORY], nan=-1).astype(np.int64)
+        inside = (online_category >= 0) & (online_category < len(to_release))
+        category = np.where(inside, to_release[np.clip(online_category, 0, None)], -1)
+        if not items.found.all():
+            reasons.append("missing_items")
+            missing = ~items.found
+            item_values[missing] = stage.item_table[item_rows[missing]]
+            category[missing] = stage.item_category[item_rows[missing]]
+        return FeatureRows(
+            RELEASE_FALLBACK if reasons else ONLINE,
+            tuple(reasons),
+            user_values,
+            affinity,
+            item_values,
+            category,
+        )
+
+    def _layout(self, vocabulary: list[str], categories: list[str]) -> np.ndarray:
+        """Index of each online category (vocabulary order) in the release's categories, -1 if
+        the release does not know it."""
+        key = (tuple(vocabulary), tuple(categories))
+        layout = self._layouts.get(key)
+        if layout is None:
+            where = {name: i for i, name in enumerate(categories)}
+            layout = np.array([where.get(name, -1) for name in vocabulary], dtype=np.int64)
+            self._layouts[key] = layout
+        return layout
+
+    # ---- freshness and status --------------------------------------------------------------
+
+    def marker(self) -> dict[str, Any] | None:
+        """The last materialization (``features/materialized.json``), re-read when it changes."""
+        path = self.paths.materialized_marker
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        if mtime != self._marker_cache[0]:
+            try:
+                self._marker_cache = (mtime, json.loads(path.read_text()))
+            except (OSError, ValueError):  # being replaced right now: keep the last one read
+                return self._marker_cache[1]
+        return self._marker_cache[1]
+
+    @property
+    def epoch(self) -> str:
+        """Which generation of features answers: the last materialization's stamp, or
+        ``release``. Part of the cache key, so a materialization never serves old answers."""
+        marker = self.marker() if self._reader is not None else None
+        return str(marker.get("at")) if marker else RELEASE
+
+    def freshness(self) -> dict[str, Any]:
+        """``{"materialized_at", "age_s", "materialized_until": {view: iso}}`` (None: never)."""
+        marker = self.marker()
+        if not marker or "at" not in marker:
+            return {"materialized_at": None, "age_s": None, "materialized_until": {}}
+        at = datetime.fromisoformat(str(marker["at"]))
+        age = (datetime.now(UTC) - at).total_seconds()
+        until = {view: w.get("end") for view, w in (marker.get("views") or {}).items()}
+        return {
+            "materialized_at": at.isoformat(),
+            "age_s": round(age, 3),
+            "materialized_until": until,
+        }
+
+    def status(self) -> dict[str, Any]:
+        reader = self._reader
+        with self._lock:
+            answers, fallbacks = dict(self.answers), dict(self.fallbacks)
+        return {
+            "source": self.state,
+            "error": self.error,
+            "online_store": _describe_store(self.settings),
+            **self.freshness(),
+            "item_table_items": 0 if reader is None else reader.table_size,
+            "answers": answers,
+            "fallbacks": fallbacks,
+            "retry_s": self.retry_s,
+        }
+
+
+def _describe_store(settings) -> str:
+    from features.store import describe_online_store
+
+    try:
+        return describe_online_store(settings)
+    except Exception as exc:  # a misconfigured prod store is reported, not raised
+        return f"unconfigured ({exc})"
