@@ -300,23 +300,24 @@ def _attribute(
             ),
             None,
         )
-        follow_up = None
+        notes = []
         if match is not None:
             match.fault = fault
-            if fault == "drift":  # the retrain's challenger goes through the canary next
-                verdict = next(
-                    (
-                        inc
-                        for inc in incidents
-                        if inc.check == "canary"
-                        and inc.day is not None
-                        and match.day <= inc.day < until
-                    ),
-                    None,
-                )
-                if verdict is not None:
-                    verdict.fault = fault
-                    follow_up = f"canary {verdict.action} on day {verdict.day}"
+        if fault == "drift":
+            # users react before the data shows why: the CTR alert, then the retrain's canary
+            window = [inc for inc in incidents if inc.day is not None and day <= inc.day < until]
+            first = next((inc for inc in window if inc.check == "ctr_decay"), None)
+            if first is not None:
+                first.fault = fault
+                notes.append(f"CTR alert on day {first.day}")
+            verdict = next(
+                (inc for inc in window if inc.check == "canary" and match and inc.day >= match.day),
+                None,
+            )
+            if verdict is not None:
+                verdict.fault = fault
+                notes.append(f"canary {verdict.action} on day {verdict.day}")
+        follow_up = "; ".join(notes) or None
         outcomes.append(
             FaultOutcome(
                 fault=fault,

@@ -55,6 +55,7 @@ def monitor_flow(cycle: Cycle, checks: list[str] | None = None) -> list[Finding]
 @flow(name="heal", validate_parameters=False)
 def heal_flow(cycle: Cycle, findings: list[Finding]) -> list[Any]:
     """Fix every failing finding in the triage order; one incident per failing finding."""
+    from monitoring.alerts import deliver_alert
     from monitoring.incidents import Incident, incident_log
 
     log = incident_log(cycle.settings)
@@ -76,6 +77,15 @@ def heal_flow(cycle: Cycle, findings: list[Finding]) -> list[Any]:
         )
         incidents.append(incident)
         cycle.cache.clear()
+        if outcome.action != "alert":  # an alert fix has paged already; tell what was healed
+            deliver_alert(
+                cycle.settings,
+                layer=finding.layer,
+                check=finding.check,
+                seen=finding.seen,
+                action=outcome.action,
+                verified=outcome.verified,
+            )
     if incidents:
         create_markdown_artifact(
             key=artifact_key("incidents", "day", cycle.day),

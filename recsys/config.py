@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for /admin endpoints; unset disables them."
     )
+    alert_webhook_url: SecretStr | None = Field(
+        None, description="Alerts are POSTed here as JSON (besides the log line); a secret."
+    )
     max_k: int = Field(100, ge=1, le=1000, description="Largest k a /recommend call may ask.")
     max_exclude: int = Field(
         1000, ge=0, le=100_000, description="Most item ids a /recommend call may exclude."

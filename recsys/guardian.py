@@ -80,6 +80,9 @@ class GuardianPolicy:
     retrain_window_days: int | None = 14
     retrain_budget_s: float = 3.0
     feature_skew_sample: int = 200
+    max_p99_ms: float = 250.0
+    max_degraded_share: float = 0.01
+    min_latency_samples: int = 50
 
 
 @dataclass
@@ -278,6 +281,45 @@ def fix_flush_cache(cycle: Cycle, finding: Finding) -> FixOutcome:
 # ---- 3. features -----------------------------------------------------------------------------
 
 
+def check_latency(cycle: Cycle) -> Finding:
+    """p99 of the in-service latency and the share of degraded answers (a model or the feature
+    store failed; cold starts are by design) over the cycle's traffic, from the request log.
+    No automated fix: an alert, and docs/runbook.md."""
+    frame = _requests_frame(cycle)
+    latency = (
+        pd.to_numeric(frame["latency_ms"], errors="coerce").dropna()
+        if "latency_ms" in frame
+        else pd.Series(dtype=float)
+    )
+    if len(latency) < cycle.policy.min_latency_samples:
+        return Finding(
+            "serving", "latency", True, f"too little logged traffic to judge ({len(latency)})"
+        )
+    fallback = frame["fallback"] if "fallback" in frame else pd.Series(dtype=object)
+    degraded = int(fallback.map(lambda f: isinstance(f, str) and f != "cold_start").sum())
+    share = degraded / len(frame)
+    p99 = float(latency.quantile(0.99))
+    evidence = {
+        "requests": len(frame),
+        "p50_ms": round(float(latency.quantile(0.5)), 2),
+        "p99_ms": round(p99, 2),
+        "degraded_answers": degraded,
+        "degraded_share": round(share, 4),
+        "rule": f"p99 <= {cycle.policy.max_p99_ms:g} ms and degraded answers <= "
+        f"{cycle.policy.max_degraded_share:.0%}",
+    }
+    problems = []
+    if p99 > cycle.policy.max_p99_ms:
+        problems.append(f"p99 latency {p99:.0f} ms above {cycle.policy.max_p99_ms:g} ms")
+    if share > cycle.policy.max_degraded_share:
+        problems.append(f"{share:.1%} of answers degraded (a model or the feature store failed)")
+    if not problems:
+        return Finding(
+            "serving", "latency", True, f"p99 {p99:.1f} ms, {share:.1%} degraded", evidence
+        )
+    return Finding("serving", "latency", False, "; ".join(problems), evidence, "alert")
+
+
 def check_feature_freshness(cycle: Cycle) -> Finding:
     """The online store is materialized up to the newest clean day of the lake (on the data's
     clock): a skipped or failed materialization leaves it behind."""
@@ -420,6 +462,66 @@ def check_drift(cycle: Cycle) -> Finding:
     if not decision.retrain:
         return Finding("model", "drift", True, decision.reason, evidence)
     return Finding("model", "drift", False, decision.reason, evidence, "retrain")
+
+
+def check_ctr_decay(cycle: Cycle) -> Finding:
+    """The champion's CTR in the cycle's traffic against its CTR in the baseline traffic (the
+    CTR-drop rule of ``monitoring.traffic.ctr_drop``: 10% below and significantly lower). A
+    champion that changed in between is judged by ``champion_ctr`` instead. No automated fix:
+    users behave differently before the data shows why (the drift check retrains once it
+    does); an alert, and docs/runbook.md."""
+    from monitoring.traffic import traffic_by_arm
+    from recsys.promotion import aliases
+
+    if cycle.baseline is None:
+        return Finding("model", "ctr_decay", True, "no baseline traffic to compare with")
+    champion = aliases(cycle.settings).get("champion")
+    move = _last_move(cycle, CHAMPION_MOVES)
+    if move is not None and _epoch(move.at) >= cycle.baseline[0]:
+        return Finding(
+            "model", "ctr_decay", True, "the champion changed since the baseline: champion_ctr"
+        )
+    catalog = _catalog_size(cycle)
+    before = _arm(
+        traffic_by_arm(cycle.settings, *cycle.baseline, catalog_size=catalog), "champion", champion
+    )
+    now = _arm(
+        traffic_by_arm(cycle.settings, *cycle.current, catalog_size=catalog), "champion", champion
+    )
+    if before.requests == 0:
+        return Finding("model", "ctr_decay", True, "no baseline traffic of the champion")
+    baseline_ctr, drop = _ctr_drop_between(cycle, before, now)
+    evidence = {
+        "champion": champion,
+        "ctr_now": round(drop.current_ctr, 4),
+        "ctr_baseline": round(baseline_ctr, 4),
+        "requests_now": now.requests,
+        "requests_baseline": before.requests,
+        "p_value": drop.p_value,
+        "rule": drop.rule,
+    }
+    if not drop.fired:
+        return Finding("model", "ctr_decay", True, drop.reason or "CTR holds", evidence)
+    seen = (
+        f"champion v{champion} CTR {drop.current_ctr:.3f} is {drop.drop:.0%} below its baseline "
+        f"{baseline_ctr:.3f}"
+    )
+    return Finding("model", "ctr_decay", False, seen, evidence, "alert")
+
+
+def _ctr_drop_between(cycle: Cycle, before, after):
+    """(the baseline CTR, the CTR-drop rule's finding for ``after`` against ``before``)."""
+    from monitoring.traffic import ctr_drop
+
+    baseline_ctr = before.clicked_requests / before.requests
+    drop = ctr_drop(
+        after,
+        baseline_ctr,
+        before.requests,
+        threshold=cycle.policy.ctr_drop,
+        min_requests=cycle.policy.min_requests,
+    )
+    return baseline_ctr, drop
 
 
 def _drift_deferred(cycle: Cycle) -> str | None:
@@ -570,7 +672,7 @@ def fix_rollback_challenger(cycle: Cycle, finding: Finding) -> FixOutcome:
 def check_champion_ctr(cycle: Cycle) -> Finding:
     """A champion that replaced another one must not lose CTR against it: the current
     champion's CTR since it took over, against the replaced version's CTR in the baseline."""
-    from monitoring.traffic import ctr_drop, traffic_by_arm
+    from monitoring.traffic import traffic_by_arm
     from recsys.promotion import aliases
 
     names = aliases(cycle.settings)
@@ -605,14 +707,7 @@ def check_champion_ctr(cycle: Cycle) -> Finding:
     )
     if before.requests == 0:
         return Finding("canary", "champion_ctr", True, f"no traffic of v{replaced} to compare with")
-    baseline_ctr = before.clicked_requests / before.requests
-    drop = ctr_drop(
-        after,
-        baseline_ctr,
-        before.requests,
-        threshold=cycle.policy.ctr_drop,
-        min_requests=cycle.policy.min_requests,
-    )
+    baseline_ctr, drop = _ctr_drop_between(cycle, before, after)
     evidence = {
         "champion": current_version,
         "replaced": replaced,
@@ -664,6 +759,20 @@ def _after_move(cycle: Cycle, action: str, move) -> FixOutcome:
     return FixOutcome(action, verified, detail)
 
 
+def fix_alert(cycle: Cycle, finding: Finding) -> FixOutcome:
+    """No automated remedy: page a person (log line and webhook). Verified when delivered."""
+    from monitoring.alerts import deliver_alert
+
+    delivery = deliver_alert(
+        cycle.settings,
+        layer=finding.layer,
+        check=finding.check,
+        seen=finding.seen,
+        evidence=_small(finding.evidence),
+    )
+    return FixOutcome("alert", bool(delivery["ok"]), {"delivery": delivery})
+
+
 # ---- the cycle -------------------------------------------------------------------------------
 
 CHECKS: tuple[tuple[str, Callable[[Cycle], Finding]], ...] = (
@@ -671,9 +780,11 @@ CHECKS: tuple[tuple[str, Callable[[Cycle], Finding]], ...] = (
     ("readiness", check_readiness),
     ("model_version", check_model_version),
     ("cache_version", check_cache_version),
+    ("latency", check_latency),
     ("feature_freshness", check_feature_freshness),
     ("feature_skew", check_feature_skew),
     ("drift", check_drift),
+    ("ctr_decay", check_ctr_decay),
     ("canary", check_canary),
     ("champion_ctr", check_champion_ctr),
 )
@@ -688,6 +799,7 @@ FIXES: dict[str, Callable[[Cycle, Finding], FixOutcome]] = {
     "promote": fix_promote,
     "rollback_challenger": fix_rollback_challenger,
     "rollback_champion": fix_rollback_champion,
+    "alert": fix_alert,
 }
 
 
@@ -701,18 +813,18 @@ def run_check(cycle: Cycle, name: str) -> Finding:
         layer = {
             "delivery": "data",
             "drift": "model",
+            "ctr_decay": "model",
             "canary": "canary",
             "champion_ctr": "canary",
         }.get(name, "features" if name.startswith("feature") else "serving")
-        return Finding(
-            layer, name, False, f"the check itself failed: {type(exc).__name__}: {exc}", {}
-        )
+        seen = f"the check itself failed: {type(exc).__name__}: {exc}"
+        return Finding(layer, name, False, seen, {}, "alert")
 
 
 def apply_fix(cycle: Cycle, finding: Finding) -> FixOutcome:
     """Run the fix a failing finding names; a fix that crashes is an unverified outcome."""
     if finding.fix is None:
-        return FixOutcome("none (no automated fix: see docs/runbook.md)", False)
+        return fix_alert(cycle, finding)
     try:
         return FIXES[finding.fix](cycle, finding)
     except Exception as exc:
