@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from recsys.config import get_settings
-from recsys.console import console, ingest_table
+from recsys.console import console, ingest_table, table
 from recsys.errors import RecsysError
 
 flows_app = typer.Typer(help="Prefect deployments of the flows.", no_args_is_help=True)
@@ -132,6 +132,107 @@ def demo_command(
         console.print("[bold red]demo FAILED[/]: not every injected fault was detected and healed")
         raise typer.Exit(1)
     console.print("[bold green]demo passed[/]: every injected fault was detected and healed")
+
+
+def _demo_data_path(dataset: str, data_path: Path | None) -> Path | None:
+    """The demo's MovieLens folder (``--data-path``, else ``$RECSYS_MOVIELENS_PATH``), checked
+    before any work starts; ``None`` for the synthetic world.
+
+    Raises:
+        RecsysError: an unknown data set, no folder for movielens, or one without the files.
+    """
+    import os
+
+    if dataset not in ("synthetic", "movielens"):
+        raise RecsysError(f"--dataset {dataset!r} is not a demo world: use synthetic or movielens")
+    if dataset == "synthetic":
+        if data_path is not None:
+            raise RecsysError(
+                "--data-path is for --dataset movielens; the synthetic world has none"
+            )
+        return None
+    source = "--data-path"
+    if data_path is None:
+        source = "RECSYS_MOVIELENS_PATH"
+        env = os.environ.get(source, "").strip()
+        if not env:
+            raise RecsysError(
+                "--dataset movielens needs the ml-100k folder: pass --data-path DIR "
+                "(or set RECSYS_MOVIELENS_PATH)"
+            )
+        data_path = Path(env)
+    folder = data_path.expanduser()
+    if not folder.is_dir():
+        raise RecsysError(f"{source} {folder} is not a folder (the ml-100k folder)")
+    missing = [n for n in ("u.data", "u.item", "u.user") if not (folder / n).is_file()]
+    if missing:
+        raise RecsysError(
+            f"{source} {folder} lacks {', '.join(missing)}: it must be a folder in the "
+            "GroupLens ml-100k layout (u.data, u.item, u.user)"
+        )
+    return folder.resolve()
+
+
+def doctor_command(
+    fix: Annotated[bool, typer.Option("--fix", help="Apply each failing check's fix.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+    url: Annotated[
+        str | None, typer.Option(help="Service URL (default http://SERVE_HOST:SERVE_PORT).")
+    ] = None,
+    window_minutes: Annotated[
+        float, typer.Option(min=1, help="Traffic judged: the last N minutes of the logs.")
+    ] = 120.0,
+    baseline_hours: Annotated[
+        float, typer.Option(min=0.1, help="Baseline traffic: the N hours before that window.")
+    ] = 24.0,
+) -> None:
+    """Run every guardian check once, in the triage order, against the running system.
+
+    Prints layer, check, status, evidence and the fix each failing check asks for; with --fix,
+    applies the fixes (writing incidents) and shows what each did. The service is checked when
+    RECSYS_ADMIN_TOKEN is set. Exit 0: healthy (with --fix: every fix verified); 1: not.
+    """
+    settings = _prefect()
+    from flows.guardian import heal_flow, live_cycle, monitor_flow
+
+    cycle = live_cycle(
+        settings, window_s=window_minutes * 60, baseline_s=baseline_hours * 3600, url=url
+    )
+    findings = monitor_flow(cycle)
+    incidents = heal_flow(cycle, findings) if fix else []
+    outcome = {i.check: i for i in incidents}
+    healthy = all(f.ok for f in findings) if not fix else all(i.verified for i in incidents)
+    if as_json:
+        payload = {
+            "healthy": healthy,
+            "findings": [f.as_dict() for f in findings],
+            "fixes": [
+                {"check": i.check, "action": i.action, "verified": i.verified} for i in incidents
+            ],
+        }
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        rows = []
+        for f in findings:
+            done = outcome.get(f.check)
+            if f.ok:
+                action = "-"
+            elif done is None:
+                action = f"{f.fix} (not applied: --fix)"
+            else:
+                action = f"{done.action}: {'verified' if done.verified else 'NOT verified'}"
+            rows.append([f.layer, f.check, "ok" if f.ok else "FAIL", f.seen[:90], action])
+        console.print(
+            table("recsys doctor", ["layer", "check", "status", "evidence", "action"], rows)
+        )
+        failing = sum(not f.ok for f in findings)
+        console.print(
+            "healthy"
+            if healthy and not failing
+            else f"{failing} check(s) failed" + ("; fixed and verified" if healthy else "")
+        )
+    if not healthy:
+        raise typer.Exit(1)
 
 
 @flows_app.command("serve")

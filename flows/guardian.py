@@ -113,15 +113,18 @@ def deploy_flow(cycle: Cycle) -> list[Any]:
     return heal_flow(cycle, monitor_flow(cycle, ["canary", "champion_ctr"]))
 
 
-def live_cycle(settings, *, window_s: float = 7200.0, baseline_s: float = 86400.0) -> Cycle:
+def live_cycle(
+    settings, *, window_s: float = 7200.0, baseline_s: float = 86400.0, url: str | None = None
+) -> Cycle:
     """A cycle on the wall clock: the last ``window_s`` of traffic against the ``baseline_s``
-    before it, the newest clean batch, the service named by the settings (admin token)."""
+    before it, the newest clean batch, the service at ``url`` (default: the settings' host and
+    port; checked only with an admin token)."""
     import time
 
     from recsys.admin import ServiceAdmin
 
     now = time.time()
-    admin = ServiceAdmin.from_settings(settings) if settings.admin_token else None
+    admin = ServiceAdmin.from_settings(settings, url) if settings.admin_token else None
     clean = settings.lake.clean_batches()
     return Cycle(
         settings=settings,

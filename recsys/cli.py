@@ -7,6 +7,7 @@
     recsys ingest PATH [--json]
     recsys demo [--days N] [--faults a,b] [--seed S]
     recsys flows serve
+    recsys doctor [--fix] [--json]
     recsys status [--json] [--url URL]
     recsys rollback [--to VERSION] [--reason TEXT]
 
@@ -603,6 +604,7 @@ def bench_serve(
 
 app.command("demo")(flows_cli.demo_command)
 app.command("ingest")(flows_cli.ingest_command)
+app.command("doctor")(flows_cli.doctor_command)
 app.add_typer(flows_cli.flows_app, name="flows")
 
 

@@ -427,8 +427,12 @@ def check_drift(cycle: Cycle) -> Finding:
     reference = frame[(frame["timestamp"] >= start) & (frame["timestamp"] < holdout_start)]
     holdout = frame[(frame["timestamp"] >= holdout_start) & (frame["timestamp"] <= end)]
     current = lake.read_clean_interactions([b for b in cycle.batches if b in lake.clean_batches()])
+    # only what the champion has not trained on can tell how it does on new behaviour
+    current = current[current["timestamp"] > end] if not current.empty else current
     if current.empty or reference.empty:
-        return Finding("model", "drift", True, "no rows to compare")
+        return Finding(
+            "model", "drift", True, "no rows newer than the champion's training window to compare"
+        )
     items = lake.read_clean_catalog("items")
     out_dir = cycle.reports_dir or (cycle.settings.data_dir / "reports")
     name = f"drift-day-{cycle.day}" if cycle.day is not None else f"drift-{cycle.batches[-1]}"
