@@ -89,7 +89,21 @@ def demo_command(
         str, typer.Option(help="Comma-separated faults to inject, 'all' or 'none'.")
     ] = "all",
     seed: Annotated[int, typer.Option(min=0, help="Seed of the world and the traffic.")] = 42,
-    dataset: Annotated[str, typer.Option(help="Data set of the world: synthetic.")] = "synthetic",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="World: synthetic, or movielens (semi-synthetic: the real MovieLens-100K users "
+            "and movies, clicks from tastes fit on their ratings)."
+        ),
+    ] = "synthetic",
+    data_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-path",
+            help="--dataset movielens: the ml-100k folder (u.data, u.item, u.user); "
+            "default: $RECSYS_MOVIELENS_PATH.",
+        ),
+    ] = None,
     users: Annotated[int, typer.Option(min=50, help="Synthetic users.")] = 1200,
     items: Annotated[int, typer.Option(min=50, help="Synthetic items.")] = 300,
     requests_per_day: Annotated[
@@ -102,11 +116,7 @@ def demo_command(
     """
     from recsys.faults import parse_faults
 
-    if dataset != "synthetic":
-        raise RecsysError(
-            f"--dataset {dataset!r}: the demo needs ground-truth clicks, which only the "
-            "synthetic world has; use --dataset synthetic"
-        )
+    data_path = _demo_data_path(dataset, data_path)
     fault_names = parse_faults(faults)
     settings = _prefect()
     from flows.demo import DemoOptions, demo_flow, print_summary, schedule
@@ -125,6 +135,8 @@ def demo_command(
         days=days,
         faults=fault_names,
         requests_per_day=requests_per_day,
+        dataset=dataset,
+        data_path=data_path,
     )
     outcome = demo_flow(settings, opts)
     print_summary(outcome)

@@ -1,8 +1,10 @@
 """``recsys demo``, the main job: simulated days of a live recommender that heals itself.
 
 Warm-up: a synthetic world is generated (its users' true click probabilities are the ground
-truth), the first days land and are ingested, features are materialized, the first model is
-trained and registered as ``champion``, and a real ``bentoml serve`` starts on 127.0.0.1.
+truth; ``--dataset movielens``: the semi-synthetic MovieLens-100K world of
+``recsys.semisynthetic``), the first days land and are ingested, features are materialized,
+the first model is trained and registered as ``champion``, and a real ``bentoml serve`` starts
+on 127.0.0.1.
 
 Then, each simulated day:
 
@@ -83,6 +85,10 @@ class DemoOptions:
     budget_s: float = 3.0
     concurrency: int = 4
     k: int = 10
+    # "synthetic", or "movielens": the semi-synthetic MovieLens-100K world read from data_path
+    # (its users and items are the real ones: users/items above do not apply)
+    dataset: str = "synthetic"
+    data_path: Path | None = None
 
 
 @dataclass
@@ -181,6 +187,21 @@ class SourceSystem:
 def generate(settings: Settings, opts: DemoOptions, n_days: int, drift_day: int | None):
     from recsys.synthetic import WorldConfig, generate_world
 
+    if opts.dataset == "movielens":
+        from recsys.semisynthetic import movielens_world
+
+        if opts.data_path is None:
+            raise RecsysError("the movielens demo needs a data path (the ml-100k folder)")
+        return movielens_world(
+            opts.data_path,
+            n_days=n_days,
+            n_interactions=opts.interactions_per_day * n_days,
+            seed=opts.seed,
+            drift_day=drift_day,
+            drift_share=0.5,
+        )
+    if opts.dataset != "synthetic":
+        raise RecsysError(f"unknown demo dataset {opts.dataset!r}: synthetic or movielens")
     cfg = WorldConfig(
         n_users=opts.users,
         n_items=opts.items,
@@ -191,6 +212,12 @@ def generate(settings: Settings, opts: DemoOptions, n_days: int, drift_day: int 
         drift_share=0.5,
     )
     return generate_world(cfg)
+
+
+def _describe(world) -> str:
+    source = getattr(world.config, "source", None)
+    kind = f" ({source} semi-synthetic)" if source else ""
+    return f"{world.config.n_users} users, {world.config.n_items} items{kind}"
 
 
 def _land_world(settings: Settings, world, warm_batches: list[str]) -> None:
@@ -239,17 +266,27 @@ def _inject_bad_model(settings: Settings, opts: DemoOptions, as_champion: bool) 
     sabotage_ranker(result.release)
     if not as_champion:
         registered, decision = register_with_gate(settings, result)
+        reason, actor = decision.reason, "guardian"
         if decision.alias != "challenger":
-            raise RecsysError(f"the injected bad challenger did not pass the gate: {decision}")
+            # the model was not broken yet when the gate judged it: a rejection is the noise of
+            # a short search on a small holdout. The fault is a model the canary must catch, so
+            # it is pushed to the canary as an operator would, and the move says so.
+            client = configure_mlflow(settings)
+            client.set_registered_model_alias(settings.model_name, "challenger", registered.version)
+            for tag in ("rejected", "rejection_reason"):
+                client.delete_model_version_tag(settings.model_name, registered.version, tag)
+            reason = f"fault injection: pushed to the canary past the gate ({decision.reason})"
+            actor = "operator"
         record_move(
             settings,
             AliasMove(
                 "challenger_registered",
                 before,
                 aliases(settings),
-                decision.reason,
+                reason,
                 {"gate": decision.as_dict(), "injected": "bad-challenger"},
                 _now(),
+                actor=actor,
             ),
         )
         return registered.version
@@ -355,7 +392,7 @@ def demo_flow(settings: Settings, opts: DemoOptions) -> DemoOutcome:
     names = world.batch_names
     _land_world(settings, world, names[: opts.warmup_days - 1])
     console.print(
-        f"world: {opts.users} users, {opts.items} items; {opts.warmup_days} warm-up days, "
+        f"world: {_describe(world)}; {opts.warmup_days} warm-up days, "
         f"{n_days} demo days planned (up to {last_day}); faults from: "
         f"{', '.join(f'day {d}: {f}' for d, f in sorted(plan.items())) or 'none'}"
     )
@@ -429,13 +466,12 @@ def demo_flow(settings: Settings, opts: DemoOptions) -> DemoOutcome:
             )
             _, healed = guardian_flow(cycle)
             healed_so_far.extend(healed)
-            served = admin.served_versions()
             record = DayRecord(
                 day=day,
                 faults=[fault] if fault else [],
                 ctr={v: a.ctr for v, a in traffic.by_variant().items()},
                 expected_ctr={v: a.expected_ctr for v, a in traffic.by_variant().items()},
-                versions={**aliases(settings), **{f"served_{a}": v for a, v in served.items()}},
+                versions={**aliases(settings), **_served_during(traffic)},
                 p50_ms=traffic.percentile_ms(50),
                 p99_ms=traffic.percentile_ms(99),
                 requests=traffic.requests,
@@ -460,8 +496,44 @@ def demo_flow(settings: Settings, opts: DemoOptions) -> DemoOutcome:
         )
         for f in not_injected
     ]
-    report = write_demo_report(settings.lake.zone("reports") / "demo", days, incidents, outcomes)
+    report = write_demo_report(
+        settings.lake.zone("reports") / "demo",
+        days,
+        incidents,
+        outcomes,
+        agreement=_agreement(settings),
+        summary={"seed": opts.seed, "days": len(days), "faults": ", ".join(plan.values())},
+    )
     return DemoOutcome(days, incidents, outcomes, report, time.perf_counter() - started)
+
+
+def _served_during(traffic) -> dict[str, str]:
+    """The version each variant served during the day's traffic (the busiest, if a variant
+    changed version mid-day): what users saw, before the guardian healed anything."""
+    during: dict[str, tuple[int, str]] = {}
+    for (variant, version), arm in traffic.arms.items():
+        if variant and version and arm.requests > during.get(variant, (0, ""))[0]:
+            during[variant] = (arm.requests, str(version))
+    return {f"served_{v}": ver for v, (_, ver) in during.items()}
+
+
+def _agreement(settings: Settings) -> list[Any]:
+    """Offline holdout nDCG (as registered) beside online CTR (from the service's logs) of every
+    model version that served traffic: does offline quality predict online behaviour?"""
+    from monitoring.report import VersionAgreement
+    from monitoring.traffic import traffic_by_arm
+    from recsys.registry import configure_mlflow
+
+    client = configure_mlflow(settings)
+    rows = []
+    for arm in traffic_by_arm(settings, by=("model_version",)):
+        if arm.model_version is None:
+            continue
+        tags = client.get_model_version(settings.model_name, arm.model_version).tags
+        ndcg = tags.get("pipeline_ndcg_at_k")
+        if ndcg is not None:
+            rows.append(VersionAgreement(arm.model_version, float(ndcg), arm.ctr, arm.requests))
+    return sorted(rows, key=lambda r: int(r.version))
 
 
 def _print_day(record, healed: list[Any]) -> None:

@@ -417,7 +417,11 @@ def _agreement_section(rows: list[VersionAgreement], image: str | None) -> str:
         ],
     )
     img = f'<img src="{_e(image)}" alt="offline nDCG against online CTR">' if image else ""
-    return f"<p>{_e(verdict)}</p>{img}{table}"
+    caveat = (
+        "Versions served on different days (and the canary to a share of users): CTR also moves "
+        "with the world. A version good offline and bad online is what only the canary catches."
+    )
+    return f"<p>{_e(verdict)}</p><p class='muted'>{_e(caveat)}</p>{img}{table}"
 
 
 def find_drift_reports(out_dir: Path, incidents: list[Incident]) -> list[Path]:

@@ -375,6 +375,8 @@ class World:
 
     ``interactions`` is sorted by timestamp, timestamps are unique, and ``day_counts[d]`` rows
     belong to day ``d``. Index ``i`` of an item (user) array is ``item_id`` (``user_id``) ``i + 1``.
+    ``click_bias``, ``click_scale`` and ``click_pop_weight`` are the click model's constants (the
+    synthetic world's by default; a world built from real data calibrates its own).
     """
 
     config: WorldConfig
@@ -395,6 +397,9 @@ class World:
     taste_before: np.ndarray
     taste_after: np.ndarray
     drifted: np.ndarray
+    click_bias: float = CLICK_BIAS
+    click_scale: float = CLICK_SCALE
+    click_pop_weight: float = CLICK_POP_WEIGHT
 
     @property
     def batch_names(self) -> list[str]:
@@ -418,6 +423,9 @@ class World:
             taste_after=self.taste_after,
             drifted=self.drifted,
             drift_day=self.config.drift_day,
+            bias=self.click_bias,
+            scale=self.click_scale,
+            pop_weight=self.click_pop_weight,
         )
 
     def ground_truth(self) -> dict[str, np.ndarray]:
@@ -657,8 +665,12 @@ def _simulate_day(
     items: dict,
     user_bias: np.ndarray,
     log_popularity: np.ndarray,
+    click: tuple[float, float, float] = (CLICK_BIAS, CLICK_SCALE, CLICK_POP_WEIGHT),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One day's (user index, item index, event code, time offset), in time order."""
+    """One day's (user index, item index, event code, time offset), in time order.
+
+    ``click`` is the click model's (bias, scale, pop_weight)."""
+    click_bias, click_scale, click_pop_weight = click
     times = _unique_day_times(rng, count)
     users = _draw(rng, activity_cdf, count)
     chosen = np.empty(count, dtype=np.int64)
@@ -674,11 +686,11 @@ def _simulate_day(
         item = candidates[rows, pick]
         affinity = logits[rows, pick].astype(np.float64)
         p_click = _sigmoid(
-            CLICK_BIAS
+            click_bias
             + user_bias[u]
             + items["bias"][item]
-            + CLICK_SCALE * affinity
-            + CLICK_POP_WEIGHT * log_popularity[item]
+            + click_scale * affinity
+            + click_pop_weight * log_popularity[item]
         )
         draws = rng.random((m, 3))
         clicked = draws[:, 0] < p_click
@@ -699,25 +711,124 @@ def generate_world(cfg: WorldConfig, *, show_progress: bool = False) -> World:
     centroids = _centroids(rng, cfg.n_categories, cfg.dim)
     items = _make_items(rng, cfg, centroids)
     users = _make_users(rng, cfg, centroids)
-    day_counts = _day_counts(rng, cfg)
+    return world_from_arrays(
+        cfg,
+        items=items["frame"],
+        users=users["frame"],
+        item_vectors=items["vectors"],
+        item_popularity=items["popularity"],
+        item_category=items["category"],
+        user_activity=users["activity"],
+        taste_before=users["taste_before"],
+        taste_after=users["taste_after"],
+        drifted=users["drifted"],
+        item_bias=items["bias"],
+        user_bias=users["bias"],
+        item_created_day=items["created_day"],
+        category_weights_before=users["weights_before"],
+        category_weights_after=users["weights_after"],
+        centroids=centroids,
+        rng=rng,
+        show_progress=show_progress,
+    )
 
-    log_popularity = np.log(items["popularity"] * cfg.n_items)
-    activity_cdf = np.cumsum(users["activity"])
+
+def world_from_arrays(
+    cfg: WorldConfig,
+    *,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+    item_vectors: np.ndarray,
+    item_popularity: np.ndarray,
+    item_category: np.ndarray,
+    user_activity: np.ndarray,
+    taste_before: np.ndarray,
+    taste_after: np.ndarray | None = None,
+    drifted: np.ndarray | None = None,
+    item_bias: np.ndarray | None = None,
+    user_bias: np.ndarray | None = None,
+    item_created_day: np.ndarray | None = None,
+    category_weights_before: np.ndarray | None = None,
+    category_weights_after: np.ndarray | None = None,
+    centroids: np.ndarray | None = None,
+    click_bias: float = CLICK_BIAS,
+    click_scale: float = CLICK_SCALE,
+    click_pop_weight: float = CLICK_POP_WEIGHT,
+    rng: np.random.Generator | None = None,
+    show_progress: bool = False,
+) -> World:
+    """A world from given catalogs and ground truth: the daily interactions are simulated from
+    them exactly as :func:`generate_world` does (daily volumes, users drawn by ``user_activity``,
+    candidates by ``item_popularity``, a softmax choice by affinity, events by the click model).
+
+    ``items``/``users`` are the contract frames with ids ``1..cfg.n_items``/``1..cfg.n_users`` in
+    order; row ``i`` of an item (user) array belongs to id ``i + 1``. Vectors have ``cfg.dim``
+    columns; ``item_popularity`` sums to 1; ``item_category`` holds codes in
+    ``0..cfg.n_categories - 1``. Omitted arrays default to: no drift (``taste_after`` =
+    ``taste_before``), zero biases, every item there from day 0, zero category weights and
+    centroids the mean item vector of each category. ``rng`` defaults to
+    ``np.random.default_rng(cfg.seed)``.
+
+    Raises:
+        RecsysError: a frame or an array does not fit ``cfg``.
+    """
+    n_users, n_items, n_cat = cfg.n_users, cfg.n_items, cfg.n_categories
+    rng = np.random.default_rng(cfg.seed) if rng is None else rng
+    taste_after = taste_before if taste_after is None else taste_after
+    drifted = np.zeros(n_users, dtype=bool) if drifted is None else drifted
+    item_bias = np.zeros(n_items) if item_bias is None else item_bias
+    user_bias = np.zeros(n_users) if user_bias is None else user_bias
+    if item_created_day is None:
+        item_created_day = np.zeros(n_items, dtype=np.int64)
+    if category_weights_before is None:
+        category_weights_before = np.zeros((n_users, n_cat))
+    if category_weights_after is None:
+        category_weights_after = category_weights_before
+    _check_world_arrays(
+        cfg,
+        items=items,
+        users=users,
+        shapes={
+            "item_vectors": (item_vectors, (n_items, cfg.dim)),
+            "item_popularity": (item_popularity, (n_items,)),
+            "item_category": (item_category, (n_items,)),
+            "item_bias": (item_bias, (n_items,)),
+            "item_created_day": (item_created_day, (n_items,)),
+            "user_activity": (user_activity, (n_users,)),
+            "user_bias": (user_bias, (n_users,)),
+            "taste_before": (taste_before, (n_users, cfg.dim)),
+            "taste_after": (taste_after, (n_users, cfg.dim)),
+            "drifted": (drifted, (n_users,)),
+            "category_weights_before": (category_weights_before, (n_users, n_cat)),
+            "category_weights_after": (category_weights_after, (n_users, n_cat)),
+        },
+    )
+    if centroids is None:
+        centroids = np.zeros((n_cat, cfg.dim), dtype=np.float32)
+        for code in np.unique(item_category):
+            centroids[code] = item_vectors[item_category == code].mean(axis=0)
+    day_counts = _day_counts(rng, cfg)
+    click = (click_bias, click_scale, click_pop_weight)
+    item_arrays = {"vectors": item_vectors, "bias": item_bias}
+
+    log_popularity = np.log(item_popularity * cfg.n_items)
+    activity_cdf = np.cumsum(user_activity)
     parts: list[tuple[np.ndarray, ...]] = []
     days = range(cfg.n_days)
     for day in tqdm(days, desc="simulate days", unit="day", disable=not show_progress):
         drifted_now = cfg.drift_day is not None and day >= cfg.drift_day
-        taste = users["taste_after"] if drifted_now else users["taste_before"]
-        item_cdf = np.cumsum(items["popularity"] * (items["created_day"] <= day))
+        taste = taste_after if drifted_now else taste_before
+        item_cdf = np.cumsum(item_popularity * (item_created_day <= day))
         u, i, e, t = _simulate_day(
             rng,
             int(day_counts[day]),
             activity_cdf,
             item_cdf,
             taste,
-            items,
-            users["bias"],
+            item_arrays,
+            user_bias,
             log_popularity,
+            click,
         )
         parts.append((u, i, e, t + day * DAY_US))
 
@@ -735,24 +846,55 @@ def generate_world(cfg: WorldConfig, *, show_progress: bool = False) -> World:
     )
     return World(
         config=cfg,
-        items=items["frame"],
-        users=users["frame"],
+        items=items,
+        users=users,
         interactions=interactions,
         day_counts=day_counts,
         centroids=centroids,
-        item_category=items["category"],
-        item_vectors=items["vectors"],
-        item_popularity=items["popularity"],
-        item_created_day=items["created_day"],
-        item_bias=items["bias"],
-        user_activity=users["activity"],
-        user_bias=users["bias"],
-        category_weights_before=users["weights_before"],
-        category_weights_after=users["weights_after"],
-        taste_before=users["taste_before"],
-        taste_after=users["taste_after"],
-        drifted=users["drifted"],
+        item_category=item_category,
+        item_vectors=item_vectors,
+        item_popularity=item_popularity,
+        item_created_day=item_created_day,
+        item_bias=item_bias,
+        user_activity=user_activity,
+        user_bias=user_bias,
+        category_weights_before=category_weights_before,
+        category_weights_after=category_weights_after,
+        taste_before=taste_before,
+        taste_after=taste_after,
+        drifted=drifted,
+        click_bias=click_bias,
+        click_scale=click_scale,
+        click_pop_weight=click_pop_weight,
     )
+
+
+def _check_world_arrays(
+    cfg: WorldConfig,
+    *,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+    shapes: dict[str, tuple[np.ndarray, tuple[int, ...]]],
+) -> None:
+    problems = [
+        f"{name} has shape {np.shape(array)}, expected {shape}"
+        for name, (array, shape) in shapes.items()
+        if np.shape(array) != shape
+    ]
+    for key, frame, n in (("item_id", items, cfg.n_items), ("user_id", users, cfg.n_users)):
+        if key not in frame or frame[key].tolist() != list(range(1, n + 1)):
+            problems.append(f"the {key.split('_')[0]} frame must hold {key} 1..{n} in order")
+    if not problems:
+        popularity = shapes["item_popularity"][0]
+        if np.any(popularity < 0) or not math.isclose(float(popularity.sum()), 1.0, abs_tol=1e-9):
+            problems.append("item_popularity must be non-negative and sum to 1")
+        codes = shapes["item_category"][0]
+        if len(codes) and (codes.min() < 0 or codes.max() >= cfg.n_categories):
+            problems.append(f"item_category codes must be in 0..{cfg.n_categories - 1}")
+        if np.any(shapes["user_activity"][0] < 0) or not shapes["user_activity"][0].sum() > 0:
+            problems.append("user_activity must be non-negative with a positive sum")
+    if problems:
+        raise RecsysError("world arrays do not fit the config: " + "; ".join(problems))
 
 
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
