@@ -557,7 +557,7 @@ def print_summary(outcome: DemoOutcome) -> None:
             o.injected_day if o.injected_day is not None else "-",
             o.detected_day if o.detected_day is not None else "-",
             o.check or "-",
-            (o.action or "-") + (f", then {o.follow_up}" if o.follow_up else ""),
+            (o.action or "-") + (f" ({o.follow_up})" if o.follow_up else ""),
             "yes" if o.verified else "NO",
         ]
         for o in outcome.outcomes

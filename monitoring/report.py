@@ -313,7 +313,7 @@ def _fault_section(outcomes: list[FaultOutcome]) -> str:
                 _e(o.detected_day) if o.detected_day is not None else _status(False, no="missed"),
                 _e(delay),
                 _e(o.check),
-                _e(o.action and o.action + (f", then {o.follow_up}" if o.follow_up else "")),
+                _e(o.action and o.action + (f" ({o.follow_up})" if o.follow_up else "")),
                 _status(o.verified),
                 _status(o.healed, "healed", "NOT healed"),
             ]
