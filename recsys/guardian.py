@@ -3,7 +3,7 @@
 Each check reads the system (lake, registry, feature store, the service's admin API, the service's
 request and feedback logs) and returns a :class:`Finding`; a failing finding names the fix that
 heals it. Each fix acts, then verifies by looking again, and returns a :class:`FixOutcome`. The
-Prefect flows (``flows/monitor.py``, ``flows/heal.py``) only compose these functions; the
+Prefect flows (``flows/guardian.py``: monitor, heal, guardian) only compose these functions; the
 incidents they write are ``monitoring.incidents.Incident`` records.
 
 Triage order (data and system health first, then features, then the model):
@@ -12,13 +12,16 @@ Triage order (data and system health first, then features, then the model):
               Fix: fetch the batch again from its source, land it as a redelivery, re-ingest,
               rebuild the affected features.
 2. serving    ``readiness``, ``model_version`` (served versions equal the registry aliases),
-              ``cache_version`` (no cache entry stamped with a model that is not served).
-              Fix: reload by alias; flush the cache.
+              ``cache_version`` (no cache entry stamped with a model that is not served),
+              ``latency`` (p99 and degraded answers from the request log).
+              Fix: reload by alias; flush the cache; latency: an alert.
 3. features   ``feature_freshness`` (online store materialized up to the newest offline day),
               ``feature_skew`` (online equals offline point-in-time values). Fix: backfill.
 4. model      ``drift``: Evidently data drift of the newest batch against the champion's
               training window, weighed against the champion's measured quality loss on it.
               Fix: retrain on the recent window, gate offline, start the canary.
+              ``ctr_decay``: the unchanged champion's CTR fell against the baseline. Fix: an
+              alert (the data shows why a day later; then ``drift`` retrains).
 5. canary     ``canary``: the challenger against the champion on online CTR with guardrails
               (``recsys.canary``). Fix: promote or roll back. ``champion_ctr``: a champion that
               replaced another and lost CTR against it. Fix: roll back to ``previous``.
