@@ -13,7 +13,6 @@ object), and the next append starts on a fresh line so the torn bytes never swal
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import uuid
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.errors import RecsysError
-from recsys.jsonlog import append_record
+from recsys.jsonlog import append_record, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -106,22 +105,7 @@ class IncidentLog:
     def read(self) -> list[Incident]:
         """Every readable incident, oldest first. A line that is not a complete record (a torn
         write) is skipped with a warning; a missing file is an empty log."""
-        if not self.path.exists():
-            return []
-        incidents: list[Incident] = []
-        with self.path.open("rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                text = raw.strip()
-                if not text:
-                    continue
-                try:
-                    payload = json.loads(text)
-                    if not isinstance(payload, dict):
-                        raise ValueError("not a JSON object")
-                    incidents.append(Incident.from_dict(payload))
-                except (ValueError, TypeError, RecsysError) as exc:
-                    logger.warning("skipping unreadable line %d of %s: %s", number, self.path, exc)
-        return incidents
+        return read_records(self.path, Incident.from_dict)
 
     def last(self, n: int = 10) -> list[Incident]:
         """The ``n`` newest incidents, oldest first."""

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
@@ -26,3 +31,27 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_records(path: Path, parse: Callable[[dict[str, Any]], T]) -> list[T]:
+    """Every readable record of ``path``, oldest first, through ``parse``. A line that is not
+    a complete record (a torn write, or one ``parse`` refuses with ValueError, TypeError or
+    RecsysError) is skipped with a warning; a missing file is an empty log."""
+    from recsys.errors import RecsysError
+
+    if not path.exists():
+        return []
+    records: list[T] = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            text = raw.strip()
+            if not text:
+                continue
+            try:
+                payload = json.loads(text)
+                if not isinstance(payload, dict):
+                    raise ValueError("not a JSON object")
+                records.append(parse(payload))
+            except (ValueError, TypeError, RecsysError) as exc:
+                logger.warning("skipping unreadable line %d of %s: %s", number, path, exc)
+    return records

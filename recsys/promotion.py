@@ -32,7 +32,7 @@ from typing import Any
 
 from recsys.config import Settings
 from recsys.errors import RecsysError
-from recsys.jsonlog import append_record
+from recsys.jsonlog import append_record, read_records
 from recsys.registry import CHALLENGER, CHAMPION, PREVIOUS, configure_mlflow
 
 logger = logging.getLogger(__name__)
@@ -170,26 +170,8 @@ def _mirror_as_tags(settings: Settings, move: AliasMove) -> None:
 def promotion_history(settings: Settings) -> list[AliasMove]:
     """Every recorded move of this model, oldest first. A line that is not a complete record
     (a torn write) is skipped with a warning; a missing file is an empty history."""
-    path = history_path(settings)
-    if not path.exists():
-        return []
-    moves: list[AliasMove] = []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            text = raw.strip()
-            if not text:
-                continue
-            try:
-                payload = json.loads(text)
-                if not isinstance(payload, dict):
-                    raise ValueError("not a JSON object")
-                move = AliasMove.from_dict(payload)
-            except (ValueError, TypeError) as exc:
-                logger.warning("skipping unreadable line %d of %s: %s", number, path, exc)
-                continue
-            if move.model_name in (None, settings.model_name):
-                moves.append(move)
-    return moves
+    moves = read_records(history_path(settings), AliasMove.from_dict)
+    return [m for m in moves if m.model_name in (None, settings.model_name)]
 
 
 def champion_sequence(history: list[AliasMove]) -> list[str]:
