@@ -3,6 +3,25 @@
 BentoML 1.4 runs prometheus_client in multiprocess mode and only sets its directory after the
 service module is imported; rather than depend on import order, these series live in plain
 Python (the service runs one worker) and are appended through the ``__metrics__`` hook.
+
+What the alert rules (``infra/prometheus/alerts.yml``) and the dashboards read:
+
+    recsys_serving_requests_total{variant,version,fallback}   answered /recommend calls
+    recsys_serving_impressions_total{variant,version}         items shown in those answers
+    recsys_serving_feedback_total{event,variant,version}      /feedback events
+    recsys_serving_clicked_requests_total{variant,version}    answers with at least one click
+    recsys_serving_converted_requests_total{variant,version}  answers with at least one purchase
+    recsys_serving_fallbacks_total{kind}                      degraded answers (cold_start, ...)
+    recsys_serving_model_errors_total{variant,version}        model failures during /recommend
+    recsys_serving_stage_latency_seconds{stage}               per-stage latency histogram
+    recsys_serving_model_trained_timestamp_seconds{variant,version}   when the release was trained
+    recsys_serving_model_loaded_timestamp_seconds{variant,version}    when it was loaded here
+    recsys_serving_ready                                      1 once the champion is served
+
+CTR is ``clicked_requests / requests`` (the share of answers with a click, as
+``monitoring.traffic`` and the canary rule count it); item CTR is ``feedback{event="click"} /
+impressions``. The counters of every served (variant, version) start at 0 when it is loaded, so
+a ratio exists from its first request.
 """
 
 from __future__ import annotations
@@ -10,7 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime
+from datetime import UTC, datetime
 
 # Sub-millisecond bounds too: the pipeline's stages take 0.05-1 ms each.
 LATENCY_BUCKETS = (
@@ -37,6 +56,30 @@ LATENCY_BUCKETS = (
 )
 FEATURE_SOURCES = ("online", "not_materialized", "unreachable")
 PREFIX = "recsys_serving"
+FALLBACK_KINDS = ("cold_start", "cache", "degraded")
+CLICK_EVENT = "click"
+CONVERSION_EVENT = "purchase"
+
+COUNTER_HELP: dict[str, str] = {
+    "requests_total": "Answered /recommend calls by variant, model version and fallback.",
+    "impressions_total": "Items shown in /recommend answers by variant and model version.",
+    "feedback_total": "Feedback events by event type, variant and model version.",
+    "clicked_requests_total": (
+        "Answers with at least one click (counted at the first click) by variant and version."
+    ),
+    "converted_requests_total": (
+        "Answers with at least one purchase (counted at the first) by variant and version."
+    ),
+    "fallbacks_total": "Degraded answers by kind.",
+    "model_errors_total": "Model failures during /recommend by variant and version.",
+    "cache_requests_total": "Cache lookups by result.",
+}
+_PER_MODEL = (
+    "impressions_total",
+    "clicked_requests_total",
+    "converted_requests_total",
+    "model_errors_total",
+)
 
 
 def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
@@ -53,11 +96,51 @@ class ServingMetrics:
         self._hist: dict[tuple, list[float]] = {}
         self._gauges: dict[str, dict[tuple, float]] = defaultdict(dict)
         self._help: dict[str, tuple[str, str]] = {}
+        for kind in FALLBACK_KINDS:
+            self.inc("fallbacks_total", amount=0.0, kind=kind)
+        for result in ("hit", "miss"):
+            self.inc("cache_requests_total", amount=0.0, result=result)
 
-    def inc(self, name: str, help_text: str, amount: float = 1.0, **labels: str) -> None:
+    def inc(
+        self, name: str, help_text: str | None = None, amount: float = 1.0, **labels: str
+    ) -> None:
+        """Add ``amount`` to the counter ``recsys_serving_<name>{labels}``; without
+        ``help_text`` the name must be one of ``COUNTER_HELP``."""
+        help_text = help_text or COUNTER_HELP[name]
         with self._lock:
             self._help[name] = ("counter", help_text)
             self._counters[name][tuple(sorted(labels.items()))] += amount
+
+    def record_answer(
+        self, variant: str | None, version: str | None, fallback: str | None, items: int
+    ) -> None:
+        """Count one /recommend answer: the request, its impressions and its fallback."""
+        variant, version = str(variant), str(version)
+        self.inc("requests_total", variant=variant, version=version, fallback=str(fallback))
+        self.inc("impressions_total", amount=float(items), variant=variant, version=version)
+        if fallback:
+            self.inc("fallbacks_total", kind=fallback)
+
+    def record_feedback(self, event: str, served: dict | None) -> None:
+        """Count one /feedback event. ``served`` is what served its request (``variant``,
+        ``model_version``; None: unattributed). An attributed click or purchase also counts
+        its request as clicked or converted, once per request: the set of outcomes already
+        counted is kept on ``served`` and forgotten with it."""
+        variant = str(served["variant"]) if served else "None"
+        version = str(served["model_version"]) if served else "None"
+        self.inc("feedback_total", event=event, variant=variant, version=version)
+        outcome = {
+            CLICK_EVENT: "clicked_requests_total",
+            CONVERSION_EVENT: "converted_requests_total",
+        }
+        if served is None or event not in outcome:
+            return
+        with self._lock:
+            counted = served.setdefault("_counted_outcomes", set())
+            first = event not in counted
+            counted.add(event)
+        if first:
+            self.inc(outcome[event], variant=variant, version=version)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         with self._lock:
@@ -72,17 +155,46 @@ class ServingMetrics:
             row[-2] += 1  # count
             row[-1] += seconds
 
-    def set_model_loaded(self, models: dict[str, tuple[str, float]]) -> None:
-        """``models``: variant -> (version, loaded_at epoch seconds)."""
-        with self._lock:
-            self._help["model_loaded_timestamp_seconds"] = (
-                "gauge",
-                "When the served model of each variant was loaded (age = now - value).",
+    def set_models(self, models: dict[str, tuple[str, float, dict]]) -> None:
+        """``models``: variant -> (version, loaded_at epoch seconds, release metadata). Sets the
+        loaded and trained timestamp gauges of what is served and starts the per-model counters
+        of each (variant, version) at 0."""
+        loaded: dict[tuple, float] = {}
+        trained: dict[tuple, float] = {}
+        window_end: dict[tuple, float] = {}
+        for variant, (version, loaded_at, meta) in models.items():
+            key = (("variant", variant), ("version", str(version)))
+            loaded[key] = loaded_at
+            created, end = release_timestamps(meta)
+            if created is not None:
+                trained[key] = created
+            if end is not None:
+                window_end[key] = end
+            self.inc(
+                "requests_total", amount=0.0, variant=variant, version=str(version), fallback="None"
             )
-            self._gauges["model_loaded_timestamp_seconds"] = {
-                (("variant", variant), ("version", version)): loaded
-                for variant, (version, loaded) in models.items()
-            }
+            for name in _PER_MODEL:
+                self.inc(name, amount=0.0, variant=variant, version=str(version))
+        gauges = {
+            "model_loaded_timestamp_seconds": (
+                "When the served model of each variant was loaded (age = now - value).",
+                loaded,
+            ),
+            "model_trained_timestamp_seconds": (
+                "When the served release was trained (its created_at): prediction staleness "
+                "is now - value.",
+                trained,
+            ),
+            "model_training_window_end_timestamp_seconds": (
+                "The newest interaction in the served release's training window (the data's "
+                "clock).",
+                window_end,
+            ),
+        }
+        with self._lock:
+            for name, (help_text, series) in gauges.items():
+                self._help[name] = ("gauge", help_text)
+                self._gauges[name] = series
 
     def counter(self, name: str, **labels: str) -> float:
         with self._lock:
@@ -131,6 +243,26 @@ class ServingMetrics:
         if features is not None:
             out += _feature_gauges(features)
         return "\n".join(out) + "\n"
+
+
+def release_timestamps(meta: dict) -> tuple[float | None, float | None]:
+    """(when the release was trained, the end of its training window) in epoch seconds, from
+    its ``release.json`` metadata (``created_at``, ``training_window.end``); None for what the
+    metadata lacks or cannot be read (a timestamp without a zone is taken as UTC)."""
+
+    def epoch(value: object) -> float | None:
+        if not isinstance(value, str):
+            return None
+        try:
+            stamp = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
+
+    window = meta.get("training_window")
+    return epoch(meta.get("created_at")), epoch(
+        window.get("end") if isinstance(window, dict) else None
+    )
 
 
 def _feature_gauges(features: dict) -> list[str]:

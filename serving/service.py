@@ -60,6 +60,7 @@ from recsys.registry import download_release, version_for_alias
 from recsys.release import Release
 from serving.cache import CachedAnswer, RecommendationCache
 from serving.features import RELEASE_FALLBACK, ServingFeatures
+from serving.http import RequestGuard
 from serving.logs import FeedbackLog, RequestLog, ServedRequests
 from serving.metrics import ServingMetrics
 from serving.ranking import RankedList, rank_for_user
@@ -217,7 +218,9 @@ class RecommenderService:
             if changed:
                 _freeze_heap()
             self.load_error = errors.get(CHAMPION) if CHAMPION not in models else None
-            self.metrics.set_model_loaded({a: (m.version, m.loaded_at) for a, m in models.items()})
+            self.metrics.set_models(
+                {a: (m.version, m.loaded_at, m.release.meta) for a, m in models.items()}
+            )
             for alias in changed:
                 self.metrics.inc("reloads_total", "Model swaps by alias.", alias=alias)
             self.last_reload = {
@@ -252,14 +255,15 @@ class RecommenderService:
         ] = [],  # noqa: B006 - pydantic copies defaults
         context: Annotated[
             dict[str, ContextValue] | None,
-            Field(max_length=32, description="Free request context, kept in the request log."),
+            Field(
+                max_length=32,
+                description="Free request context, kept in the request log.",
+                json_schema_extra={"nullable": True},
+            ),
         ] = None,
     ) -> RecommendResponse:
         """Top-k items the user has not seen and did not exclude, best first."""
         started = time.perf_counter()
-        too_big = self._body_too_big(ctx)
-        if too_big is not None:
-            return too_big
         models = self._models  # read once: a reload swaps the dict, never mutates it
         cached = False
         variant = route(user_id, self.canary_share, CHALLENGER in models)
@@ -274,9 +278,7 @@ class RecommenderService:
             key = self.cache.key(model.version, user_id, k, exclude, self.features.epoch)
             hit = self.cache.get(key)
             cached = hit is not None
-            self.metrics.inc(
-                "cache_requests_total", "Cache lookups by result.", result="hit" if hit else "miss"
-            )
+            self.metrics.inc("cache_requests_total", result="hit" if hit else "miss")
             mark = self._stage("cache", mark)
             if hit is not None:
                 fallback = _cold_or_none(model, user_id)
@@ -293,12 +295,7 @@ class RecommenderService:
                     ranked = rank_for_user(model.release, user_id, k, exclude, self.features)
                 except Exception:
                     logger.exception("model %s failed for user %s", model.version, user_id)
-                    self.metrics.inc(
-                        "model_errors_total",
-                        "Model failures during /recommend by variant and version.",
-                        variant=variant,
-                        version=model.version,
-                    )
+                    self.metrics.inc("model_errors_total", variant=variant, version=model.version)
                     answer = self._degraded(user_id, k, exclude, models)
                     if answer is None:
                         return _error(ctx, 503, "the model failed and no fallback could answer")
@@ -378,15 +375,9 @@ class RecommenderService:
                 "user_id": response.user_id,
             },
         )
-        self.metrics.inc(
-            "requests_total",
-            "Answered /recommend calls by variant, model version and fallback.",
-            variant=str(response.variant),
-            version=str(response.model_version),
-            fallback=str(response.fallback),
+        self.metrics.record_answer(
+            response.variant, response.model_version, response.fallback, len(response.items)
         )
-        if response.fallback:
-            self.metrics.inc("fallbacks_total", "Degraded answers by kind.", kind=response.fallback)
         if response.features:
             self.metrics.inc(
                 "feature_answers_total",
@@ -409,6 +400,7 @@ class RecommenderService:
                 "exclude": exclude,
                 "context": context,
                 "items": [it.item_id for it in response.items],
+                "scores": [round(float(it.score), 6) for it in response.items],
                 "variant": response.variant,
                 "model_version": response.model_version,
                 "fallback": response.fallback,
@@ -420,16 +412,6 @@ class RecommenderService:
         )
         self._stage("total", started)
 
-    def _body_too_big(self, ctx: bentoml.Context) -> JSONResponse | None:
-        limit = self.settings.max_body_kb * 1024
-        try:
-            size = int(ctx.request.headers.get("content-length") or 0)
-        except ValueError:
-            return _error(ctx, 400, "the content-length header is not a number")
-        if size > limit:
-            return _error(ctx, 413, f"request body of {size} bytes exceeds {limit} bytes")
-        return None
-
     # ---- feedback --------------------------------------------------------------------------
 
     @bentoml.api(route="/feedback")
@@ -439,7 +421,9 @@ class RecommenderService:
         user_id: Annotated[int, Field(ge=0)],
         item_id: Annotated[int, Field(ge=0)],
         event: Literal[EVENT_TYPES],  # type: ignore[valid-type]
-        value: Annotated[float | None, Field(ge=0, le=1e6)] = None,
+        value: Annotated[
+            float | None, Field(ge=0, le=1e6, json_schema_extra={"nullable": True})
+        ] = None,
     ) -> FeedbackResponse:
         """Durably record a user's reaction to an item of a /recommend answer.
 
@@ -471,12 +455,7 @@ class RecommenderService:
                 "attributed": served is not None,
             }
         )
-        self.metrics.inc(
-            "feedback_total",
-            "Feedback events by event type and variant.",
-            event=event,
-            variant=str(variant),
-        )
+        self.metrics.record_feedback(event, served)
         return FeedbackResponse(
             request_id=request_id,
             attributed=served is not None,
@@ -635,6 +614,10 @@ class RecommenderService:
         extra = {
             "cache_entries": ("Entries in the recommendation cache.", float(len(self.cache))),
             "canary_share": ("Share of users routed to the challenger.", self.canary_share),
+            "ready": (
+                "1 once the champion is loaded and passed its smoke prediction (/readyz 200).",
+                float(CHAMPION in self._models),
+            ),
         }
         features = {**self.features.freshness(), "source": self.features.state}
         return content + self.metrics.render(extra, features=features)
@@ -669,3 +652,8 @@ def _filtered(
 def _cold_or_none(model: LoadedModel, user_id: int) -> str | None:
     """``cold_start`` when the model does not know ``user_id`` (a cached cold-start list)."""
     return "cold_start" if model.release.user_row(user_id) is None else None
+
+
+# Bounds the body before BentoML parses it, makes 400s name the field, and publishes an OpenAPI
+# document whose error answers and required bodies are the real ones (serving/http.py).
+RecommenderService.add_asgi_middleware(RequestGuard, max_body_bytes=_SETTINGS.max_body_kb * 1024)
