@@ -73,6 +73,20 @@ COUNTER_HELP: dict[str, str] = {
     "fallbacks_total": "Degraded answers by kind.",
     "model_errors_total": "Model failures during /recommend by variant and version.",
     "cache_requests_total": "Cache lookups by result.",
+    "feature_answers_total": (
+        "Ranked answers by where their features came from (online, release, release_fallback)."
+    ),
+    "feature_fallbacks_total": (
+        "Answers ranked with some of the release's features instead of the online store's, by "
+        "reason (unreachable, missing_user, missing_items)."
+    ),
+}
+# Label values known in advance: their series start at 0, so rates and ratios exist at once.
+_DECLARED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "fallbacks_total": ("kind", FALLBACK_KINDS),
+    "cache_requests_total": ("result", ("hit", "miss")),
+    "feature_answers_total": ("features", ("online", "release", "release_fallback")),
+    "feature_fallbacks_total": ("reason", ("unreachable", "missing_user", "missing_items")),
 }
 _PER_MODEL = (
     "impressions_total",
@@ -96,10 +110,9 @@ class ServingMetrics:
         self._hist: dict[tuple, list[float]] = {}
         self._gauges: dict[str, dict[tuple, float]] = defaultdict(dict)
         self._help: dict[str, tuple[str, str]] = {}
-        for kind in FALLBACK_KINDS:
-            self.inc("fallbacks_total", amount=0.0, kind=kind)
-        for result in ("hit", "miss"):
-            self.inc("cache_requests_total", amount=0.0, result=result)
+        for name, (label, values) in _DECLARED.items():
+            for value in values:
+                self.inc(name, amount=0.0, **{label: value})
 
     def inc(
         self, name: str, help_text: str | None = None, amount: float = 1.0, **labels: str

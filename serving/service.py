@@ -379,19 +379,9 @@ class RecommenderService:
             response.variant, response.model_version, response.fallback, len(response.items)
         )
         if response.features:
-            self.metrics.inc(
-                "feature_answers_total",
-                "Ranked answers by where their features came from (online, release, "
-                "release_fallback).",
-                features=response.features,
-            )
+            self.metrics.inc("feature_answers_total", features=response.features)
         for reason in feature_reasons:
-            self.metrics.inc(
-                "feature_fallbacks_total",
-                "Answers ranked with some of the release's features instead of the online "
-                "store's, by reason (unreachable, missing_user, missing_items).",
-                reason=reason,
-            )
+            self.metrics.inc("feature_fallbacks_total", reason=reason)
         self.request_log.maybe_write(
             {
                 "request_id": response.request_id,
