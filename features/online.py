@@ -261,6 +261,14 @@ class OnlineFeatureReader:
             logger.info("item table reloaded: %d of %d items online", int(found.sum()), len(ids))
             return int(found.sum())
 
+    def item_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """The in-memory item table ``(ids, values, found, event_time)`` as it is now (None
+        before its first load, or in ``online`` item mode). A new materialization swaps in a
+        new tuple (loaded in the background), never mutates this one."""
+        if self.item_mode == "table":
+            self._maybe_refresh()
+        return self._table
+
     def _marker_mtime(self) -> float | None:
         try:
             return self.paths.materialized_marker.stat().st_mtime

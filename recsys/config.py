@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     cache_size: int = Field(
         10_000, ge=0, description="Entries in the per-user recommendation cache; 0 disables it."
     )
+    candidate_memo_mb: float = Field(
+        256.0,
+        ge=0.0,
+        description="Memory per loaded model for its users' candidate sets (computed at load "
+        "for the most active users, then on first request); 0 computes them on every request.",
+    )
     request_log_sample: float = Field(
         0.1, ge=0.0, le=1.0, description="Share of /recommend calls written to the request log."
     )

@@ -12,6 +12,7 @@ stage code serves three purposes, which is what keeps training and serving consi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -96,14 +97,23 @@ def user_item_weights(
     return matrix.astype(np.float32)
 
 
+@lru_cache(maxsize=64)
+def _compressed_columns(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Which of ``names`` are log1p-compressed, and which of those are count-scaled."""
+    logged = [j for j, n in enumerate(names) if any(part in n for part in _LOG_FEATURES)]
+    scaled = [j for j in logged if "events" in names[j] or names[j].endswith("_total")]
+    return np.asarray(logged, dtype=np.int64), np.asarray(scaled, dtype=np.int64)
+
+
 def _compress(names: tuple[str, ...], table: np.ndarray, count_scale: float = 1.0) -> np.ndarray:
     """log1p of counts and ages; counts multiplied by ``count_scale`` first, so a stage fit on
     a share of the data yields features on the scale of one fit on all of it."""
     out = table.astype(np.float32, copy=True)
-    for j, name in enumerate(names):
-        if any(part in name for part in _LOG_FEATURES):
-            scale = count_scale if ("events" in name or name.endswith("_total")) else 1.0
-            out[:, j] = np.log1p(np.clip(out[:, j] * scale, 0, None))
+    logged, scaled = _compressed_columns(tuple(names))
+    if count_scale != 1.0 and len(scaled):
+        out[:, scaled] *= count_scale
+    if len(logged):
+        out[:, logged] = np.log1p(np.clip(out[:, logged], 0, None))
     return out
 
 
@@ -171,21 +181,9 @@ class Stage:
                 out.append(_merge(i, tops, mats, n))
         return out
 
-    def features(
-        self,
-        user_row: int,
-        cands: CandidateList,
-        *,
-        user: np.ndarray | None = None,
-        affinity: np.ndarray | None = None,
-        items: np.ndarray | None = None,
-        item_category: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Ranker input rows (len(cands) x len(feature_names())) for one user.
-
-        ``user`` (one row of the user table), ``affinity`` (per category of this stage),
-        ``items`` (item table rows of ``cands.items``) and ``item_category`` replace the stage's
-        own rows when given: serving passes online-store values in the stage's layout."""
+    def source_features(self, cands: CandidateList) -> np.ndarray:
+        """The ranker's per-source columns of ``cands`` (len(cands) x 5 per source): they depend
+        on the candidate list only, so a server may compute them once per user and release."""
         m = len(cands.items)
         n_sources = cands.scores.shape[1]
         width = len(_PER_SOURCE)
@@ -201,13 +199,40 @@ class Stage:
         )
         per_source[:, 3::width] = np.where(present, np.log1p(cands.ranks), np.log1p(1000))
         per_source[:, 4::width] = present
+        return per_source
+
+    def features(
+        self,
+        user_row: int,
+        cands: CandidateList,
+        *,
+        user: np.ndarray | None = None,
+        affinity: np.ndarray | None = None,
+        items: np.ndarray | None = None,
+        item_category: np.ndarray | None = None,
+        per_source: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Ranker input rows (len(cands) x len(feature_names())) for one user.
+
+        ``user`` (one row of the user table), ``affinity`` (per category of this stage),
+        ``items`` (item table rows of ``cands.items``) and ``item_category`` replace the stage's
+        own rows when given: serving passes online-store values in the stage's layout.
+        ``per_source``: :meth:`source_features` of ``cands``, when already computed."""
+        m = len(cands.items)
+        if per_source is None:
+            per_source = self.source_features(cands)
         user_row_values = self.user_table[user_row] if user is None else user
-        user_block = np.broadcast_to(user_row_values, (m, self.user_table.shape[1]))
         item = self.item_table[cands.items] if items is None else items
         category = self.item_category[cands.items] if item_category is None else item_category
         shares = self.user_affinity[user_row] if affinity is None else affinity
         of_item = np.where(category >= 0, shares[np.maximum(category, 0)], 0.0)
-        return np.hstack([per_source, user_block, item, of_item[:, None]]).astype(np.float32)
+        width, n_user = per_source.shape[1], self.user_table.shape[1]
+        out = np.empty((m, width + n_user + item.shape[1] + 1), dtype=np.float32)
+        out[:, :width] = per_source
+        out[:, width : width + n_user] = user_row_values
+        out[:, width + n_user : -1] = item
+        out[:, -1] = of_item
+        return out
 
 
 def _merge(i: int, tops: list[np.ndarray], mats: list[np.ndarray], n: int) -> CandidateList:

@@ -20,6 +20,10 @@ Arrays load with ``np.load(..., allow_pickle=False)``.
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,7 @@ from recsys.models.ease import EASECandidates
 from recsys.models.itemknn import ItemKNNCandidates
 from recsys.models.popularity import PopularityCandidates
 from recsys.models.ranker import Ranker
-from recsys.pipeline import PipelineParams, Stage, rank_users
+from recsys.pipeline import CandidateList, PipelineParams, Stage
 
 FORMAT_VERSION = 2
 _DENSE = (
@@ -63,8 +67,38 @@ class Recommendation:
     fallback: str | None = None
 
 
+@dataclass(frozen=True)
+class CandidateBlock:
+    """One user's merged candidates and the ranker columns that depend on them alone."""
+
+    cands: CandidateList
+    per_source: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        c = self.cands
+        return c.items.nbytes + c.scores.nbytes + c.ranks.nbytes + self.per_source.nbytes
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A ranked list in item rows, and the wall time of its candidate and ranking stages."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    candidates_s: float = 0.0
+    features_s: float = 0.0
+    ranking_s: float = 0.0
+
+
 class Release:
-    """A trained recommender as served: a fitted stage (sources + features) and the ranker."""
+    """A trained recommender as served: a fitted stage (sources + features) and the ranker.
+
+    A user's candidate set depends on the release alone, so it is computed once per user and
+    kept (with its per-source ranker columns) in a bounded memo: :meth:`warm` fills it for the
+    most active users up to a memory budget before a server takes traffic; other users fill
+    it on their first request, least recently used first out.
+    """
 
     def __init__(
         self,
@@ -81,6 +115,10 @@ class Release:
         self._item_row = {int(v): i for i, v in enumerate(stage.item_ids)}
         cold = stage.sources["trending"].item_scores
         self._cold_scores = cold if cold.any() else stage.sources["popularity"].item_scores
+        self._memo: OrderedDict[int, CandidateBlock] = OrderedDict()
+        self._memo_lock = threading.Lock()
+        self._memo_bytes = 0
+        self.memo_limit_bytes = 0
 
     @property
     def user_ids(self) -> np.ndarray:
@@ -117,14 +155,113 @@ class Release:
         row = self.user_row(user_id)
         if row is None:
             return self.cold_start(k, exclude)
-        excluded = np.asarray(
-            [self._item_row[i] for i in exclude or [] if i in self._item_row], dtype=np.int64
+        ranked = self.rank_row(row, k, self.item_rows(exclude or []))
+        return Recommendation(self.item_ids[ranked.rows], ranked.scores)
+
+    def item_rows(self, item_ids: list[int] | np.ndarray) -> np.ndarray:
+        """Rows of the ``item_ids`` this release knows (others are dropped)."""
+        if not len(item_ids):
+            return np.zeros(0, dtype=np.int64)
+        ids = np.asarray(item_ids, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.item_ids, ids), len(self.item_ids) - 1)
+        return pos[self.item_ids[pos] == ids].astype(np.int64)
+
+    def rank_row(
+        self,
+        row: int,
+        k: int,
+        excluded: np.ndarray,
+        overrides: Callable[[np.ndarray], dict[str, np.ndarray | None]] | None = None,
+    ) -> Ranked:
+        """Top-``k`` item rows for user ``row``: its candidates, ranked, then ``excluded`` item
+        rows filtered out. When the filter would leave fewer than ``k`` candidates, the
+        candidates are drawn again with ``excluded`` removed first. ``overrides(item_rows)``
+        gives feature rows that replace the release's (see ``Stage.features``): serving passes
+        the online store's."""
+        started = time.perf_counter()
+        block = self.candidate_block(row)
+        keep = None
+        if len(excluded):
+            keep = ~np.isin(block.cands.items, excluded)
+            if keep.sum() < min(k, len(block.cands.items)):
+                block, keep = self._block(row, [excluded]), None
+        items = block.cands.items
+        fetched = time.perf_counter()
+        if self.ranker is None or not len(items):
+            values_all = -np.arange(len(items), dtype=np.float32)
+            built = fetched
+        else:
+            extra = overrides(items) if overrides is not None else {}
+            matrix = self.stage.features(row, block.cands, per_source=block.per_source, **extra)
+            built = time.perf_counter()
+            values_all = self.ranker.score(matrix)
+        if keep is not None:
+            values_all = np.where(keep, values_all, -np.inf)
+        order = np.argsort(-values_all, kind="stable")[: min(k, len(items))]
+        if keep is not None:
+            order = order[keep[order]]
+        ranked = time.perf_counter()
+        return Ranked(
+            items[order],
+            np.asarray(values_all[order], dtype=np.float32),
+            fetched - started,
+            built - fetched,
+            ranked - built,
         )
-        recs, scores = rank_users(
-            self.stage, self.ranker, np.array([row]), k, self.params.candidates, [excluded]
-        )
-        keep = recs[0] >= 0
-        return Recommendation(self.item_ids[recs[0][keep]], scores[0][keep])
+
+    def candidate_block(self, row: int) -> CandidateBlock:
+        """The user's candidates and per-source ranker columns, from the memo when kept."""
+        block = self._memo.get(row)
+        if block is not None:
+            with self._memo_lock:
+                if row in self._memo:
+                    self._memo.move_to_end(row)
+            return block
+        block = self._block(row)
+        self._keep(row, block)
+        return block
+
+    def _block(self, row: int, exclude: list[np.ndarray] | None = None) -> CandidateBlock:
+        cands = self.stage.candidate_lists(np.array([row]), self.params.candidates, exclude)[0]
+        return CandidateBlock(cands, self.stage.source_features(cands))
+
+    def _keep(self, row: int, block: CandidateBlock) -> None:
+        if self.memo_limit_bytes <= 0:
+            return
+        with self._memo_lock:
+            if row in self._memo:
+                return
+            self._memo[row] = block
+            self._memo_bytes += block.nbytes
+            while self._memo_bytes > self.memo_limit_bytes and len(self._memo) > 1:
+                _, dropped = self._memo.popitem(last=False)
+                self._memo_bytes -= dropped.nbytes
+
+    def warm(self, limit_mb: float, *, batch: int = 256) -> int:
+        """Keep up to ``limit_mb`` MB of candidate blocks, computing them now for the most
+        active users first (most interactions). Returns the number of users kept."""
+        self.memo_limit_bytes = int(limit_mb * 1024 * 1024)
+        if self.memo_limit_bytes <= 0 or not self.n_users:
+            return 0
+        activity = np.diff(self.stage.user_items.indptr)
+        order = np.argsort(-activity, kind="stable")
+        for start in range(0, len(order), batch):
+            rows = order[start : start + batch]
+            lists = self.stage.candidate_lists(rows, self.params.candidates)
+            for row, cands in zip(rows, lists, strict=True):
+                self._keep(int(row), CandidateBlock(cands, self.stage.source_features(cands)))
+            if self._memo_bytes >= self.memo_limit_bytes * 0.95:
+                break
+        return len(self._memo)
+
+    @property
+    def memo_status(self) -> dict[str, float]:
+        """Users kept in the candidate memo and their size."""
+        return {
+            "users": len(self._memo),
+            "mb": round(self._memo_bytes / 2**20, 2),
+            "limit_mb": round(self.memo_limit_bytes / 2**20, 2),
+        }
 
     # ---- persistence ------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import json
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +43,11 @@ logger = logging.getLogger("recsys.serving")
 
 RETRY_S = 2.0
 """Seconds the online store is left alone after a failed read."""
+USER_ROW_TTL_S = 60.0
+"""Seconds a user's online row is reused before it is read again (a new materialization
+drops every kept row at once: the batch online store changes only when it is materialized)."""
+USER_ROWS_KEPT = 100_000
+"""Most user rows kept between reads (least recently read first out)."""
 WATCH_S = 1.0
 """Seconds between looks at the materialization marker while no reader is open."""
 
@@ -97,6 +102,9 @@ class ServingFeatures:
         self._next_watch = 0.0
         self._marker_cache: tuple[float, dict[str, Any] | None] = (-1.0, None)
         self._layouts: dict[tuple, np.ndarray] = {}
+        self._users: OrderedDict[int, tuple[float, dict[str, Any] | None]] = OrderedDict()
+        self._users_epoch: str | None = None
+        self._item_layouts: dict[int, tuple] = {}
         self.answers: Counter[str] = Counter()
         self.fallbacks: Counter[str] = Counter()
 
@@ -127,6 +135,8 @@ class ServingFeatures:
             with self._lock:
                 self._reader = reader
                 self._layouts.clear()
+                self._users.clear()
+                self._item_layouts.clear()
                 self._retry_at = 0.0
             self._set_state("online", None)
             return True
@@ -171,18 +181,39 @@ class ServingFeatures:
             return FeatureRows(RELEASE_FALLBACK, ("unreachable",))
         if now < self._retry_at:
             return FeatureRows(RELEASE_FALLBACK, ("unreachable",))
-        item_ids = release.item_ids[item_rows]
         try:
-            user = reader.user_features(int(user_id))
-            items = reader.item_features(item_ids)
+            user = self._user_row(reader, int(user_id))
+            table = reader.item_table()
         except Exception as exc:  # unreachable or unreadable store: the release's rows answer
             self._failed(exc)
             return FeatureRows(RELEASE_FALLBACK, ("unreachable",))
         if self.state != "online":
             self._set_state("online", None)
-        return self._in_release_layout(release, user_row, item_rows, user, items, reader)
+        return self._in_release_layout(release, user_row, item_rows, user, table, reader)
 
-    def _in_release_layout(self, release, user_row, item_rows, user, items, reader) -> FeatureRows:
+    def _user_row(self, reader, user_id: int) -> dict[str, Any] | None:
+        """The user's online row, re-read after :data:`USER_ROW_TTL_S` or a materialization."""
+        marker = self.marker()
+        epoch = str(marker.get("at")) if marker else None
+        now = time.monotonic()
+        with self._lock:
+            if epoch != self._users_epoch:
+                self._users.clear()
+                self._users_epoch = epoch
+            kept = self._users.get(user_id)
+            if kept is not None and now - kept[0] < USER_ROW_TTL_S:
+                self._users.move_to_end(user_id)
+                return kept[1]
+        row = reader.user_features(user_id)  # outside the lock: other requests go on
+        with self._lock:
+            if epoch == self._users_epoch:
+                self._users[user_id] = (now, row)
+                self._users.move_to_end(user_id)
+                if len(self._users) > USER_ROWS_KEPT:
+                    self._users.popitem(last=False)
+        return row
+
+    def _in_release_layout(self, release, user_row, item_rows, user, table, reader) -> FeatureRows:
         stage = release.stage
         to_release = self._layout(reader.vocabulary, stage.categories)
         reasons: list[str] = []
@@ -196,24 +227,44 @@ class ServingFeatures:
             affinity = np.zeros(len(stage.categories), dtype=np.float32)
             known = to_release[: len(shares)] >= 0
             affinity[to_release[: len(shares)][known]] = shares[known]
-        values = items.values
-        item_values = ranker_view(ITEM_NUMERIC, values[:, _ITEM_NUMERIC_COLUMNS])
-        online_category = np.nan_to_num(values[:, _CATEGORY], nan=-1).astype(np.int64)
-        inside = (online_category >= 0) & (online_category < len(to_release))
-        category = np.where(inside, to_release[np.clip(online_category, 0, None)], -1)
-        if not items.found.all():
+        values, category, found = self._items_in_layout(release, table, to_release)
+        if not found[item_rows].all():
             reasons.append("missing_items")
-            missing = ~items.found
-            item_values[missing] = stage.item_table[item_rows[missing]]
-            category[missing] = stage.item_category[item_rows[missing]]
         return FeatureRows(
             RELEASE_FALLBACK if reasons else ONLINE,
             tuple(reasons),
             user_values,
             affinity,
-            item_values,
-            category,
+            values[item_rows],
+            category[item_rows],
         )
+
+    def _items_in_layout(self, release, table, to_release: np.ndarray) -> tuple:
+        """The online item table in ``release``'s rows and layout (the ranker's view of the
+        values, the release's category indexes), the release's own rows where the online store
+        has none; and which rows came from the store. Built once per table and release."""
+        kept = self._item_layouts.get(id(release))
+        if kept is not None and kept[0] is table and kept[1] is release:
+            return kept[2:]
+        stage = release.stage
+        values = stage.item_table.astype(np.float32, copy=True)
+        category = stage.item_category.astype(np.int64, copy=True)
+        found = np.zeros(len(release.item_ids), dtype=bool)
+        if table is not None and len(table[0]):
+            ids, online, online_found, _ = table
+            pos = np.searchsorted(ids, release.item_ids).clip(0, len(ids) - 1)
+            hit = (ids[pos] == release.item_ids) & online_found[pos]
+            rows = online[pos[hit]]
+            values[hit] = ranker_view(ITEM_NUMERIC, rows[:, _ITEM_NUMERIC_COLUMNS])
+            cat = np.nan_to_num(rows[:, _CATEGORY], nan=-1).astype(np.int64)
+            inside = (cat >= 0) & (cat < len(to_release))
+            category[hit] = np.where(inside, to_release[np.clip(cat, 0, len(to_release) - 1)], -1)
+            found = hit
+        with self._lock:
+            if len(self._item_layouts) >= 4:
+                self._item_layouts.clear()
+            self._item_layouts[id(release)] = (table, release, values, category, found)
+        return values, category, found
 
     def _layout(self, vocabulary: list[str], categories: list[str]) -> np.ndarray:
         """Index of each online category (vocabulary order) in the release's categories, -1 if

@@ -9,14 +9,19 @@ With the release's own features its answer equals ``Release.recommend``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from serving.features import FeatureRows, ServingFeatures
 
 STAGES = ("candidates", "features", "ranking")
+
+# One request scores one small candidate matrix: torch's intra-op thread pool only adds
+# wake-up and spin costs there (3-15x slower ranking on a busy 2-core machine), and the
+# server's worker threads are the parallelism.
+torch.set_num_threads(1)
 
 
 @dataclass(frozen=True)
@@ -30,16 +35,6 @@ class RankedList:
     features: str | None = None
     feature_reasons: tuple[str, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def item_rows(release, item_ids: list[int]) -> np.ndarray:
-    """Rows of the ``item_ids`` the release knows (others are dropped)."""
-    if not item_ids:
-        return np.zeros(0, dtype=np.int64)
-    ids = np.asarray(item_ids, dtype=np.int64)
-    catalog = release.item_ids
-    pos = np.minimum(np.searchsorted(catalog, ids), len(catalog) - 1)
-    return pos[catalog[pos] == ids].astype(np.int64)
 
 
 def rank_for_user(
@@ -58,30 +53,25 @@ def rank_for_user(
     if row is None:
         cold = release.cold_start(k, exclude)
         return RankedList(cold.item_ids, cold.scores, cold.fallback)
-    stage = release.stage
-    started = time.perf_counter()
-    excluded = item_rows(release, exclude or [])
-    cands = stage.candidate_lists(np.array([row]), release.params.candidates, [excluded])[0]
-    fetched = time.perf_counter()
     rows = FeatureRows("release")
-    if release.ranker is None or not len(cands.items):
-        order = np.arange(min(k, len(cands.items)))
-        values = -order.astype(np.float32)
-        built = ranked = fetched
-    else:
-        if features is not None:
-            rows = features.rows(release, user_id, row, cands.items)
-        matrix = stage.features(row, cands, **rows.overrides())
-        built = time.perf_counter()
-        values_all = release.ranker.score(matrix)
-        order = np.argsort(-values_all, kind="stable")[:k]
-        values = values_all[order]
-        ranked = time.perf_counter()
+    overrides = None
+    if features is not None and release.ranker is not None:
+
+        def overrides(item_rows: np.ndarray) -> dict[str, np.ndarray | None]:
+            nonlocal rows
+            rows = features.rows(release, user_id, row, item_rows)
+            return rows.overrides()
+
+    ranked = release.rank_row(row, k, release.item_rows(exclude or []), overrides)
     return RankedList(
-        release.item_ids[cands.items[order]],
-        np.asarray(values, dtype=np.float32),
+        release.item_ids[ranked.rows],
+        ranked.scores,
         None,
         rows.source if release.ranker is not None else None,
         rows.reasons,
-        {"candidates": fetched - started, "features": built - fetched, "ranking": ranked - built},
+        {
+            "candidates": ranked.candidates_s,
+            "features": ranked.features_s,
+            "ranking": ranked.ranking_s,
+        },
     )

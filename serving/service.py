@@ -110,6 +110,7 @@ def load_model(settings, alias: str, features: ServingFeatures | None = None) ->
     with tempfile.TemporaryDirectory(prefix=f"recsys-{alias}-") as folder:
         version, release_dir = download_release(settings, alias, Path(folder))
         release = Release.load(release_dir)
+    release.warm(settings.candidate_memo_mb)
     if features is not None:
         features.cover(release.item_ids)
     probe = int(release.user_ids[0]) if release.n_users else 0

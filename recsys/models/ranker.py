@@ -192,6 +192,14 @@ def _listwise_steps(xt, yt, groups, train_mask, params: RankerParams):
     return batches
 
 
+def _forward(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
+    """One MLP member in eval mode: Linear -> ReLU (dropout is the identity) ..., Linear."""
+    for weight_t, bias in layers[:-1]:
+        x = torch.relu(torch.addmm(bias, x, weight_t))
+    weight_t, bias = layers[-1]
+    return torch.addmm(bias, x, weight_t).squeeze(-1)
+
+
 class Ranker:
     """A fitted ranker: standardisation plus the network."""
 
@@ -202,6 +210,7 @@ class Ranker:
         self.mean = mean.astype(np.float32)
         self.std = std.astype(np.float32)
         self.net = net.eval()
+        self._weights: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         self.epochs_trained = 0
         self.history: list[dict[str, float]] = []
 
@@ -211,14 +220,32 @@ class Ranker:
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Scores of one list of candidates (rows); higher is better. With several members,
-        each member's logits are z-scored over the list, then averaged."""
+        each member's logits are z-scored over the list, then averaged.
+
+        Runs the eval-mode network as plain ``addmm``/``relu`` calls on its weights (what its
+        forward computes with dropout off, without the module-call overhead that dominates a
+        200-row batch)."""
         x = torch.from_numpy(((features - self.mean) / self.std).astype(np.float32))
         with torch.inference_mode():
-            logits = self.net(x).numpy()
+            logits = torch.stack([_forward(layers, x) for layers in self._layers()]).numpy()
         if len(logits) == 1:
             return logits[0]
-        spread = logits.std(axis=1, keepdims=True)
-        return ((logits - logits.mean(axis=1, keepdims=True)) / (spread + 1e-9)).mean(axis=0)
+        centred = logits - logits.mean(axis=1, keepdims=True)
+        spread = np.sqrt((centred * centred).mean(axis=1, keepdims=True))
+        return (centred / (spread + 1e-9)).mean(axis=0)
+
+    def _layers(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Per member, the (W^T, b) of each Linear layer, read once from the eval network."""
+        if self._weights is None:
+            self._weights = [
+                [
+                    (m.weight.detach().t().contiguous(), m.bias.detach().clone())
+                    for m in member.body
+                    if isinstance(m, nn.Linear)
+                ]
+                for member in self.net.members
+            ]
+        return self._weights
 
     @classmethod
     def fit(
