@@ -1,0 +1,207 @@
+"""The HTTP edge of the recommendation service: an ASGI middleware in front of BentoML's app.
+
+It does what BentoML's own request handling does not:
+
+* bounds the request body before anything parses it: a ``Content-Length`` above the limit is a
+  413 without reading the body, and a body streamed without one is read up to the limit and
+  refused the same way (BentoML would read and parse any size first);
+* turns BentoML's validation answer (``"1 validation error for Input"``) into a 400 whose
+  ``error`` names each field and what is wrong with it (``"k: Input should be less than or
+  equal to 100"``), the pydantic details kept under ``detail``;
+* publishes an OpenAPI document (``/docs.json``) that tells the truth about the answers: request
+  bodies with required fields are required, every error status an endpoint can answer is listed
+  with the one error body all of them share (``{"error": "...", "detail": ...}``), and the admin
+  endpoints declare their bearer token.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "title": "Error",
+    "required": ["error"],
+    "properties": {
+        "error": {"type": "string", "minLength": 1, "description": "What is wrong, in words."},
+        "detail": {"description": "Machine-readable details (validation errors: a list)."},
+    },
+}
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+BEARER = {"type": "http", "scheme": "bearer", "description": "RECSYS_ADMIN_TOKEN"}
+ERROR_STATUSES = {
+    400: "Invalid request: the error names the field and the problem.",
+    413: "The request body is larger than RECSYS_MAX_BODY_KB.",
+    500: "Unexpected error (a defect: the server log has the traceback).",
+    504: "The request took longer than the service's request timeout.",
+}
+"""Statuses every endpoint can answer."""
+API_ERRORS = {
+    "recommend": {503: "No model is loaded and no fallback could answer."},
+    "feedback": {409: "The request_id served another user."},
+    "admin_": {
+        401: "Missing or wrong Authorization: Bearer token.",
+        404: "Admin disabled (RECSYS_ADMIN_TOKEN unset), or the drill is disabled.",
+    },
+}
+"""Statuses particular to an endpoint, by its BentoML name (or name prefix)."""
+
+
+def readable_validation_error(errors: list[dict[str, Any]]) -> str:
+    """``"k: Input should be ...; user_id: Field required"`` from pydantic's error list."""
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc") or ()) or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts) if parts else "invalid request body"
+
+
+def publishable_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """BentoML's OpenAPI document with required request bodies, the real error answers and the
+    admin endpoints' bearer token."""
+    components = spec.setdefault("components", {})
+    components.setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    components.setdefault("securitySchemes", {})["adminToken"] = BEARER
+    for item in spec.get("paths", {}).values():
+        operation = item.get("post")
+        if not operation or "x-bentoml-name" not in operation:
+            continue
+        name = operation["x-bentoml-name"]
+        body = operation.get("requestBody") or {}
+        schemas = [media.get("schema") or {} for media in body.get("content", {}).values()]
+        if any(schema.get("required") for schema in schemas):
+            body["required"] = True
+        if name.startswith("admin_"):
+            operation["security"] = [{"adminToken": []}]
+        statuses = dict(ERROR_STATUSES)
+        for prefix, extra in API_ERRORS.items():
+            if name == prefix or (prefix.endswith("_") and name.startswith(prefix)):
+                statuses.update(extra)
+        responses = operation.setdefault("responses", {})
+        for code in [c for c in responses if str(c) != "200"]:
+            del responses[code]
+        for code, description in sorted(statuses.items()):
+            responses[str(code)] = {
+                "description": description,
+                "content": {"application/json": {"schema": ERROR_REF}},
+            }
+    return spec
+
+
+async def _answer(send: Send, status: int, payload: dict[str, Any]) -> None:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _rewriting(send: Send, status: int, rewrite: Callable[[bytes], bytes | None]) -> Send:
+    """A ``send`` that buffers an answer with ``status`` and passes its body through
+    ``rewrite`` (None: keep it as it was); other answers go through untouched."""
+    held: dict[str, Any] = {}
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start" and message.get("status") == status:
+            held["start"], held["body"] = message, b""
+            return
+        if "start" not in held or message["type"] != "http.response.body":
+            await send(message)
+            return
+        held["body"] += message.get("body", b"")
+        if message.get("more_body"):
+            return
+        body = rewrite(held["body"])
+        start = held.pop("start")
+        if body is not None:
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            start = {**start, "headers": [*headers, (b"content-length", b"%d" % len(body))]}
+        await send(start)
+        await send({"type": "http.response.body", "body": held["body"] if body is None else body})
+
+    return wrapped
+
+
+def _readable_400(body: bytes) -> bytes | None:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    detail = payload.get("detail") if isinstance(payload, dict) else None
+    if not isinstance(detail, list) or not all(isinstance(d, dict) for d in detail):
+        return None
+    return json.dumps({"error": readable_validation_error(detail), "detail": detail}).encode()
+
+
+def _truthful_spec(body: bytes) -> bytes | None:
+    try:
+        return json.dumps(publishable_spec(json.loads(body))).encode()
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+class RequestGuard:
+    """ASGI middleware: body bound, readable 400s, a truthful ``/docs.json`` (module docstring).
+
+    Args:
+        app: the ASGI app it wraps.
+        max_body_bytes: the largest request body accepted.
+    """
+
+    def __init__(self, app: App, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "GET" and scope["path"].endswith("/docs.json"):
+            await self.app(scope, receive, _rewriting(send, 200, _truthful_spec))
+            return
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        # the HTTP server refuses a malformed Content-Length itself; the read below bounds the rest
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"").strip()
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            await _answer(send, 413, self._too_big(int(declared)))
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                await _answer(send, 413, self._too_big(size, streamed=True))
+                return
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, _rewriting(send, 400, _readable_400))
+
+    def _too_big(self, size: int, *, streamed: bool = False) -> dict[str, Any]:
+        sent = f"more than {self.max_body_bytes}" if streamed else str(size)
+        return {
+            "error": f"request body of {sent} bytes exceeds the limit of "
+            f"{self.max_body_bytes} bytes (RECSYS_MAX_BODY_KB)"
+        }
