@@ -249,9 +249,10 @@ class Release:
             rows = order[start : start + batch]
             lists = self.stage.candidate_lists(rows, self.params.candidates)
             for row, cands in zip(rows, lists, strict=True):
-                self._keep(int(row), CandidateBlock(cands, self.stage.source_features(cands)))
-            if self._memo_bytes >= self.memo_limit_bytes * 0.95:
-                break
+                block = CandidateBlock(cands, self.stage.source_features(cands))
+                if self._memo_bytes + block.nbytes > self.memo_limit_bytes:
+                    return len(self._memo)
+                self._keep(int(row), block)
         return len(self._memo)
 
     @property

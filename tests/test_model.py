@@ -72,6 +72,43 @@ def test_recommendations_never_contain_seen_excluded_or_duplicate_items(trained_
         assert np.all(np.diff(rec.scores) <= 1e-6)  # best first
 
 
+def test_candidate_memo_keeps_answers_and_its_memory_bound(trained_world, tmp_path):
+    settings, _, result = trained_world
+    folder = result.release.save(tmp_path / "release")
+    cold, warm = Release.load(folder), Release.load(folder)
+    per_user = warm.candidate_block(0).nbytes
+    limit = per_user * 50 / 2**20  # room for about 50 users: the most active ones
+    kept = warm.warm(limit)
+    assert 40 <= kept <= 60 and warm.memo_status["mb"] <= limit
+    activity = np.diff(warm.stage.user_items.indptr)
+    assert activity[list(warm._memo)].min() >= np.sort(activity)[-kept]
+    for user_id in warm.user_ids[::7][:80]:  # kept and not kept, then the LRU turns over
+        a, b = cold.recommend(int(user_id), 10), warm.recommend(int(user_id), 10)
+        assert a.item_ids.tolist() == b.item_ids.tolist()
+        assert np.allclose(a.scores, b.scores)
+    assert warm.memo_status["mb"] <= limit
+    assert Release.load(folder).warm(0) == 0
+
+
+def test_exclusions_filter_the_ranked_list_and_redraw_candidates_when_too_few_remain(
+    trained_world,
+):
+    _, _, result = trained_world
+    release = result.release
+    user = int(release.user_ids[3])
+    full = release.recommend(user, 10).item_ids.tolist()
+    # two excluded items of the top ten: the rest keeps its order, the next ones move up
+    dropped = full[1::4][:2]
+    filtered = release.recommend(user, 10, exclude=dropped).item_ids.tolist()
+    assert filtered[:8] == [i for i in full if i not in dropped][:8]
+    assert not set(dropped) & set(filtered) and len(filtered) == 10
+    # excluding every candidate but five: the candidates are drawn again without them
+    block = release.candidate_block(release.user_row(user))
+    most = release.item_ids[block.cands.items[5:]].tolist()
+    rec = release.recommend(user, 10, exclude=most).item_ids.tolist()
+    assert len(rec) == 10 and not set(most) & set(rec)
+
+
 def test_unknown_user_gets_the_cold_start_list(trained_world):
     _, _, result = trained_world
     rec = result.release.recommend(10**9, 5)
