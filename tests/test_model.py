@@ -73,7 +73,7 @@ def test_recommendations_never_contain_seen_excluded_or_duplicate_items(trained_
 
 
 def test_candidate_memo_keeps_answers_and_its_memory_bound(trained_world, tmp_path):
-    settings, _, result = trained_world
+    _, _, result = trained_world
     folder = result.release.save(tmp_path / "release")
     cold, warm = Release.load(folder), Release.load(folder)
     per_user = warm.candidate_block(0).nbytes
