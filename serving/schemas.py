@@ -6,8 +6,14 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-ItemId = Annotated[int, Field(ge=0)]
+MAX_ID = 2**63 - 1
+"""Ids are int64 in every array, file and table: a larger one is refused at the door, not left
+to overflow inside the model (where it would read as a model failure)."""
+ItemId = Annotated[int, Field(ge=0, le=MAX_ID, strict=True)]
 ContextValue = str | int | float | bool | None
+NULLABLE = {"nullable": True}
+"""BentoML's OpenAPI document keeps only the first branch of ``X | None`` (``X``): a field that
+can be null says so with OpenAPI 3.0's ``nullable``, or clients are told it is never null."""
 
 
 class ScoredItem(BaseModel):
@@ -20,16 +26,22 @@ class RecommendResponse(BaseModel):
     user_id: int
     items: list[ScoredItem]
     model_version: str | None = Field(
-        description="Registry version of the model that answered (None: no model could)."
+        description="Registry version of the model that answered (None: no model could).",
+        json_schema_extra=NULLABLE,
     )
-    variant: str | None = Field(description="champion or challenger (canary); None if degraded.")
+    variant: str | None = Field(
+        description="champion or challenger (canary); None if degraded.",
+        json_schema_extra=NULLABLE,
+    )
     fallback: str | None = Field(
         None,
+        json_schema_extra=NULLABLE,
         description="Set when a degraded path answered: cold_start (unknown user), cache (the "
         "model failed; the user's last good answer), degraded (popularity).",
     )
     features: str | None = Field(
         None,
+        json_schema_extra=NULLABLE,
         description="Where the ranker's user and item features came from: online (the Feast "
         "online store), release (the online store was never materialized: the release's own "
         "tables), release_fallback (the online store failed or lacked a row: the release's rows "
@@ -44,5 +56,5 @@ class FeedbackResponse(BaseModel):
         description="False when the request_id is unknown to this process (too old, or served "
         "before a restart): the event is kept with variant and model_version null."
     )
-    variant: str | None
-    model_version: str | None
+    variant: str | None = Field(json_schema_extra=NULLABLE)
+    model_version: str | None = Field(json_schema_extra=NULLABLE)

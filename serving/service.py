@@ -66,6 +66,7 @@ from serving.metrics import ServingMetrics
 from serving.ranking import RankedList, rank_for_user
 from serving.router import CHALLENGER, CHAMPION, route
 from serving.schemas import (
+    MAX_ID,
     ContextValue,
     FeedbackResponse,
     ItemId,
@@ -249,8 +250,10 @@ class RecommenderService:
     def recommend(
         self,
         ctx: bentoml.Context,
-        user_id: Annotated[int, Field(ge=0, description="The user to recommend for.")],
-        k: Annotated[int, Field(ge=1, le=MAX_K, description="How many items.")] = 10,
+        user_id: Annotated[
+            int, Field(ge=0, le=MAX_ID, strict=True, description="The user to recommend for.")
+        ],
+        k: Annotated[int, Field(ge=1, le=MAX_K, strict=True, description="How many items.")] = 10,
         exclude: Annotated[
             list[ItemId], Field(max_length=MAX_EXCLUDE, description="Items never to return.")
         ] = [],  # noqa: B006 - pydantic copies defaults
@@ -409,11 +412,11 @@ class RecommenderService:
     def feedback(
         self,
         request_id: Annotated[str, Field(min_length=1, max_length=64)],
-        user_id: Annotated[int, Field(ge=0)],
-        item_id: Annotated[int, Field(ge=0)],
+        user_id: Annotated[int, Field(ge=0, le=MAX_ID, strict=True)],
+        item_id: ItemId,
         event: Literal[EVENT_TYPES],  # type: ignore[valid-type]
         value: Annotated[
-            float | None, Field(ge=0, le=1e6, json_schema_extra={"nullable": True})
+            float | None, Field(ge=0, le=1e6, strict=True, json_schema_extra={"nullable": True})
         ] = None,
     ) -> FeedbackResponse:
         """Durably record a user's reaction to an item of a /recommend answer.
@@ -530,7 +533,9 @@ class RecommenderService:
     def admin_canary(
         self,
         ctx: bentoml.Context,
-        share: Annotated[float, Field(ge=0.0, le=1.0, description="Challenger share of users.")],
+        share: Annotated[
+            float, Field(ge=0.0, le=1.0, strict=True, description="Challenger share of users.")
+        ],
     ) -> dict:
         """Set the share of users the challenger serves (0 stops the canary)."""
         denied = self._admin_denied(ctx)
