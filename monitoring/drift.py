@@ -249,9 +249,6 @@ def interaction_drift(
     Raises:
         RecsysError: either frame is empty, a column is missing, or the threshold is not a share.
     """
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
-
     if not 0.0 < share_threshold <= 1.0:
         raise RecsysError(f"share_threshold must be in (0, 1], got {share_threshold}")
     if reference.empty or current.empty:
@@ -261,25 +258,76 @@ def interaction_drift(
     started = time.perf_counter()
     ref_profile = _subsample(interaction_profile(reference, items, reference), max_rows, seed)
     cur_profile = _subsample(interaction_profile(current, items, reference), max_rows, seed)
-    # a column with no value on one side (e.g. only new items) cannot be tested: leave it out
+    result = evidently_drift(
+        ref_profile,
+        cur_profile,
+        numerical=PROFILE_NUMERICAL,
+        categorical=PROFILE_CATEGORICAL,
+        share_threshold=share_threshold,
+        decisive=PREFERENCE_COLUMNS,
+        what="interaction",
+        out_dir=out_dir,
+        name=name,
+        started=started,
+    )
+    logger.info("drift %s: %s (%.2f s)", name, result.summary, result.seconds)
+    return result
+
+
+def evidently_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    *,
+    numerical: tuple[str, ...],
+    categorical: tuple[str, ...],
+    share_threshold: float,
+    decisive: tuple[str, ...],
+    what: str,
+    decisive_label: str = "preference",
+    out_dir: Path,
+    name: str,
+    started: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> DriftResult:
+    """Evidently's ``DataDriftPreset`` (with its tests) on the ``numerical`` and ``categorical``
+    columns of two frames; a column with no value on one side is left out (it cannot be tested).
+
+    The frames have drifted when a column of ``decisive`` drifted or the share of drifted columns
+    is at least ``share_threshold``; ``what`` names the columns in the summary and
+    ``decisive_label`` the decisive ones. Writes
+    ``<out_dir>/<name>.html`` (the Evidently report) and ``<out_dir>/<name>.json`` (the verdict,
+    ``extra``, and Evidently's snapshot under ``evidently``).
+
+    Raises:
+        RecsysError: no column can be tested, or the snapshot holds no drift score.
+    """
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    started = time.perf_counter() if started is None else started
+    tested = (*numerical, *categorical)
     usable = [
-        c for c in PROFILE_COLUMNS if ref_profile[c].notna().any() and cur_profile[c].notna().any()
+        c
+        for c in reference.columns
+        if c in tested and c in current and reference[c].notna().any() and current[c].notna().any()
     ]
-    ref_profile, cur_profile = ref_profile[usable], cur_profile[usable]
+    if not usable:
+        raise RecsysError(f"no {what} column has values on both sides: nothing to test")
+    reference, current = reference[usable], current[usable]
     definition = DataDefinition(
-        numerical_columns=[c for c in PROFILE_NUMERICAL if c in usable],
-        categorical_columns=[c for c in PROFILE_CATEGORICAL if c in usable],
+        numerical_columns=[c for c in numerical if c in usable],
+        categorical_columns=[c for c in categorical if c in usable],
     )
     report = Report([DataDriftPreset(drift_share=share_threshold)], include_tests=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy/pandas chatter inside Evidently's stat tests
         snapshot = report.run(
-            Dataset.from_pandas(cur_profile, data_definition=definition),
-            Dataset.from_pandas(ref_profile, data_definition=definition),
+            Dataset.from_pandas(current, data_definition=definition),
+            Dataset.from_pandas(reference, data_definition=definition),
         )
     evidently = snapshot.dict()
-    result = _read_snapshot(evidently, share_threshold)
-    result.reference_rows, result.current_rows = len(ref_profile), len(cur_profile)
+    result = _read_snapshot(evidently, share_threshold, decisive, what, decisive_label)
+    result.reference_rows, result.current_rows = len(reference), len(current)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -287,13 +335,18 @@ def interaction_drift(
     result.json_path = out_dir / f"{name}.json"
     snapshot.save_html(str(result.html_path))
     result.seconds = round(time.perf_counter() - started, 3)
-    payload = {**result.as_dict(), "evidently": json_safe(evidently)}
-    result.json_path.write_text(json.dumps(payload, indent=1, sort_keys=True))
-    logger.info("drift %s: %s (%.2f s)", name, result.summary, result.seconds)
+    payload = {**result.as_dict(), **(extra or {}), "evidently": json_safe(evidently)}
+    result.json_path.write_text(json.dumps(json_safe(payload), indent=1, sort_keys=True))
     return result
 
 
-def _read_snapshot(evidently: dict[str, Any], share_threshold: float) -> DriftResult:
+def _read_snapshot(
+    evidently: dict[str, Any],
+    share_threshold: float,
+    decisive: tuple[str, ...] = PREFERENCE_COLUMNS,
+    what: str = "interaction",
+    decisive_label: str = "preference",
+) -> DriftResult:
     """Per-column scores, methods and verdicts from a DataDriftPreset snapshot's ``dict()``."""
     scores: dict[str, float] = {}
     methods: dict[str, str] = {}
@@ -317,17 +370,17 @@ def _read_snapshot(evidently: dict[str, Any], share_threshold: float) -> DriftRe
         raise RecsysError("the Evidently snapshot holds no column drift scores")
     if share is None:
         share = len(drifted_columns) / len(scores)
-    preference = [c for c in drifted_columns if c in PREFERENCE_COLUMNS]
+    preference = [c for c in drifted_columns if c in decisive]
     drifted = share >= share_threshold or bool(preference)
     detail = ", ".join(
         f"{c} ({methods[c]} {scores[c]:.3g}, threshold {thresholds[c]:g})" for c in drifted_columns
     )
     summary = (
-        f"{len(drifted_columns)} of {len(scores)} interaction columns drifted"
+        f"{len(drifted_columns)} of {len(scores)} {what} columns drifted"
         + (f": {detail}" if detail else "")
         + f"; share {share:.2f} {'>=' if share >= share_threshold else '<'} "
         + f"{share_threshold:g}"
-        + (f", preference column(s) {', '.join(preference)} drifted" if preference else "")
+        + (f", {decisive_label} column(s) {', '.join(preference)} drifted" if preference else "")
         + (": drift" if drifted else ": no drift")
     )
     return DriftResult(
@@ -419,6 +472,86 @@ def drift_decision(
             f"{seen}; quality within the {tolerance:.0%} tolerance{margin}, {change}: no retrain"
         )
     return DriftDecision(False, reason, q_ref, q_now, loss)
+
+
+_ANNOTATION = ("<!-- recsys-annotation -->", "<!-- /recsys-annotation -->")
+
+
+def annotate_html(
+    path: Path,
+    heading: str,
+    paragraphs: list[str],
+    columns: list[str] | None = None,
+    rows: list[list[Any]] | None = None,
+) -> None:
+    """Put a section (a heading, paragraphs and an optional table, all escaped) at the top of
+    the page of the HTML report at ``path``, replacing the section a previous call put there.
+
+    Raises:
+        RecsysError: there is no report at ``path``.
+    """
+    import html
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecsysError(f"no report to annotate at {path}")
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        return html.escape("" if value is None else str(value), quote=True)
+
+    parts = [f"<h2>{cell(heading)}</h2>", *(f"<p>{cell(p)}</p>" for p in paragraphs)]
+    if columns:
+        head = "".join(f"<th>{cell(c)}</th>" for c in columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows or []
+        )
+        parts.append(f"<table border='1' cellpadding='4'><tr>{head}</tr>{body}</table>")
+    style = "font-family:sans-serif;margin:16px 24px;padding:8px 16px;border:2px solid #444"
+    section = f"{_ANNOTATION[0]}<section style='{style}'>{''.join(parts)}</section>{_ANNOTATION[1]}"
+    page = path.read_text(encoding="utf-8")
+    start, end = page.find(_ANNOTATION[0]), page.find(_ANNOTATION[1])
+    if start >= 0 and end > start:
+        page = page[:start] + page[end + len(_ANNOTATION[1]) :]
+    body_at = page.find("<body>")
+    at = body_at + len("<body>") if body_at >= 0 else 0
+    path.write_text(page[:at] + section + page[at:], encoding="utf-8")
+
+
+def record_decision(drift: DriftResult, decision: DriftDecision) -> None:
+    """Write ``decision`` into ``drift``'s saved report: the JSON gains a ``decision`` object
+    (retrain or not, the reason in words, the qualities), the HTML a section at its top that says
+    whether the guardian retrains and why.
+
+    Raises:
+        RecsysError: the drift result has no saved report.
+    """
+    if drift.html_path is None or drift.json_path is None:
+        raise RecsysError("this drift result was not saved: there is no report to write into")
+    verdict = "retrain" if decision.retrain else "no retrain"
+    why = [f"{verdict.capitalize()}: {decision.reason}."]
+    if drift.drifted and not decision.retrain:
+        why.append(
+            "Drift alone does not retrain: the champion still ranks the newer rows about as well "
+            "as its own holdout, so a new model would cost a canary and give users nothing. The "
+            "guardian retrains once the quality loss exceeds the tolerance."
+        )
+    elif decision.retrain and not drift.drifted:
+        why.append(
+            "The drift test did not fire, but the measured quality loss decides: users are "
+            "served worse lists than the champion's holdout promised."
+        )
+    rows = [
+        ["champion nDCG on its holdout (reference)", decision.quality_reference],
+        ["champion nDCG on the newer rows", decision.quality_current],
+        ["relative quality loss", f"{decision.quality_loss:.1%}"],
+        ["columns drifted", ", ".join(drift.drifted_columns) or "none"],
+    ]
+    annotate_html(drift.html_path, f"Guardian decision: {verdict}", why, ["", "value"], rows)
+    payload = json.loads(drift.json_path.read_text())
+    payload["decision"] = {**decision.as_dict(), "verdict": verdict, "why": " ".join(why)}
+    drift.json_path.write_text(json.dumps(json_safe(payload), indent=1, sort_keys=True))
 
 
 @dataclass

@@ -413,7 +413,12 @@ def check_drift(cycle: Cycle) -> Finding:
     """Evidently drift of the cycle's batches against the champion's training window, and the
     champion's quality on them against its quality on its own holdout days. Drift without a
     quality loss beyond the tolerance does not ask for a retrain; a quality loss does."""
-    from monitoring.drift import champion_quality, drift_decision, interaction_drift
+    from monitoring.drift import (
+        champion_quality,
+        drift_decision,
+        interaction_drift,
+        record_decision,
+    )
     from recsys.registry import CHAMPION, load_release, version_for_alias
 
     if not cycle.batches or version_for_alias(cycle.settings, CHAMPION) is None:
@@ -455,6 +460,7 @@ def check_drift(cycle: Cycle) -> Finding:
     if q_ref is None:
         q_ref = champion_quality(release, holdout) if not holdout.empty else q_now
     decision = drift_decision(drift, q_ref, q_now, tolerance=cycle.policy.drift_quality_tolerance)
+    record_decision(drift, decision)  # the report says in words why it did or did not retrain
     evidence = {
         "champion": version,
         "drifted": drift.drifted,
