@@ -31,9 +31,18 @@ def fix_task(cycle: Cycle, finding: Finding) -> FixOutcome:
     return apply_fix(cycle, finding)
 
 
+@task(name="model reports")
+def model_reports_task(cycle: Cycle) -> Any:
+    from monitoring.quality import cycle_reports
+
+    return cycle_reports(cycle)
+
+
 @flow(name="monitor", validate_parameters=False)
 def monitor_flow(cycle: Cycle, checks: list[str] | None = None) -> list[Finding]:
-    """Run the checks (default: all) in the triage order; returns every finding."""
+    """Run the checks (default: all) in the triage order; returns every finding. The full
+    monitor (``checks`` None) also writes the day's prediction drift and ranking quality reports
+    (``monitoring.quality.cycle_reports``)."""
     names = [n for n, _ in CHECKS if checks is None or n in checks]
     findings = []
     for name in names:
@@ -41,6 +50,8 @@ def monitor_flow(cycle: Cycle, checks: list[str] | None = None) -> list[Finding]
         findings.append(finding)
         # a stale status read must not hide what the next check sees
         cycle.cache.pop("status", None)
+    if checks is None:  # the full monitor also writes the day's prediction and ranking reports
+        model_reports_task(cycle)
     create_table_artifact(
         key=artifact_key("monitor", "day", cycle.day),
         table=[
