@@ -286,8 +286,10 @@ class RecommenderService:
             mark = self._stage("cache", mark)
             if hit is not None:
                 fallback = _cold_or_none(model, user_id)
+                # the variant is this request's route: a promoted challenger's cached answers
+                # are the champion's now (the key holds the version, not the alias)
                 answer = (
-                    hit.variant,
+                    variant,
                     hit.version,
                     hit.item_ids,
                     hit.scores,
