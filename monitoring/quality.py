@@ -466,7 +466,9 @@ def ranking_quality(
             "One row per variant and model version. CTR: share of answers with at least one "
             "click. Hit rate, precision, nDCG and MRR at k (Evidently's ranking metrics below, "
             "one ranking per arm): the served list against the items clicked in it, every "
-            "answer counted, answers without a click as zero."
+            "answer counted, answers without a click as zero. Evidently's widgets below do not "
+            "name the arm: they follow this table's order, four per arm with a k (hit rate, "
+            "precision, nDCG, MRR); their NDCG and MRR plots label k one too high."
         ],
         [
             "variant",
@@ -561,9 +563,18 @@ def load_version(settings, version: str):
         return Release.load(folders[0])
 
 
-def _reference_for(settings, version: str, out_dir: Path, k: int) -> tuple[pd.DataFrame, pd.Series]:
-    """(reference predictions, item popularity) of model ``version``: read from the files kept
-    beside the reports, or computed from the release in the registry and kept there."""
+def model_reference(
+    settings, version: str, out_dir: Path, k: int
+) -> tuple[pd.DataFrame, pd.Series]:
+    """(reference predictions, item popularity) of model ``version`` (see
+    :func:`reference_predictions` and :func:`item_popularity`): read from the files kept in
+    ``out_dir`` (``prediction-reference-v<version>.parquet`` and
+    ``item-popularity-v<version>.parquet``), or computed from the release in the registry on the
+    lake's holdout rows and kept there.
+
+    Raises:
+        RecsysError: the version cannot be read, or none of its holdout users is known.
+    """
     scores_file = out_dir / f"prediction-reference-v{version}.parquet"
     popularity_file = out_dir / f"item-popularity-v{version}.parquet"
     if scores_file.is_file() and popularity_file.is_file():
@@ -603,7 +614,7 @@ def daily_model_reports(
     for version in versions:
         name = f"prediction-drift-{label}-v{version}"
         try:
-            reference, popularity = _reference_for(settings, version, out_dir, k)
+            reference, popularity = model_reference(settings, version, out_dir, k)
             served = served_predictions(requests, version, popularity)
             if served.empty:
                 raise RecsysError(f"v{version} ranked no logged answer with scores in the window")

@@ -22,8 +22,8 @@ from monitoring.drift import (
 from monitoring.quality import (
     cycle_reports,
     daily_model_reports,
+    model_reference,
     ranking_quality,
-    reference_predictions,
     served_predictions,
 )
 from monitoring.traffic import read_feedback, read_requests
@@ -69,8 +69,11 @@ def world(trained_world, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(world):
-    settings, _, release = world
-    return reference_predictions(release, settings.lake.read_clean_interactions(), 10)
+    """The reference of the registered version, computed from the registry and kept in reports/
+    (the daily reports below read it from there)."""
+    settings, version, _ = world
+    reference, _ = model_reference(settings, version, settings.data_dir / "reports", 10)
+    return reference
 
 
 def test_the_reference_is_what_the_release_serves_its_holdout_users(world, reference):
