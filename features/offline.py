@@ -39,6 +39,9 @@ from recsys.lake import atomic_write_bytes, file_sha256, parquet_bytes, write_js
 logger = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
+ONLINE_PENDING = "online_pending"
+"""Manifest key: days whose snapshots were replaced and not yet rewritten online. Kept until a
+materialization covers them, so a process killed in between leaves no stale online rows."""
 
 USER_SCHEMA = pa.schema(
     [
@@ -144,9 +147,10 @@ def build_offline_features(settings: Settings, days: list[str] | None = None) ->
         ``{"days": [...all days...], "computed": [...], "written": [...], "replaced": [...],
         "unchanged": [...], "removed": [...], "rows": {view: rows of the newest snapshot},
         "newest": iso timestamp, "vocabulary": [...]}``. ``written`` lists days whose files
-        changed, ``replaced`` those of them that existed before with other content (their online
-        copies are now out of date); recomputing a day with unchanged inputs leaves its files
-        byte-identical (listed under ``unchanged``).
+        changed, ``replaced`` the days built before whose content changed (their online copies
+        are now out of date: they are also kept in the manifest under :data:`ONLINE_PENDING`
+        until :func:`clear_online_pending`); recomputing a day with unchanged inputs leaves its
+        files byte-identical (listed under ``unchanged``).
 
     Raises:
         RecsysError: no clean data, or a requested day is outside the clean batches.
@@ -205,6 +209,9 @@ def build_offline_features(settings: Settings, days: list[str] | None = None) ->
                 changed |= _write_if_changed(paths.snapshot_path(view, day), data)
                 digests[view] = hashlib.sha256(data).hexdigest()
                 rows[view] = len(frame)
+            # Compared with the manifest too: a build killed after rewriting a file but before
+            # recording it leaves new bytes on disk that the online store has never seen.
+            differs = day in recorded and recorded[day].get("sha256") != digests
             recorded[day] = {
                 "fingerprint": fingerprints[day],
                 "event_timestamp": as_of.isoformat(),
@@ -212,7 +219,7 @@ def build_offline_features(settings: Settings, days: list[str] | None = None) ->
                 "rows": rows,
             }
             (written if changed else unchanged).append(day)
-            if changed and day in previously_built:
+            if (changed or differs) and day in previously_built:
                 replaced.append(day)
             logger.info("offline features of %s: %s", day, "written" if changed else "unchanged")
 
@@ -223,7 +230,15 @@ def build_offline_features(settings: Settings, days: list[str] | None = None) ->
                 path.unlink()
                 removed.append(f"{view}/{path.name}")
     recorded = {d: e for d, e in recorded.items() if d in fingerprints}
-    write_json(paths.manifest_path, {"format": MANIFEST_FORMAT, "days": recorded})
+    pending = set(manifest.get(ONLINE_PENDING, [])) | set(replaced)
+    write_json(
+        paths.manifest_path,
+        {
+            "format": MANIFEST_FORMAT,
+            "days": recorded,
+            ONLINE_PENDING: sorted(d for d in pending if d in fingerprints),
+        },
+    )
     newest = all_days[-1]
     return {
         "days": all_days,
@@ -236,6 +251,22 @@ def build_offline_features(settings: Settings, days: list[str] | None = None) ->
         "newest": snapshot_time(newest).isoformat(),
         "vocabulary": vocabulary,
     }
+
+
+def online_pending(paths: FeaturePaths) -> list[str]:
+    """Days whose snapshots were replaced since they were last materialized, oldest first."""
+    return list(read_manifest(paths).get(ONLINE_PENDING, []))
+
+
+def clear_online_pending(paths: FeaturePaths, until: pd.Timestamp) -> list[str]:
+    """Drop from the pending days those whose snapshot time is at most ``until`` (a
+    materialization copied them online); returns the days still pending."""
+    manifest = read_manifest(paths)
+    pending = manifest.get(ONLINE_PENDING, [])
+    left = [d for d in pending if snapshot_time(d) > until]
+    if left != pending:
+        write_json(paths.manifest_path, {**manifest, ONLINE_PENDING: left})
+    return left
 
 
 def newest_snapshot(paths: FeaturePaths) -> pd.Timestamp:

@@ -49,6 +49,9 @@ TIMESTAMP_FIELD = "event_timestamp"
 # Snapshots are daily: a value older than two snapshots means the pipeline stopped.
 VIEW_TTL: dict[str, timedelta] = {USER_VIEW: timedelta(days=2), ITEM_VIEW: timedelta(days=2)}
 
+REGISTRY_STORE_TYPE = "features.registry_store.AtomicFileRegistryStore"
+"""Feast's file registry with atomic writes (``features/registry_store.py``)."""
+
 FEATURE_CODE_VERSION = "1"
 """Bump when features/compute.py changes meaning: every offline snapshot is then recomputed."""
 

@@ -29,8 +29,10 @@ import pandas as pd
 
 from features.offline import (
     build_offline_features,
+    clear_online_pending,
     newest_snapshot,
     offline_days,
+    online_pending,
     read_manifest,
     snapshot_time,
 )
@@ -39,6 +41,7 @@ from features.spec import (
     FEATURE_SERVICE_NAME,
     FEATURE_SERVICE_VERSION,
     JOIN_KEYS,
+    REGISTRY_STORE_TYPE,
     TIMESTAMP_FIELD,
     USER_PUSH_SOURCE,
     USER_VIEW,
@@ -51,6 +54,7 @@ from features.spec import (
 from recsys.config import Settings, mask_url
 from recsys.errors import RecsysError
 from recsys.lake import write_json
+from recsys.pausepoints import pause_point
 
 if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
@@ -129,6 +133,7 @@ def repo_config(settings: Settings, *, overwrite: bool = False) -> RepoConfig:
         provider="local",
         registry={
             "registry_type": "file",
+            "registry_store_type": REGISTRY_STORE_TYPE,  # atomic writes (registry_store.py)
             "path": str(paths.registry(settings.profile)),
             "cache_ttl_seconds": 60,
         },
@@ -313,7 +318,8 @@ def materialize(
         start, end: the window of offline event timestamps to copy online (inclusive). Defaults:
             ``end`` = newest offline snapshot, ``start`` = end of the previous materialization
             (or ``end - ttl`` the first time). Incremental and idempotent. Snapshots that
-            changed after they were materialized (a re-ingested batch) are rewritten online.
+            changed after they were materialized (a re-ingested batch) are rewritten online,
+            also when the run that rebuilt them was killed before copying them.
         build: first compute new or changed offline days (:func:`build_offline_features`).
 
     Returns:
@@ -325,16 +331,20 @@ def materialize(
     start_at, end_at = _as_utc(start), _as_utc(end)
     if start_at and end_at and start_at > end_at:
         raise RecsysError(f"start {start_at.isoformat()} is after end {end_at.isoformat()}")
+    paths = FeaturePaths(settings.data_dir)
     offline = build_offline_features(settings) if build else None
+    pause_point("features.after_offline")
     apply_repo(settings)
-    replaced = offline["replaced"] if offline else []
+    replaced = online_pending(paths)  # this build's and any a killed run left
     if replaced:
         # Snapshots that were already online changed (a re-ingest): rewrite them from the
         # oldest one on, unconditionally (Redis keeps a row whose timestamp is not newer).
         oldest = snapshot_time(min(replaced)).to_pydatetime()
         start_at = min(start_at, oldest) if start_at else oldest
     views = materialize_window(settings, start_at, end_at, overwrite=bool(replaced))
-    manifest = read_manifest(FeaturePaths(settings.data_dir))["days"]
+    if replaced:
+        clear_online_pending(paths, pd.Timestamp(min(w["end"] for w in views.values())))
+    manifest = read_manifest(paths)["days"]
     for view, window in views.items():
         days = [d for d, e in manifest.items() if e["event_timestamp"] <= window["end"]]
         window["entities"] = int(manifest[max(days)]["rows"][view]) if days else 0

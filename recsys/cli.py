@@ -208,7 +208,9 @@ def train(
         )
     _print_training(result)
     with console.status("gating and registering in MLflow"):
-        registered, decision = register_with_gate(settings, result, tolerance)
+        registered, decision = register_with_gate(
+            settings, result, tolerance, record=True, actor="cli"
+        )
     verdict = f"as {decision.alias!r}" if decision.passed else "REJECTED (no alias)"
     console.print(
         f"registered {registered.name} version {registered.version} {verdict}: "
@@ -437,6 +439,10 @@ def status(
             ],
         )
     )
+    for problem in report["problems"]:
+        err_console.print(
+            f"WARNING: {problem} (the next move repairs it)", markup=False, style="bold yellow"
+        )
     if report["rejected"]:
         console.print(
             table(

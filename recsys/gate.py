@@ -139,10 +139,24 @@ def decide(
 
 
 def register_with_gate(
-    settings: Settings, result: TrainResult, tolerance: float = DEFAULT_TOLERANCE
+    settings: Settings,
+    result: TrainResult,
+    tolerance: float = DEFAULT_TOLERANCE,
+    *,
+    record: bool = False,
+    actor: str = "gate",
 ) -> tuple[RegisteredRelease, GateDecision]:
     """Register the trained release, then point ``champion`` (first model) or ``challenger``
-    at it if the gate passes; otherwise tag it rejected with the reason."""
+    at it if the gate passes; otherwise tag it rejected with the reason.
+
+    The version is created with its gate tags; the alias is moved afterwards under the
+    promotion lock, after any move a killed process left unfinished is repaired
+    (``recsys.promotion``). With ``record`` the alias move is also appended to the promotion
+    history (``first_champion`` or ``challenger_registered`` by ``actor``); callers that
+    record the move themselves, with their own reason, leave it False."""
+    from recsys.promotion import point_new_version, recover_interrupted_move
+
+    recover_interrupted_move(settings)
     decision = decide(settings, result, tolerance)
     tags = {"gate": "passed" if decision.passed else "rejected", "gate_reason": decision.reason}
     if not decision.passed:
@@ -151,12 +165,21 @@ def register_with_gate(
         settings,
         result.release,
         result.metrics,
-        aliases=(decision.alias,) if decision.alias else (),
         tags=tags,
         trials=result.trials,
         ranker_history=result.release.ranker.history if result.release.ranker else None,
     )
-    if not decision.passed:
+    if decision.alias:
+        point_new_version(
+            settings,
+            registered.version,
+            decision.alias,
+            decision.reason,
+            {"gate": decision.as_dict(), "version": registered.version},
+            actor=actor,
+            record=record,
+        )
+    else:
         logger.warning("model version %s rejected: %s", registered.version, decision.reason)
     configure_mlflow(settings)
     return registered, decision

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from recsys.contract import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA, conform
 from recsys.errors import RecsysError
+from recsys.pausepoints import pause_point
 
 ZONES = ("raw", "clean", "quarantine", "features", "logs", "reports", "world")
 _BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -61,6 +62,8 @@ def batch_of(delivery: str) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: a temporary file beside it, fsynced, renamed over it, so
+    a reader or a process killed midway sees the old file or the new one, whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -68,6 +71,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        pause_point(f"write:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

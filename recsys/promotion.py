@@ -13,6 +13,15 @@ and mirrored as a ``last_move`` tag on each version whose aliases changed.
 Nothing is deleted: a rejected version stays registered with ``rejected=true``,
 ``rejection_reason``, ``rejection_stage`` and ``rejection_evidence`` (the same tags the offline
 gate writes, which uses stage ``gate``), and no alias points at it again.
+
+Crash safety. A move takes a lock, then writes its plan to ``logs/promotions.pending.json``
+(atomically) before it changes a tag or an alias, and removes that journal after its history
+line is appended. Every move, and every registration through the gate, first looks for a
+journal: if the move reached the history it only drops the journal; otherwise it undoes the
+move's alias and tag changes and records ``interrupted_move_undone``, so rerunning the killed
+command does the move exactly once, on the state it was decided on. Aliases that still differ
+from the last recorded move (an alias moved by a process that died before recording it) are
+recorded as found (``aliases_reconciled``). ``release_problems`` reports both without repairing.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import json
 import logging
 import math
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -33,6 +43,8 @@ from typing import Any
 from recsys.config import Settings
 from recsys.errors import RecsysError
 from recsys.jsonlog import append_record, read_records
+from recsys.lake import write_json
+from recsys.pausepoints import pause_point
 from recsys.registry import CHALLENGER, CHAMPION, PREVIOUS, configure_mlflow
 
 logger = logging.getLogger(__name__)
@@ -50,7 +62,9 @@ class AliasMove:
     """One change of the registry's aliases: what moved, why, on which evidence, when, by whom.
 
     ``action`` is ``promote``, ``reject_challenger``, ``rollback_champion``,
-    ``manual_rollback``, ``challenger_registered`` (or another name a caller records).
+    ``manual_rollback``, ``first_champion``, ``challenger_registered``, the recovery records
+    ``interrupted_move_undone`` and ``aliases_reconciled`` (or another name a caller records).
+    ``move_id`` ties a move made here to its journal (None for moves recorded by callers).
     """
 
     action: str
@@ -61,6 +75,7 @@ class AliasMove:
     at: str = field(default_factory=_utc_now)
     actor: str = "guardian"
     model_name: str | None = None
+    move_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The move as plain JSON values (numpy scalars and paths converted)."""
@@ -215,25 +230,269 @@ def _moving(settings: Settings) -> Iterator[None]:
         os.close(fd)
 
 
-def _one_move_at_a_time(move: Callable[..., AliasMove]) -> Callable[..., AliasMove]:
+def _one_move_at_a_time(move: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``move`` under the lock, after finishing what an interrupted move left behind."""
+
     @functools.wraps(move)
-    def locked(settings: Settings, *args: Any, **kwargs: Any) -> AliasMove:
+    def locked(settings: Settings, *args: Any, **kwargs: Any) -> Any:
         with _moving(settings):
+            _recover(settings)
             return move(settings, *args, **kwargs)
 
     return locked
 
 
-def _tag_rejected(client, settings: Settings, version: str, reason: str, stage: str, evidence):
-    tags = {
+def _rejection_tags(reason: str, stage: str, evidence: Any) -> dict[str, str]:
+    return {
         "rejected": "true",
         "rejection_reason": reason[:_TAG_LIMIT],
         "rejection_stage": stage,
         "rejection_evidence": json.dumps(_json_safe(evidence), sort_keys=True)[:_TAG_LIMIT],
         "rejected_at": _utc_now(),
     }
-    for key, value in tags.items():
-        client.set_model_version_tag(settings.model_name, version, key, value)
+
+
+@dataclass
+class _Plan:
+    """One move before it happens: the aliases it leaves (changed in ``order``) and the tags
+    it writes, per version."""
+
+    action: str
+    reason: str
+    evidence: dict
+    actor: str
+    before: dict[str, str | None]
+    after: dict[str, str | None]
+    order: tuple[str, ...] = ALIASES
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def _set_alias(client, name: str, alias: str, version: str | None) -> None:
+    if version is None:
+        client.delete_registered_model_alias(name, alias)
+    else:
+        client.set_registered_model_alias(name, alias, version)
+
+
+def _execute(settings: Settings, plan: _Plan) -> AliasMove:
+    """Journal the plan, write its tags and aliases, record it, drop the journal.
+
+    A process killed at any step leaves the journal behind; the next move (or
+    :func:`recover_interrupted_move`) finds it and undoes the partial changes, or only drops
+    the journal when the move's history line was already written."""
+    client = configure_mlflow(settings)
+    name = settings.model_name
+    move_id = uuid.uuid4().hex
+    tags_before = {}
+    for version, tags in plan.tags.items():
+        found = _version(client, settings, version)
+        current = (found.tags or {}) if found is not None else {}
+        tags_before[version] = {key: current.get(key) for key in tags}
+    write_json(
+        journal_path(settings),
+        {
+            "move_id": move_id,
+            "model_name": name,
+            "action": plan.action,
+            "actor": plan.actor,
+            "reason": plan.reason,
+            "at": _utc_now(),
+            "aliases_before": plan.before,
+            "aliases_after": plan.after,
+            "tags": plan.tags,
+            "tags_before": tags_before,
+        },
+    )
+    for version, tags in plan.tags.items():
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+    changed = [a for a in plan.order if plan.before.get(a) != plan.after.get(a)]
+    for number, alias in enumerate(changed):
+        _set_alias(client, name, alias, plan.after.get(alias))
+        if number == 0:
+            pause_point("promotion.after_alias")
+    move = AliasMove(
+        plan.action,
+        plan.before,
+        aliases(settings),
+        plan.reason,
+        plan.evidence,
+        actor=plan.actor,
+        move_id=move_id,
+    )
+    record_move(settings, move)
+    pause_point("promotion.after_record")
+    journal_path(settings).unlink(missing_ok=True)
+    return move
+
+
+# ---- recovery after a crash -----------------------------------------------------------------
+
+
+def journal_path(settings: Settings) -> Path:
+    """``<data_dir>/logs/promotions.pending.json``: the move in progress, if any."""
+    return history_path(settings).with_name("promotions.pending.json")
+
+
+def pending_move(settings: Settings) -> dict[str, Any] | None:
+    """The journal of a move that started and has not finished (a running move, or one whose
+    process died), or None. An unreadable journal is returned as ``{"unreadable": reason}``."""
+    path = journal_path(settings)
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        return {"unreadable": f"{path} is not JSON: {exc}"}
+    needed = ("move_id", "model_name", "action", "aliases_before", "aliases_after")
+    if not isinstance(payload, dict) or any(key not in payload for key in needed):
+        return {"unreadable": f"{path} lacks one of {list(needed)}"}
+    return payload
+
+
+def _recover(settings: Settings) -> list[AliasMove]:
+    """Finish what a killed move left behind, then make the history explain the aliases.
+
+    1. A journal whose move reached the history: the move finished; the journal is dropped.
+    2. A journal whose move did not: its alias and tag changes are undone and the undo is
+       recorded (``interrupted_move_undone``), so a rerun of the same command does the move
+       once, on the state it was decided on.
+    3. Aliases that differ from the last recorded ones (an alias moved by a process that died
+       before recording it, or by hand) are recorded as found (``aliases_reconciled``).
+
+    Returns the records it appended. The caller holds the lock."""
+    recorded: list[AliasMove] = []
+    journal = pending_move(settings)
+    if journal is not None and "unreadable" in journal:
+        aside = journal_path(settings).with_suffix(f".unreadable-{uuid.uuid4().hex[:8]}")
+        journal_path(settings).rename(aside)
+        logger.error("%s; moved aside to %s", journal["unreadable"], aside)
+    elif journal is not None:
+        owner = settings.model_copy(update={"model_name": journal["model_name"]})
+        if any(m.move_id == journal["move_id"] for m in promotion_history(owner)):
+            logger.info("move %s (%s) was recorded: dropping its journal", *_ids(journal))
+        else:
+            recorded.append(_undo(owner, journal))
+        journal_path(settings).unlink(missing_ok=True)
+    history = promotion_history(settings)
+    if history:
+        last = {a: history[-1].aliases_after.get(a) for a in ALIASES}
+        now = aliases(settings)
+        if now != last:
+            move = AliasMove(
+                "aliases_reconciled",
+                last,
+                now,
+                "the registry's aliases differ from the last recorded move: an alias was moved "
+                "by a process that died before recording it, or by hand; recorded as found",
+                {"last_recorded_move": history[-1].action, "last_recorded_at": history[-1].at},
+                actor="recovery",
+            )
+            record_move(settings, move)
+            logger.warning("aliases moved without a record: %s -> %s", last, now)
+            recorded.append(move)
+    return recorded
+
+
+def _ids(journal: dict[str, Any]) -> tuple[str, str]:
+    return journal["move_id"], journal["action"]
+
+
+def _undo(settings: Settings, journal: dict[str, Any]) -> AliasMove:
+    from mlflow.exceptions import MlflowException
+
+    client = configure_mlflow(settings)
+    name = settings.model_name
+    found = aliases(settings)
+    try:
+        for alias in ALIASES:
+            wanted = journal["aliases_before"].get(alias)
+            if found[alias] != wanted:
+                _set_alias(client, name, alias, wanted)
+        for version, tags in (journal.get("tags_before") or {}).items():
+            if _version(client, settings, version) is None:
+                continue
+            for key, value in tags.items():
+                if value is None:
+                    with contextlib.suppress(MlflowException):
+                        client.delete_model_version_tag(name, version, key)
+                else:
+                    client.set_model_version_tag(name, version, key, value)
+    except MlflowException as exc:
+        raise RecsysError(
+            f"could not undo the interrupted {journal['action']} recorded in "
+            f"{journal_path(settings)} ({exc}); set the aliases by hand to "
+            f"{journal['aliases_before']} and delete that file"
+        ) from None
+    move = AliasMove(
+        "interrupted_move_undone",
+        found,
+        aliases(settings),
+        f"{journal['action']} by {journal.get('actor', '?')} started at {journal.get('at', '?')} "
+        "did not finish (its process died); its partial changes were undone",
+        {"interrupted": {k: v for k, v in journal.items() if k != "tags_before"}},
+        actor="recovery",
+    )
+    record_move(settings, move)
+    logger.warning("undid the interrupted %s %s", journal["action"], journal["move_id"])
+    return move
+
+
+def recover_interrupted_move(settings: Settings) -> list[AliasMove]:
+    """Under the move lock: undo a move whose process died midway and record any alias change
+    the history does not explain (see :func:`_recover`). Every move does this first; call it
+    alone to repair without moving anything. Returns the records appended."""
+    with _moving(settings):
+        return _recover(settings)
+
+
+def release_problems(settings: Settings) -> list[str]:
+    """What makes the aliases and the history disagree, in words; empty when they agree.
+
+    Reports a pending journal (a move running now, or one whose process died) and aliases that
+    differ from the last recorded move. Reads only; :func:`recover_interrupted_move` repairs."""
+    problems = []
+    journal = pending_move(settings)
+    if journal is not None:
+        what = journal.get("unreadable") or "{} by {} started at {}".format(
+            journal["action"], journal.get("actor", "?"), journal.get("at", "?")
+        )
+        problems.append(f"a move did not finish: {what} ({journal_path(settings)})")
+    history = promotion_history(settings)
+    if history:
+        last = {a: history[-1].aliases_after.get(a) for a in ALIASES}
+        now = aliases(settings)
+        if now != last:
+            problems.append(
+                f"aliases {now} differ from the last recorded move "
+                f"({history[-1].action} at {history[-1].at}: {last})"
+            )
+    return problems
+
+
+@_one_move_at_a_time
+def point_new_version(
+    settings: Settings,
+    version: str,
+    alias: str,
+    reason: str,
+    evidence: dict,
+    *,
+    actor: str = "gate",
+    record: bool = True,
+) -> AliasMove | None:
+    """Point ``alias`` (``champion`` for a first model, else ``challenger``) at a newly
+    registered ``version``. With ``record`` the move is journaled and recorded
+    (``first_champion`` or ``challenger_registered``) and returned; without, the alias is set
+    and the caller records the move itself (None is returned)."""
+    if not record:
+        _set_alias(configure_mlflow(settings), settings.model_name, alias, version)
+        return None
+    before = aliases(settings)
+    action = "first_champion" if alias == CHAMPION else "challenger_registered"
+    return _execute(
+        settings, _Plan(action, reason, evidence, actor, before, {**before, alias: version})
+    )
 
 
 @_one_move_at_a_time
@@ -246,7 +505,6 @@ def promote_challenger(
     Raises:
         RecsysError: no challenger to promote.
     """
-    client = configure_mlflow(settings)
     before = aliases(settings)
     challenger = before[CHALLENGER]
     if challenger is None:
@@ -255,14 +513,24 @@ def promote_challenger(
             "(`recsys train`); aliases are "
             + ", ".join(f"{a}={v or '-'}" for a, v in before.items())
         )
-    name = settings.model_name
-    if before[CHAMPION] is not None:
-        client.set_registered_model_alias(name, PREVIOUS, before[CHAMPION])
-    client.set_registered_model_alias(name, CHAMPION, challenger)
-    client.delete_registered_model_alias(name, CHALLENGER)
-    client.set_model_version_tag(name, challenger, "promoted_at", _utc_now())
-    move = AliasMove("promote", before, aliases(settings), reason, evidence, actor=actor)
-    record_move(settings, move)
+    after = {
+        CHAMPION: challenger,
+        CHALLENGER: None,
+        PREVIOUS: before[CHAMPION] if before[CHAMPION] is not None else before[PREVIOUS],
+    }
+    move = _execute(
+        settings,
+        _Plan(
+            "promote",
+            reason,
+            evidence,
+            actor,
+            before,
+            after,
+            order=(CHAMPION, PREVIOUS, CHALLENGER),  # the service never lacks a champion
+            tags={challenger: {"promoted_at": _utc_now()}},
+        ),
+    )
     logger.info("promoted v%s to champion (was v%s): %s", challenger, before[CHAMPION], reason)
     return move
 
@@ -277,15 +545,22 @@ def reject_challenger(
     Raises:
         RecsysError: no challenger to reject.
     """
-    client = configure_mlflow(settings)
     before = aliases(settings)
     challenger = before[CHALLENGER]
     if challenger is None:
         raise RecsysError(f"no challenger to reject in {settings.model_name!r}: none is running")
-    _tag_rejected(client, settings, challenger, reason, "canary", evidence)
-    client.delete_registered_model_alias(settings.model_name, CHALLENGER)
-    move = AliasMove("reject_challenger", before, aliases(settings), reason, evidence, actor=actor)
-    record_move(settings, move)
+    move = _execute(
+        settings,
+        _Plan(
+            "reject_challenger",
+            reason,
+            evidence,
+            actor,
+            before,
+            {**before, CHALLENGER: None},
+            tags={challenger: _rejection_tags(reason, "canary", evidence)},
+        ),
+    )
     logger.warning("rejected challenger v%s: %s", challenger, reason)
     return move
 
@@ -345,15 +620,20 @@ def rollback_champion(
             f"v{target} is the running challenger: let the canary promote it, or reject it first"
         )
     new_previous = last_good_champion(settings, exclude={bad, target})
-    _tag_rejected(client, settings, bad, reason, "champion", evidence)
-    client.set_registered_model_alias(name, CHAMPION, target)
-    if new_previous is not None:
-        client.set_registered_model_alias(name, PREVIOUS, new_previous)
-    elif before[PREVIOUS] is not None:
-        client.delete_registered_model_alias(name, PREVIOUS)
     action = "rollback_champion" if actor == "guardian" else "manual_rollback"
-    move = AliasMove(action, before, aliases(settings), reason, evidence, actor=actor)
-    record_move(settings, move)
+    move = _execute(
+        settings,
+        _Plan(
+            action,
+            reason,
+            evidence,
+            actor,
+            before,
+            {**before, CHAMPION: target, PREVIOUS: new_previous},
+            order=(CHAMPION, PREVIOUS),
+            tags={bad: _rejection_tags(reason, "champion", evidence)},
+        ),
+    )
     logger.warning("rolled champion back from v%s to v%s: %s", bad, target, reason)
     return move
 
@@ -438,7 +718,8 @@ def recent_incidents(settings: Settings, n: int = 5) -> list[dict[str, Any]]:
 
 def release_status(settings: Settings, url: str | None = None, last: int = 5) -> dict[str, Any]:
     """Everything ``recsys status`` shows, as JSON values: the aliases with each version's
-    holdout nDCG and creation time, the rejected versions with reasons, what the service at
+    holdout nDCG and creation time, what makes the aliases and the history disagree
+    (``release_problems``), the rejected versions with reasons, what the service at
     ``url`` (default ``http://serve_host:serve_port``) serves and its canary share (or a note
     why that is unknown), the ``last`` promotion moves and the ``last`` incidents."""
     client = configure_mlflow(settings)
@@ -456,6 +737,7 @@ def release_status(settings: Settings, url: str | None = None, last: int = 5) ->
     return {
         "model": settings.model_name,
         "aliases": rows,
+        "problems": release_problems(settings),
         "rejected": rejected_versions(settings),
         "service": _service_status(settings, url),
         "moves": [m.as_dict() for m in promotion_history(settings)[-last:]] if last > 0 else [],

@@ -18,6 +18,7 @@ from typing import Any
 
 from recsys.config import Settings
 from recsys.errors import RecsysError
+from recsys.pausepoints import pause_point
 from recsys.release import Release
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ def log_release(
 
     The release folder becomes the model's artifact; pipeline params, holdout metrics of every
     model, the ranker's learning curve and each search trial (as a nested run) are logged;
-    metadata is tagged on the version. ``aliases`` are pointed at the new version.
+    metadata and ``tags`` are tagged on the version as it is created. ``aliases`` are pointed
+    at the new version (the gate moves them through ``recsys.promotion`` instead).
     """
     import mlflow
 
@@ -164,8 +166,18 @@ def log_release(
                         }
                         | {"seconds": float(trial["seconds"])}
                     )
+            window = meta["training_window"]
+            version_tags = {
+                "data_fingerprint": meta["data_fingerprint"],
+                "training_window": f"{window['start']}..{window['end']}",
+                "holdout_start": window["holdout_start"],
+                **{f"{model}_ndcg_at_k": f"{m['ndcg']:.6f}" for model, m in metrics.items()},
+                **(tags or {}),
+            }
             chatter = io.StringIO()  # MLflow prints registration notices straight to stderr
             with contextlib.redirect_stderr(chatter):
+                # The version is created with its tags in one registry write: a process killed
+                # right after never leaves a version without its gate verdict.
                 info = mlflow.pyfunc.log_model(
                     name="recommender",
                     python_model=str(_PYFUNC_FILE),
@@ -175,19 +187,11 @@ def log_release(
                     signature=_signature(),
                     input_example=_input_example(release),
                     pip_requirements=pyfunc_requirements(),
+                    tags=version_tags,
                 )
             logger.info("mlflow: %s", chatter.getvalue().strip())
     version = str(info.registered_model_version)
-    window = meta["training_window"]
-    version_tags = {
-        "data_fingerprint": meta["data_fingerprint"],
-        "training_window": f"{window['start']}..{window['end']}",
-        "holdout_start": window["holdout_start"],
-        **{f"{model}_ndcg_at_k": f"{m['ndcg']:.6f}" for model, m in metrics.items()},
-        **(tags or {}),
-    }
-    for key, value in version_tags.items():
-        client.set_model_version_tag(settings.model_name, version, key, value)
+    pause_point("registry.after_version")
     for alias in aliases:
         client.set_registered_model_alias(settings.model_name, alias, version)
     return RegisteredRelease(settings.model_name, version, run.info.run_id, info.model_uri)
