@@ -270,8 +270,12 @@ def test_an_unreachable_online_store_gives_flagged_answers_with_release_features
     assert features["source"] == "unreachable" and "database" in features["error"]
     assert features["fallbacks"]["unreachable"] >= len(users)
     text = httpx.get(f"{proc.url}/metrics").text
-    assert 'recsys_serving_feature_fallbacks_total{reason="unreachable"}' in text
-    assert 'recsys_serving_feature_answers_total{features="release_fallback"}' in text
+    for series in (
+        'recsys_serving_feature_fallbacks_total{reason="unreachable"}',
+        'recsys_serving_feature_answers_total{features="release_fallback"}',
+    ):
+        values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(series)]
+        assert values and values[0] >= len(users), series  # declared at 0: must have grown
     deadline = time.monotonic() + 15
     while _ask(proc, users[0], k=7)["features"] != "online" and time.monotonic() < deadline:
         time.sleep(0.5)  # the store is retried a few seconds after the failure

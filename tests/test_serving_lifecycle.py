@@ -138,8 +138,12 @@ def test_a_model_failing_mid_request_answers_degraded_never_a_5xx(live):
     assert [it["item_id"] for it in popular["items"]] == release.cold_start(5).item_ids.tolist()
     assert cold["fallback"] == "cold_start"  # the cold-start list needs no ranker
     text = httpx.get(f"{proc.url}/metrics").text
-    assert 'recsys_serving_model_errors_total{variant="champion"' in text
-    assert 'recsys_serving_fallbacks_total{kind="degraded"}' in text
+    for series in (
+        'recsys_serving_model_errors_total{variant="champion"',
+        'recsys_serving_fallbacks_total{kind="degraded"}',
+    ):  # declared at 0: must grow
+        values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(series)]
+        assert values and sum(values) > 0, series
     healed = recommend(proc, fresh, k=5)
     assert healed["fallback"] is None and healed["variant"] == "champion"
 
