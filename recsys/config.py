@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_serializer, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -130,6 +130,31 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator(
+        "admin_token",
+        "alert_webhook_url",
+        "mlflow_tracking_uri",
+        "redis_url",
+        "postgres_url",
+        "prefect_api_url",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `RECSYS_ALERT_WEBHOOK_URL=` in an env file means "none", not a URL that fails on every
+        # alert (nor an admin token that is the empty string).
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_serializer(
+        "mlflow_tracking_uri", "redis_url", "postgres_url", "prefect_api_url", when_used="json"
+    )
+    def _url_without_password(self, value: str | None) -> str | None:
+        # JSON copies of the settings leave the process (Prefect stores the flows' parameters
+        # on its server): a password in a URL never goes with them.
+        return mask_url(value)
 
     @classmethod
     def settings_customise_sources(

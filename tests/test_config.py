@@ -70,3 +70,16 @@ def test_secrets_and_url_passwords_are_masked(data_dir):
     assert settings.masked()["admin_token"] == "***"
     assert "redis://:***@127.0.0.1:6379/0" in shown
     assert mask_url("postgresql://app@host/db") == "postgresql://app@host/db"
+
+
+def test_an_empty_secret_or_url_in_the_environment_means_unset(monkeypatch, data_dir):
+    from recsys.config import get_settings
+
+    monkeypatch.setenv("RECSYS_ALERT_WEBHOOK_URL", "")
+    monkeypatch.setenv("RECSYS_ADMIN_TOKEN", "  ")
+    monkeypatch.setenv("RECSYS_REDIS_URL", "")
+    settings = get_settings()
+    assert settings.alert_webhook_url is None and settings.admin_token is None
+    assert settings.redis_url is None
+    monkeypatch.setenv("RECSYS_ADMIN_TOKEN", "s3cret")
+    assert get_settings().admin_token.get_secret_value() == "s3cret"
