@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -54,11 +55,17 @@ def bentoml_command(host: str, port: int, target: str = SERVICE_TARGET) -> list[
 
 
 def service_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for the service process: the caller's, the settings made explicit, quiet."""
+    """Environment for the service process: the caller's, the settings made explicit (the
+    profile, data dir, model and the prod servers' URLs), quiet."""
     env = {**os.environ, **QUIET_ENV}
     env["RECSYS_PROFILE"] = settings.profile
     env["RECSYS_DATA_DIR"] = str(settings.data_dir)
     env["RECSYS_MODEL_NAME"] = settings.model_name
+    # The prod servers the settings name (perhaps given as arguments, not variables).
+    for name in ("mlflow_tracking_uri", "redis_url", "prefect_api_url"):
+        value = getattr(settings, name)
+        if value:
+            env[f"RECSYS_{name.upper()}"] = value
     env.setdefault("BENTOML_HOME", str(settings.data_dir / "bentoml"))
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
@@ -67,65 +74,83 @@ def service_env(settings: Settings, extra: dict[str, str] | None = None) -> dict
     return env
 
 
-class ServiceProcess:
-    """A ``bentoml serve`` child process. Use as a context manager; it always stops cleanly."""
+class ManagedProcess:
+    """A server as a child process in its own session: launched, probed over HTTP until it is
+    ready, and stopped with its whole process group. Use as a context manager; it always stops.
+
+    ``name`` says what the process is in error messages; ``probe`` is the path (under ``url``)
+    that answers 200 once the server is ready.
+    """
+
+    name = "the process"
 
     def __init__(
         self,
-        settings: Settings,
+        command: list[str],
         *,
-        host: str | None = None,
-        port: int | None = None,
-        log_path: Path | None = None,
-        env: dict[str, str] | None = None,
-        target: str = SERVICE_TARGET,
+        url: str,
+        probe: str,
+        env: dict[str, str],
+        log_path: Path,
+        cwd: Path | None = None,
         start_timeout: float = 90.0,
     ) -> None:
-        self.settings = settings
-        self.target = target
+        self.command = command
+        self.url = url
+        self.probe = probe
+        self.env = env
+        self.log_path = log_path
+        self.cwd = cwd
         self.start_timeout = start_timeout
-        self.host = host or settings.serve_host
-        self.port = port or free_port(self.host)
-        self.log_path = log_path or settings.data_dir / "logs" / f"service-{self.port}.log"
-        self.env = service_env(settings, env)
         self.process: subprocess.Popen | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 90.0, *, probe: str = "/readyz") -> ServiceProcess:
-        """Start the server and return once ``probe`` (``/readyz``; ``/livez``) answers 200.
+    def launch(self) -> Self:
+        """Start the process and return at once (:meth:`wait_ready` waits for it).
 
         Raises:
-            RecsysError: the process exited or was not ready in ``timeout`` seconds (the
-                message carries the last lines of its log).
+            RecsysError: it is already running.
         """
         if self.running:
-            raise RecsysError(f"the service on {self.url} is already running; stop it first")
+            raise RecsysError(f"{self.name} on {self.url} is already running; stop it first")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            bentoml_command(self.host, self.port, self.target),
-            cwd=PROJECT_ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def wait_ready(self, timeout: float | None = None, *, probe: str | None = None) -> Self:
+        """Return once ``probe`` (default: the instance's) answers 200.
+
+        Raises:
+            RecsysError: the process exited, or was not ready in ``timeout`` seconds (it is
+                stopped then); the message carries the last lines of its log.
+        """
+        timeout = self.start_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.process is None:
+                raise RecsysError(f"{self.name} was never launched: call launch() first")
             if self.process.poll() is not None:
-                raise RecsysError(f"the service exited at start: {self.log_tail()}")
+                raise RecsysError(f"{self.name} exited at start: {self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}{probe}", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{probe or self.probe}", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
         self.stop()
-        raise RecsysError(f"the service was not ready after {timeout:.0f}s: {self.log_tail()}")
+        raise RecsysError(f"{self.name} was not ready after {timeout:.0f}s: {self.log_tail()}")
+
+    def start(self, timeout: float | None = None, *, probe: str | None = None) -> Self:
+        """:meth:`launch`, then :meth:`wait_ready`; returns self."""
+        self.launch()
+        return self.wait_ready(timeout, probe=probe)
 
     def log_tail(self, lines: int = 5) -> str:
         try:
@@ -151,12 +176,43 @@ class ServiceProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def __enter__(self) -> ServiceProcess:
-        # `with ServiceProcess(...).start() as s:` enters a started service: not a second one
-        return self if self.running else self.start(self.start_timeout)
+    def __enter__(self) -> Self:
+        # `with proc.start() as p:` enters a started process: not a second one
+        return self if self.running else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ServiceProcess(ManagedProcess):
+    """A ``bentoml serve`` child process. Use as a context manager; it always stops cleanly."""
+
+    name = "the service"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+        target: str = SERVICE_TARGET,
+        start_timeout: float = 90.0,
+    ) -> None:
+        self.settings = settings
+        self.target = target
+        self.host = host or settings.serve_host
+        self.port = port or free_port(self.host)
+        super().__init__(
+            bentoml_command(self.host, self.port, target),
+            url=f"http://{self.host}:{self.port}",
+            probe="/readyz",
+            env=service_env(settings, env),
+            log_path=log_path or settings.data_dir / "logs" / f"service-{self.port}.log",
+            cwd=PROJECT_ROOT,
+            start_timeout=start_timeout,
+        )
 
 
 @dataclass(frozen=True)
