@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 from flows.runtime import artifact_key, transient
 from recsys.config import Settings, get_settings
@@ -25,7 +26,15 @@ def search_and_train(settings: Settings, window_days: int | None, budget_s: floa
     )
 
 
-@task(name="gate and register", retries=2, retry_delay_seconds=2, retry_condition_fn=transient)
+# No cache key: the trained result holds torch modules, which Prefect can neither hash nor
+# pickle (it would log an error for every run and persist nothing anyway).
+@task(
+    name="gate and register",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=transient,
+    cache_policy=NO_CACHE,
+)
 def gate_and_register(settings: Settings, result) -> dict[str, Any]:
     from recsys.gate import register_with_gate
     from recsys.promotion import AliasMove, aliases, record_move
