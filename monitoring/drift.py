@@ -530,7 +530,7 @@ def record_decision(drift: DriftResult, decision: DriftDecision) -> None:
     if drift.html_path is None or drift.json_path is None:
         raise RecsysError("this drift result was not saved: there is no report to write into")
     verdict = "retrain" if decision.retrain else "no retrain"
-    why = [f"{verdict.capitalize()}: {decision.reason}."]
+    why = [decision.reason[:1].upper() + decision.reason[1:] + "."]  # it ends with the verdict
     if drift.drifted and not decision.retrain:
         why.append(
             "Drift alone does not retrain: the champion still ranks the newer rows about as well "

@@ -523,7 +523,11 @@ def write_demo_report(
         ("Incident timeline", _incident_section(incidents)),
         ("Days", _day_section(days)),
         ("Offline versus online", _agreement_section(agreement, agreement_image)),
-        ("Evidently drift reports", _reports_section(out_dir.resolve(), reports)),
+        (
+            "Evidently reports: interaction drift (with the retrain decision), prediction drift, "
+            "ranking quality",
+            _reports_section(out_dir.resolve(), reports),
+        ),
     ]
     body = "".join(f"<h2>{_e(name)}</h2>{content}" for name, content in sections)
     page = (
