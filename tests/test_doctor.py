@@ -1,0 +1,195 @@
+"""`recsys doctor --json` finds each fault, injected one at a time through the system's real
+interfaces (the MLflow registry, the service's /admin/fault drill, the lake, the feature store),
+against a real `bentoml serve` on loopback and one shared world; a healthy system exits 0.
+
+The CLI runs in-process through typer's CliRunner (a subprocess would pay its imports and a
+Prefect API start-up on every run), with its settings from the environment as a user's shell
+gives them. The faults share one world and one service, so the tests run in file order: each
+leaves the system healthy again (the reset is part of the test), and the latency drill is last
+because the degraded answers it causes stay in the doctor's traffic window.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import httpx
+import pytest
+
+from flows.demo import SourceSystem, _deliver, _land_world, demo_settings
+from flows.features import features_flow
+from flows.ingest import ingest_flow
+from flows.train import train_flow
+from recsys.admin import ServiceAdmin
+from recsys.simulate import simulate_day
+from recsys.synthetic import WorldConfig, generate_world
+
+pytestmark = pytest.mark.slow
+
+WARM = 8
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """A world whose first WARM - 1 days are ingested, materialized and trained on, and a real
+    service with an admin token and fault drills enabled."""
+    from recsys.config import Settings
+    from recsys.server import ServiceProcess
+
+    settings = demo_settings(
+        Settings(data_dir=tmp_path_factory.mktemp("doctor"), admin_token=secrets.token_urlsafe(16))
+    )
+    world = generate_world(
+        WorldConfig(
+            n_users=400, n_items=120, n_days=12, n_interactions=1200 * 12, seed=11, drift_share=0.5
+        )
+    )
+    names = world.batch_names
+    _land_world(settings, world, names[: WARM - 1])
+    ingest_flow(settings, batches=names[: WARM - 1])
+    features_flow(settings, check_skew=False)  # the healthy doctor run checks the skew
+    train_flow(settings, window_days=None, budget_s=0.0)
+    token = settings.admin_token.get_secret_value()
+    env = {
+        "RECSYS_ADMIN_TOKEN": token,
+        "RECSYS_REQUEST_LOG_SAMPLE": "1.0",
+        "RECSYS_RELOAD_INTERVAL_S": "0",
+        "RECSYS_FAULT_INJECTION": "true",
+    }
+    with ServiceProcess(settings, env=env).start() as service:
+        yield settings, world, SourceSystem(world), names, ServiceAdmin(service.url, token)
+
+
+def doctor(live) -> tuple[int, dict]:
+    """`recsys doctor --json --url URL` as a user runs it: (exit code, the JSON report)."""
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+
+    settings, *_, admin = live
+    env = {"RECSYS_DATA_DIR": str(settings.data_dir), "RECSYS_ADMIN_TOKEN": admin.token}
+    result = CliRunner().invoke(app, ["doctor", "--json", "--url", admin.url], env=env)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    start = result.stdout.index('{\n  "healthy"')
+    return result.exit_code, json.loads(result.stdout[start:])
+
+
+def failing(report: dict) -> list[tuple[str, str, str | None]]:
+    return [(f["layer"], f["check"], f["fix"]) for f in report["findings"] if not f["ok"]]
+
+
+def assert_finds(live, layer: str, check: str, fix: str | None) -> dict:
+    """The doctor fails exactly ``check`` (in ``layer``, asking for ``fix``) and exits 1."""
+    code, report = doctor(live)
+    assert failing(report) == [(layer, check, fix)], [
+        (f["check"], f["seen"]) for f in report["findings"] if not f["ok"]
+    ]
+    assert code == 1 and report["healthy"] is False
+    return next(f for f in report["findings"] if f["check"] == check)
+
+
+def _traffic(live, n: int, seed: int):
+    _settings, world, *_, admin = live
+    traffic = simulate_day(admin.url, world.click_model(), WARM, n, seed=seed, concurrency=4)
+    assert traffic.errors == 0, traffic.error_examples
+    return traffic
+
+
+def test_a_healthy_system_exits_0(live):
+    code, report = doctor(live)
+    assert failing(report) == [] and report["healthy"] is True
+    assert code == 0
+    checks = [f["check"] for f in report["findings"]]
+    assert checks[:4] == ["delivery", "readiness", "model_version", "cache_version"]
+    assert {"latency", "feature_freshness", "feature_skew", "drift"} <= set(checks)
+
+
+def test_wrong_model_version_served(live):
+    from recsys.registry import configure_mlflow, version_for_alias
+
+    settings, *_, admin = live
+    client = configure_mlflow(settings)
+    served = admin.served_versions()["champion"]
+    # a hot fix registered and made champion in the registry; the service was never reloaded
+    hotfix = client.copy_model_version(
+        f"models:/{settings.model_name}/{served}", settings.model_name
+    )
+    client.set_registered_model_alias(settings.model_name, "champion", hotfix.version)
+    try:
+        finding = assert_finds(live, "serving", "model_version", "reload")
+        assert finding["evidence"]["mismatch"] == {
+            "champion": {"served": served, "registry": str(hotfix.version)}
+        }
+    finally:
+        client.set_registered_model_alias(settings.model_name, "champion", served)
+    assert version_for_alias(settings, "champion") == served
+
+
+def test_stale_cache(live):
+    *_, admin = live
+    _traffic(live, 40, seed=1)  # fills the cache (fewer answers than the latency check judges)
+    assert admin.inject_fault("stale-cache")["entries"] > 0
+    try:
+        finding = assert_finds(live, "serving", "cache_version", "flush_cache")
+        assert finding["evidence"]["stale_entries"] > 0
+    finally:
+        admin.flush_cache()
+    assert admin.status()["cache"]["stale_entries"] == 0
+
+
+def test_stale_online_store(live):
+    from recsys.guardian import Cycle, check_feature_freshness
+
+    settings, _, source, names, _ = live
+    batch = names[WARM - 1]
+    _deliver(settings, batch, source(batch), corrupt=False, seed=1)
+    ingest_flow(settings, batches=[batch])  # the features flow silently does not run
+    try:
+        finding = assert_finds(live, "features", "feature_freshness", "backfill")
+        assert finding["evidence"]["newest_clean_day"] == batch
+    finally:
+        features_flow(settings, check_skew=False)
+    assert check_feature_freshness(Cycle(settings, None, (0.0, 0.0), None)).ok
+
+
+def test_corrupt_batch_delivery(live):
+    import pyarrow as pa
+
+    from recsys.contract import INTERACTIONS_SCHEMA, conform
+    from recsys.faults import corrupt_delivery
+
+    settings, _, source, names, _ = live
+    batch = names[WARM - 1]  # the newest day, sent again by a broken producer
+    lake = settings.lake
+    broken = corrupt_delivery(source(batch), seed=2)
+    lake.land_redelivery(batch, pa.Table.from_pandas(broken, preserve_index=False))
+    ingest_flow(settings, batches=[batch])
+    try:
+        finding = assert_finds(live, "data", "delivery", "redeliver_reingest")
+        bad = finding["evidence"]["batches"][batch]
+        assert bad["delivery"] == f"{batch}@r1"
+        assert bad["quarantined_share"] == 1.0 and bad["row_count_anomaly"] is True
+    finally:
+        good = conform(source(batch), INTERACTIONS_SCHEMA).to_pandas()
+        lake.land_redelivery(batch, pa.Table.from_pandas(good, preserve_index=False))
+        ingest_flow(settings, batches=[batch])
+        features_flow(settings, check_skew=False)
+    assert len(lake.read_clean_interactions([batch])) == len(source(batch))
+
+
+def test_latency_and_degraded_answers(live):
+    *_, admin = live
+    admin.flush_cache()  # every answer below goes to the broken model, none to the cache
+    assert admin.inject_fault("model-error")["models"] == ["champion"]
+    try:
+        _traffic(live, 60, seed=2)
+        finding = assert_finds(live, "serving", "latency", "alert")
+        assert finding["evidence"]["degraded_answers"] >= 50  # new users get the cold-start list
+        assert "degraded" in finding["seen"]
+    finally:
+        admin.inject_fault("clear")
+    user = int(live[0].lake.read_clean_interactions()["user_id"].iloc[0])
+    answer = httpx.post(f"{admin.url}/recommend", json={"user_id": user, "k": 5}, timeout=30)
+    answer = answer.json()
+    assert answer["fallback"] is None and answer["model_version"] is not None
