@@ -51,8 +51,6 @@ MAX_ROWS = 20_000
 """Served scores per side handed to Evidently (a seeded subsample beyond it)."""
 REFERENCE_USERS = 300
 """Holdout users whose lists make the reference (a seeded sample beyond it)."""
-RANKING_METRICS: tuple[str, ...] = ("HitRate", "PrecisionTopK", "NDCG", "MRR")
-"""Evidently's ranking metrics read into :class:`ArmQuality` (by its config type)."""
 
 
 def _arm_label(variant: Any, version: Any) -> str:
@@ -258,8 +256,9 @@ class ArmQuality:
 
     ``ctr``: share of answers with at least one click (any item); ``hit_rate``, ``precision``,
     ``ndcg``, ``mrr``: Evidently's metrics at ``k`` over every answer (answers without clicks
-    count as zero), clicks on served items as binary relevance. Precision divides by the list
-    length when a list is shorter than ``k`` (Evidently's definition)."""
+    count as zero), clicks on served items as binary relevance. ``k`` is the requested k cut to
+    the arm's longest list. Precision divides by the list length when a list is shorter than
+    ``k`` (Evidently's definition)."""
 
     variant: str | None
     model_version: str | None
@@ -411,6 +410,7 @@ def ranking_quality(
         column, label = f"request_{i}", _arm_label(arm.variant, arm.model_version)
         frame[column] = impressions["request_id"].where(mine)
         arm_k = min(k, int(impressions.loc[mine, "rank"].max()))
+        arm.k = arm_k
         names[label] = (arm, arm_k)
         rankings.append(
             Recsys(
@@ -451,7 +451,7 @@ def ranking_quality(
             a.impressions,
             a.clicks,
             a.ctr,
-            names.get(_arm_label(a.variant, a.model_version), (a, None))[1],
+            a.k if _arm_label(a.variant, a.model_version) in names else None,
             a.hit_rate,
             a.precision,
             a.ndcg,

@@ -245,6 +245,13 @@ def test_ranking_quality_equals_the_hand_computed_metrics(settings, tmp_path):
     assert "Ranking quality of the served lists against the clicks" in page
     assert "<td>challenger</td>" in page
 
+    # a k beyond the longest served list is cut to it (4 items here)
+    longer = ranking_quality(read_requests(settings), read_feedback(settings), tmp_path, "rq10")
+    for arm in longer.arms:
+        assert arm.k == 4
+        expected = _expected(arm.variant, 4)
+        assert {n: getattr(arm, n) for n in expected} == pytest.approx(expected, abs=1e-9)
+
 
 def test_ranking_quality_needs_logged_answers_and_a_positive_k(settings, tmp_path):
     with pytest.raises(RecsysError, match="no logged answer"):
