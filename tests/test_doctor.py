@@ -17,11 +17,10 @@ import secrets
 import httpx
 import pytest
 
+from features.store import materialize
 from flows.demo import SourceSystem, _deliver, _land_world, demo_settings
-from flows.features import features_flow
-from flows.ingest import ingest_flow
-from flows.train import train_flow
 from recsys.admin import ServiceAdmin
+from recsys.ingest import ingest_all
 from recsys.simulate import simulate_day
 from recsys.synthetic import WorldConfig, generate_world
 
@@ -35,21 +34,27 @@ def live(tmp_path_factory):
     """A world whose first WARM - 1 days are ingested, materialized and trained on, and a real
     service with an admin token and fault drills enabled."""
     from recsys.config import Settings
+    from recsys.gate import register_with_gate
     from recsys.server import ServiceProcess
+    from recsys.train import pipeline_params, train_and_evaluate
 
     settings = demo_settings(
         Settings(data_dir=tmp_path_factory.mktemp("doctor"), admin_token=secrets.token_urlsafe(16))
     )
     world = generate_world(
         WorldConfig(
-            n_users=400, n_items=120, n_days=12, n_interactions=1200 * 12, seed=11, drift_share=0.5
+            n_users=300, n_items=100, n_days=12, n_interactions=900 * 12, seed=11, drift_share=0.5
         )
     )
     names = world.batch_names
     _land_world(settings, world, names[: WARM - 1])
-    ingest_flow(settings, batches=names[: WARM - 1])
-    features_flow(settings, check_skew=False)  # the healthy doctor run checks the skew
-    train_flow(settings, window_days=None, budget_s=0.0)
+    # the pipeline's steps as the flows run them (the doctor is what is tested here)
+    ingest_all(settings.lake)
+    materialize(settings)
+    result = train_and_evaluate(
+        settings.lake, pipeline_params(settings), budget_s=0.0, model_name=settings.model_name
+    )
+    assert register_with_gate(settings, result)[1].alias == "champion"
     token = settings.admin_token.get_secret_value()
     env = {
         "RECSYS_ADMIN_TOKEN": token,
@@ -144,12 +149,12 @@ def test_stale_online_store(live):
     settings, _, source, names, _ = live
     batch = names[WARM - 1]
     _deliver(settings, batch, source(batch), corrupt=False, seed=1)
-    ingest_flow(settings, batches=[batch])  # the features flow silently does not run
+    ingest_all(settings.lake, [batch])  # the features flow silently does not run
     try:
         finding = assert_finds(live, "features", "feature_freshness", "backfill")
         assert finding["evidence"]["newest_clean_day"] == batch
     finally:
-        features_flow(settings, check_skew=False)
+        materialize(settings)
     assert check_feature_freshness(Cycle(settings, None, (0.0, 0.0), None)).ok
 
 
@@ -164,17 +169,18 @@ def test_corrupt_batch_delivery(live):
     lake = settings.lake
     broken = corrupt_delivery(source(batch), seed=2)
     lake.land_redelivery(batch, pa.Table.from_pandas(broken, preserve_index=False))
-    ingest_flow(settings, batches=[batch])
+    ingest_all(settings.lake, [batch])
     try:
         finding = assert_finds(live, "data", "delivery", "redeliver_reingest")
         bad = finding["evidence"]["batches"][batch]
         assert bad["delivery"] == f"{batch}@r1"
         assert bad["quarantined_share"] == 1.0 and bad["row_count_anomaly"] is True
     finally:
+        # the producer sends the day again, whole: the clean rows are the ones the features
+        # were built from, so the online store needs nothing
         good = conform(source(batch), INTERACTIONS_SCHEMA).to_pandas()
         lake.land_redelivery(batch, pa.Table.from_pandas(good, preserve_index=False))
-        ingest_flow(settings, batches=[batch])
-        features_flow(settings, check_skew=False)
+        ingest_all(settings.lake, [batch])
     assert len(lake.read_clean_interactions([batch])) == len(source(batch))
 
 
