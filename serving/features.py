@@ -90,6 +90,7 @@ class ServingFeatures:
     def __init__(self, settings, *, retry_s: float = RETRY_S, watch_s: float = WATCH_S) -> None:
         self.settings = settings
         self.paths = FeaturePaths(settings.data_dir)
+        self._marker_path = self.paths.materialized_marker  # built once: asked on every request
         self.retry_s = retry_s
         self.watch_s = watch_s
         self._reader = None
@@ -281,7 +282,7 @@ class ServingFeatures:
 
     def marker(self) -> dict[str, Any] | None:
         """The last materialization (``features/materialized.json``), re-read when it changes."""
-        path = self.paths.materialized_marker
+        path = self._marker_path
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
