@@ -102,10 +102,17 @@ def test_exclusions_filter_the_ranked_list_and_redraw_candidates_when_too_few_re
     filtered = release.recommend(user, 10, exclude=dropped).item_ids.tolist()
     assert filtered[:8] == [i for i in full if i not in dropped][:8]
     assert not set(dropped) & set(filtered) and len(filtered) == 10
-    # excluding every candidate but five: the candidates are drawn again without them
-    block = release.candidate_block(release.user_row(user))
-    most = release.item_ids[block.cands.items[5:]].tolist()
-    rec = release.recommend(user, 10, exclude=most).item_ids.tolist()
+    # excluding every candidate but five: the candidates are drawn again without them (40
+    # candidates here, so the catalog has more unseen items than the first draw held)
+    narrow = Release(
+        release.meta, release.stage, release.ranker, replace(release.params, candidates=40)
+    )
+    block = narrow.candidate_block(narrow.user_row(user))
+    assert len(block.cands.items) == 40
+    unseen = narrow.n_items - len(narrow.seen_rows(narrow.user_row(user)))
+    assert unseen >= 40 + 10
+    most = narrow.item_ids[block.cands.items[5:]].tolist()
+    rec = narrow.recommend(user, 10, exclude=most).item_ids.tolist()
     assert len(rec) == 10 and not set(most) & set(rec)
 
 
