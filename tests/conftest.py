@@ -25,6 +25,8 @@ for _key in [k for k in os.environ if k.startswith("RECSYS_") or k == "PREFECT_A
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="recsys-prefect-")
 os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "true"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+# On a busy 2-core machine the ephemeral server can need more than Prefect's default to start.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ML100K = REPO_ROOT.parent / "shared" / "data" / "ml-100k"
