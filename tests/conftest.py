@@ -92,3 +92,36 @@ def trained_world(make_trained_world):
     return make_trained_world(
         "trained-world", 7, 1.0, n_users=800, n_items=200, n_days=12, n_interactions=30_000
     )
+
+
+ONLINE_TOKEN = "online-features-token"
+ONLINE_STALE_DAYS = 3
+
+
+@pytest.fixture(scope="session")
+def online(trained_world, tmp_path_factory):
+    """A copy of the trained world with its online store materialized ``ONLINE_STALE_DAYS`` days
+    short of the lake (a skipped materialization), and a service on it (admin token
+    ``ONLINE_TOKEN``). Shared by the serving tests and the metrics scrape of the alert rules:
+    tests must not depend on its counters' absolute values (compare before and after)."""
+    import shutil
+
+    from features.offline import build_offline_features, offline_days, snapshot_time
+    from features.spec import FeaturePaths
+    from features.store import materialize
+    from recsys.config import Settings
+    from recsys.server import ServiceProcess
+
+    settings, _, result = trained_world
+    folder = tmp_path_factory.mktemp("online-features") / "data"
+    shutil.copytree(
+        settings.data_dir, folder, ignore=shutil.ignore_patterns("logs", "bentoml", "features")
+    )
+    copy = Settings(data_dir=folder, seed=settings.seed)
+    build_offline_features(copy)
+    days = offline_days(FeaturePaths(folder))
+    stale_end = snapshot_time(days[-1 - ONLINE_STALE_DAYS])
+    materialize(copy, end=stale_end, build=False)
+    env = {"RECSYS_ADMIN_TOKEN": ONLINE_TOKEN, "RECSYS_RELOAD_INTERVAL_S": "0"}
+    with ServiceProcess(copy, env=env) as proc:
+        yield proc, copy, result.release, stale_end, snapshot_time(days[-1])

@@ -26,7 +26,6 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from test_serving import online  # noqa: F401 - the fixture: a service on a materialized store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = REPO_ROOT / "infra" / "prometheus"
@@ -497,13 +496,14 @@ def test_release_timestamps_read_the_training_time_and_window_end():
 
 
 @pytest.fixture(scope="module")
-def scrape(online):  # noqa: F811 - the fixture imported from test_serving
+def scrape(online):
     """/metrics of a service with a materialized online store (test_serving's ``online``
     fixture), after recommendations for known and unknown users (one asked twice) and a view,
     two clicks and a purchase on one; with the served version and the number of items shown."""
     proc, _, release, _, _ = online
     users = [int(u) for u in release.user_ids[:3]] + [10**12]
     with httpx.Client(base_url=proc.url, timeout=30) as http:
+        before = http.get("/metrics").text  # the service is shared: compare before and after
         answers = [http.post("/recommend", json={"user_id": u, "k": 5}).json() for u in users]
         answers.append(http.post("/recommend", json={"user_id": users[0], "k": 5}).json())
         assert {a["variant"] for a in answers} == {"champion"}
@@ -517,12 +517,18 @@ def scrape(online):  # noqa: F811 - the fixture imported from test_serving
             }
             assert http.post("/feedback", json=feedback).status_code == 200
         shown = sum(len(a["items"]) for a in answers)
-        return http.get("/metrics").text, served["model_version"], shown
+        return http.get("/metrics").text, before, served["model_version"], shown
+
+
+def _samples(text: str) -> dict[str, float]:
+    return {
+        k: float(v) for k, v in (ln.rsplit(" ", 1) for ln in text.splitlines() if ln[:1].isalpha())
+    }
 
 
 @pytest.mark.slow
 def test_every_metric_the_rules_and_dashboards_use_is_served(scrape):
-    text, version, shown = scrape
+    text, before, version, shown = scrape
     used = used_metric_names()
     assert {"recsys_serving_clicked_requests_total", "bentoml_service_request_total"} <= set(used)
     served = scraped_names(text)
@@ -530,13 +536,17 @@ def test_every_metric_the_rules_and_dashboards_use_is_served(scrape):
     assert missing == {}
     # what the CTR, conversion and staleness rules read, with the values the calls imply
     champion = f'{{variant="champion",version="{version}"}}'
-    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1].isalpha())
-    assert float(samples[f"recsys_serving_impressions_total{champion}"]) == shown
-    assert float(samples[f"recsys_serving_clicked_requests_total{champion}"]) == 1  # 2 clicks
-    assert float(samples[f"recsys_serving_converted_requests_total{champion}"]) == 1
+    samples, earlier = _samples(text), _samples(before)
+
+    def grew(series: str) -> float:
+        return samples[series] - earlier.get(series, 0.0)
+
+    assert grew(f"recsys_serving_impressions_total{champion}") == shown
+    assert grew(f"recsys_serving_clicked_requests_total{champion}") == 1  # 2 clicks, 1 request
+    assert grew(f"recsys_serving_converted_requests_total{champion}") == 1
     for event, count in (("view", 1), ("click", 2), ("purchase", 1)):
         labels = f'{{event="{event}",variant="champion",version="{version}"}}'
-        assert float(samples[f"recsys_serving_feedback_total{labels}"]) == count
+        assert grew(f"recsys_serving_feedback_total{labels}") == count
     trained = float(samples[f"recsys_serving_model_trained_timestamp_seconds{champion}"])
     loaded = float(samples[f"recsys_serving_model_loaded_timestamp_seconds{champion}"])
     assert 0 < loaded - trained < 86400  # trained by the session fixture minutes before

@@ -66,15 +66,15 @@ def live(tmp_path_factory):
         yield settings, world, SourceSystem(world), names, ServiceAdmin(service.url, token)
 
 
-def doctor(live) -> tuple[int, dict]:
-    """`recsys doctor --json --url URL` as a user runs it: (exit code, the JSON report)."""
+def doctor(live, *args: str) -> tuple[int, dict]:
+    """`recsys doctor --json --url URL [ARGS]` as a user runs it: (exit code, the JSON report)."""
     from typer.testing import CliRunner
 
     from recsys.cli import app
 
     settings, *_, admin = live
     env = {"RECSYS_DATA_DIR": str(settings.data_dir), "RECSYS_ADMIN_TOKEN": admin.token}
-    result = CliRunner().invoke(app, ["doctor", "--json", "--url", admin.url], env=env)
+    result = CliRunner().invoke(app, ["doctor", "--json", "--url", admin.url, *args], env=env)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     start = result.stdout.index('{\n  "healthy"')
     return result.exit_code, json.loads(result.stdout[start:])
@@ -138,6 +138,10 @@ def test_stale_cache(live):
     try:
         finding = assert_finds(live, "serving", "cache_version", "flush_cache")
         assert finding["evidence"]["stale_entries"] > 0
+        code, report = doctor(live, "--fix")  # the fix, verified by looking again
+        assert code == 0, report
+        flushed = {"check": "cache_version", "action": "flush_cache", "verified": True}
+        assert report["fixes"] == [flushed]
     finally:
         admin.flush_cache()
     assert admin.status()["cache"]["stale_entries"] == 0

@@ -1,29 +1,25 @@
-"""`recsys flows serve` against a real Prefect server on loopback: the flows are registered as
-deployments with their schedules, and a run triggered through the server's API is executed by
-the serving process and completes."""
+"""`recsys flows serve` against a real Prefect server on loopback (on PostgreSQL, behind basic
+auth, as in the prod profile): the flows are registered as deployments with their schedules, and
+a run triggered through the server's API is executed by the serving process and completes."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
+from recsys.prodstack import check_postgres
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 EXPECTED = {"ingest", "features", "train", "guardian"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path):
@@ -52,27 +48,27 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
+@pytest.mark.prod
 def test_flows_serve_registers_scheduled_deployments_and_runs_one(tmp_path):
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
+    """The prod arrangement: a Prefect server on PostgreSQL behind basic auth, and `recsys flows
+    serve` as the process that runs the flows."""
+    from recsys.prodstack import BasicAuth, PrefectServer, postgres_database, with_driver
+    from tests.test_prod_profile import POSTGRES_URL, require
+
+    require(check_postgres, POSTGRES_URL, "PostgreSQL")
+    auth = BasicAuth.generate()
+    name = f"recsys_flows_serve_{uuid.uuid4().hex[:8]}"
     base_env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    base_env |= {"PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=base_env | {"PREFECT_HOME": str(tmp_path / "server-home")},
-        stdout=server_log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    serve = None
-    try:
-        _wait(
-            lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200,
-            120,
-            "the Prefect server answers /health",
-            server,
-            server_log,
-        )
+    serve_log = tmp_path / "serve.log"
+    with (
+        postgres_database(POSTGRES_URL, name) as database,
+        PrefectServer(
+            tmp_path / "server", database_url=with_driver(database, "asyncpg"), auth=auth
+        ) as server,
+    ):
+        api = server.api_url
+        client = httpx.Client(auth=(auth.username, auth.password.get_secret_value()), timeout=10)
+        assert httpx.post(f"{api}/deployments/filter", json={}, timeout=10).status_code == 401
         serve = subprocess.Popen(
             [str(BIN / "recsys"), "flows", "serve", "--guardian-minutes", "60"],
             env=base_env
@@ -80,37 +76,43 @@ def test_flows_serve_registers_scheduled_deployments_and_runs_one(tmp_path):
                 "PREFECT_HOME": str(tmp_path / "client-home"),
                 "RECSYS_DATA_DIR": str(tmp_path / "data"),
                 "RECSYS_PREFECT_API_URL": api,
+                "PREFECT_API_AUTH_STRING": auth.auth_string,
             },
             stdout=serve_log.open("wb"),
             stderr=subprocess.STDOUT,
         )
+        try:
 
-        def deployments():
-            found = httpx.post(f"{api}/deployments/filter", json={}, timeout=5).json()
-            return found if {d["name"] for d in found} >= EXPECTED else None
+            def deployments():
+                found = client.post(f"{api}/deployments/filter", json={}).json()
+                return found if {d["name"] for d in found} >= EXPECTED else None
 
-        found = {d["name"]: d for d in _wait(deployments, 120, "4 deployments", serve, serve_log)}
-        schedules = {name: found[name].get("schedules") or [] for name in EXPECTED}
-        assert schedules["ingest"] == []  # on demand
-        for name in ("features", "train", "guardian"):
-            assert len(schedules[name]) == 1 and schedules[name][0]["active"], schedules[name]
-        assert schedules["guardian"][0]["schedule"]["interval"] == 3600.0
-        assert schedules["train"][0]["schedule"]["cron"] == "0 3 * * *"
+            found = {
+                d["name"]: d for d in _wait(deployments, 120, "4 deployments", serve, serve_log)
+            }
+            schedules = {name: found[name].get("schedules") or [] for name in EXPECTED}
+            assert schedules["ingest"] == []  # on demand
+            for flow in ("features", "train", "guardian"):
+                assert len(schedules[flow]) == 1 and schedules[flow][0]["active"], schedules[flow]
+            assert schedules["guardian"][0]["schedule"]["interval"] == 3600.0
+            assert schedules["train"][0]["schedule"]["cron"] == "0 3 * * *"
 
-        run = httpx.post(
-            f"{api}/deployments/{found['guardian']['id']}/create_flow_run", json={}, timeout=10
-        ).json()
+            run = client.post(
+                f"{api}/deployments/{found['guardian']['id']}/create_flow_run", json={}
+            ).json()
 
-        def finished():
-            state = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=5).json()["state"]
-            return state if state["type"] in {"COMPLETED", "FAILED", "CRASHED"} else None
+            def finished():
+                state = client.get(f"{api}/flow_runs/{run['id']}").json()["state"]
+                return state if state["type"] in {"COMPLETED", "FAILED", "CRASHED"} else None
 
-        state = _wait(finished, 180, "the triggered guardian run finishes", serve, serve_log)
-        assert state["type"] == "COMPLETED", (state, serve_log.read_text()[-3000:])
-    finally:
-        if serve is not None:
+            state = _wait(finished, 180, "the triggered guardian run finishes", serve, serve_log)
+            assert state["type"] == "COMPLETED", (state, serve_log.read_text()[-3000:])
+            assert auth.password.get_secret_value() not in serve_log.read_text()
+        finally:
             _stop(serve)
-        _stop(server)
+            client.close()
+        # the deployments and the run live in PostgreSQL, not in a SQLite file of the server
+        assert not list((tmp_path / "server").rglob("*.db"))
 
 
 def test_flows_serve_without_a_server_is_a_one_line_error(tmp_path):

@@ -193,52 +193,6 @@ def test_stale_cache_is_detected_and_flushed(live):
     assert admin.status()["cache"]["stale_entries"] == 0
 
 
-def _doctor(live, tmp_path, *args):
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    settings, *_, admin = live
-    env = {
-        **os.environ,
-        "RECSYS_DATA_DIR": str(settings.data_dir),
-        "RECSYS_ADMIN_TOKEN": admin.token,
-        "PREFECT_HOME": str(tmp_path / "prefect-doctor"),
-    }
-    recsys = str(Path(sys.executable).with_name("recsys"))
-    proc = subprocess.run(
-        [recsys, "doctor", "--json", "--url", admin.url, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert proc.stdout.strip(), proc.stderr[-3000:]
-    return proc.returncode, json.loads(proc.stdout)
-
-
-def test_doctor_finds_a_stale_cache_and_fixes_it(live, tmp_path):
-    *_, admin = live
-    assert _traffic(live, 6, 150).errors == 0
-    assert admin.inject_fault("stale-cache")["entries"] > 0
-    code, report = _doctor(live, tmp_path)
-    assert code == 1 and not report["healthy"]
-    failing = [(f["check"], f["fix"]) for f in report["findings"] if not f["ok"]]
-    assert failing == [("cache_version", "flush_cache")]
-    assert [f["check"] for f in report["findings"]][:4] == [
-        "delivery",
-        "readiness",
-        "model_version",
-        "cache_version",
-    ]
-    code, report = _doctor(live, tmp_path, "--fix")
-    assert code == 0, report
-    flushed = {"check": "cache_version", "action": "flush_cache", "verified": True}
-    assert report["fixes"] == [flushed]  # verified: the flush was looked at again, and held
-
-
 def test_worse_challenger_is_rolled_back(live):
     from recsys.promotion import aliases, promotion_history
 

@@ -7,11 +7,11 @@ materialized (stale first, then brought up to date, then made unreadable).
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import httpx
 import pytest
+from conftest import ONLINE_TOKEN
 
 from recsys.config import Settings
 from recsys.server import ServiceProcess
@@ -168,32 +168,9 @@ def test_benchmark_service_reports_latency_without_errors(service):
 
 # ---- online features ----------------------------------------------------------------------
 
-TOKEN = "online-features-token"
-AUTH = {"authorization": f"Bearer {TOKEN}"}
-STALE_DAYS = 3
-
-
-@pytest.fixture(scope="module")
-def online(trained_world, tmp_path_factory):
-    """A copy of the trained world with its online store materialized ``STALE_DAYS`` days short
-    of the lake (a skipped materialization), and a service on it."""
-    from features.offline import build_offline_features, offline_days, snapshot_time
-    from features.spec import FeaturePaths
-    from features.store import materialize
-
-    settings, _, result = trained_world
-    folder = tmp_path_factory.mktemp("online-features") / "data"
-    shutil.copytree(
-        settings.data_dir, folder, ignore=shutil.ignore_patterns("logs", "bentoml", "features")
-    )
-    copy = Settings(data_dir=folder, seed=settings.seed)
-    build_offline_features(copy)
-    days = offline_days(FeaturePaths(folder))
-    stale_end = snapshot_time(days[-1 - STALE_DAYS])
-    materialize(copy, end=stale_end, build=False)
-    env = {"RECSYS_ADMIN_TOKEN": TOKEN, "RECSYS_RELOAD_INTERVAL_S": "0"}
-    with ServiceProcess(copy, env=env) as proc:
-        yield proc, copy, result.release, stale_end, snapshot_time(days[-1])
+# the ``online`` fixture (conftest.py): a service on a copy of the trained world whose online
+# store was materialized ONLINE_STALE_DAYS days short of the lake
+AUTH = {"authorization": f"Bearer {ONLINE_TOKEN}"}
 
 
 def _ask(proc, user: int, k: int = 10) -> dict:
