@@ -28,6 +28,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -245,7 +246,7 @@ class ServingFeatures:
         values, the release's category indexes), the release's own rows where the online store
         has none; and which rows came from the store. Built once per table and release."""
         kept = self._item_layouts.get(id(release))
-        if kept is not None and kept[0] is table and kept[1] is release:
+        if kept is not None and kept[0] is table and kept[1]() is release:
             return kept[2:]
         stage = release.stage
         values = stage.item_table.astype(np.float32, copy=True)
@@ -264,7 +265,8 @@ class ServingFeatures:
         with self._lock:
             if len(self._item_layouts) >= 4:
                 self._item_layouts.clear()
-            self._item_layouts[id(release)] = (table, release, values, category, found)
+            # a weak reference: a retired release is not kept alive by its layout
+            self._item_layouts[id(release)] = (table, weakref.ref(release), values, category, found)
         return values, category, found
 
     def _layout(self, vocabulary: list[str], categories: list[str]) -> np.ndarray:
