@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -125,3 +126,21 @@ def online(trained_world, tmp_path_factory):
     env = {"RECSYS_ADMIN_TOKEN": ONLINE_TOKEN, "RECSYS_RELOAD_INTERVAL_S": "0"}
     with ServiceProcess(copy, env=env) as proc:
         yield proc, copy, result.release, stale_end, snapshot_time(days[-1])
+
+
+@contextlib.contextmanager
+def drilled_service(settings):
+    """A real service on ``settings`` (which carry an admin token) with every request logged,
+    no registry poll and the fault drills enabled; yields its :class:`recsys.admin.ServiceAdmin`."""
+    from recsys.admin import ServiceAdmin
+    from recsys.server import ServiceProcess
+
+    token = settings.admin_token.get_secret_value()
+    env = {
+        "RECSYS_ADMIN_TOKEN": token,
+        "RECSYS_REQUEST_LOG_SAMPLE": "1.0",
+        "RECSYS_RELOAD_INTERVAL_S": "0",
+        "RECSYS_FAULT_INJECTION": "true",
+    }
+    with ServiceProcess(settings, env=env).start() as service:
+        yield ServiceAdmin(service.url, token)

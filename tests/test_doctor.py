@@ -16,10 +16,10 @@ import secrets
 
 import httpx
 import pytest
+from conftest import drilled_service
 
 from features.store import materialize
 from flows.demo import SourceSystem, _deliver, _land_world, demo_settings
-from recsys.admin import ServiceAdmin
 from recsys.ingest import ingest_all
 from recsys.simulate import simulate_day
 from recsys.synthetic import WorldConfig, generate_world
@@ -35,7 +35,6 @@ def live(tmp_path_factory):
     service with an admin token and fault drills enabled."""
     from recsys.config import Settings
     from recsys.gate import register_with_gate
-    from recsys.server import ServiceProcess
     from recsys.train import pipeline_params, train_and_evaluate
 
     settings = demo_settings(
@@ -55,15 +54,8 @@ def live(tmp_path_factory):
         settings.lake, pipeline_params(settings), budget_s=0.0, model_name=settings.model_name
     )
     assert register_with_gate(settings, result)[1].alias == "champion"
-    token = settings.admin_token.get_secret_value()
-    env = {
-        "RECSYS_ADMIN_TOKEN": token,
-        "RECSYS_REQUEST_LOG_SAMPLE": "1.0",
-        "RECSYS_RELOAD_INTERVAL_S": "0",
-        "RECSYS_FAULT_INJECTION": "true",
-    }
-    with ServiceProcess(settings, env=env).start() as service:
-        yield settings, world, SourceSystem(world), names, ServiceAdmin(service.url, token)
+    with drilled_service(settings) as admin:
+        yield settings, world, SourceSystem(world), names, admin
 
 
 def doctor(live, *args: str) -> tuple[int, dict]:

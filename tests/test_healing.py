@@ -9,13 +9,13 @@ from __future__ import annotations
 import secrets
 
 import pytest
+from conftest import drilled_service
 
 from flows.demo import SourceSystem, _deliver, _inject_bad_model, _land_world, demo_settings
 from flows.features import features_flow
 from flows.guardian import guardian_flow
 from flows.ingest import ingest_flow
 from flows.train import train_flow
-from recsys.admin import ServiceAdmin
 from recsys.guardian import Cycle, GuardianPolicy
 from recsys.simulate import simulate_day
 from recsys.synthetic import WorldConfig, generate_world
@@ -145,21 +145,13 @@ def test_no_drift_no_retrain(settings):
 def live(tmp_path_factory):
     """A trained system and a real service with admin token and fault drills enabled."""
     from recsys.config import Settings
-    from recsys.server import ServiceProcess
 
     settings = demo_settings(
         Settings(data_dir=tmp_path_factory.mktemp("live"), admin_token=secrets.token_urlsafe(16))
     )
     world, source, names = _system(settings)
-    token = settings.admin_token.get_secret_value()
-    env = {
-        "RECSYS_ADMIN_TOKEN": token,
-        "RECSYS_REQUEST_LOG_SAMPLE": "1.0",
-        "RECSYS_RELOAD_INTERVAL_S": "0",
-        "RECSYS_FAULT_INJECTION": "true",
-    }
-    with ServiceProcess(settings, env=env).start() as service:
-        yield settings, world, source, names, ServiceAdmin(service.url, token)
+    with drilled_service(settings) as admin:
+        yield settings, world, source, names, admin
 
 
 def _traffic(live, day: int, n: int = 600):
