@@ -12,16 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from serving.features import FeatureRows, ServingFeatures
 
 STAGES = ("candidates", "features", "ranking")
-
-# One request scores one small candidate matrix: torch's intra-op thread pool only adds
-# wake-up and spin costs there (3-15x slower ranking on a busy 2-core machine), and the
-# server's worker threads are the parallelism.
-torch.set_num_threads(1)
 
 
 @dataclass(frozen=True)
