@@ -170,6 +170,20 @@ class ServingFeatures:
                 self.fallbacks[reason] += 1
         return rows
 
+    def reads_store(self, user_id: int) -> bool:
+        """Whether :meth:`rows` for ``user_id`` would read the online store now: the store is
+        open and the user's row is not kept, older than :data:`USER_ROW_TTL_S`, or from before
+        the last materialization. (The item table never makes a request wait: it is reloaded
+        in the background.)"""
+        now = time.monotonic()
+        if self._reader is None or now < self._retry_at:
+            return False
+        marker = self.marker()
+        epoch = str(marker.get("at")) if marker else None
+        with self._lock:
+            kept = self._users.get(user_id) if epoch == self._users_epoch else None
+        return kept is None or now - kept[0] >= USER_ROW_TTL_S
+
     def _read(self, release, user_id: int, user_row: int, item_rows: np.ndarray) -> FeatureRows:
         reader = self._reader
         now = time.monotonic()

@@ -3,7 +3,9 @@
     bentoml serve serving.floor:FloorService --host 127.0.0.1 --port 3001
 
 ``POST /recommend`` takes the same request (validated the same way) and answers the same
-response shape with ``k`` fixed items, doing no other work. ``recsys bench serve`` drives it in
+response shape with ``k`` fixed items, doing no other work. Like the service's, the endpoint is
+a coroutine run on the event loop (a plain ``def`` would pay BentoML's hop to a worker thread,
+which the service's endpoint does not). ``recsys bench serve`` drives it in
 the same run as the real service: what the real service loses against it is what the
 recommender costs, the rest is BentoML, HTTP and the load generator.
 """
@@ -30,7 +32,7 @@ class FloorService:
     """Answers /recommend with the first ``k`` of a fixed list: no model, no cache, no logs."""
 
     @bentoml.api(route="/recommend")
-    def recommend(
+    async def recommend(
         self,
         user_id: Annotated[int, Field(ge=0)],
         k: Annotated[int, Field(ge=1, le=MAX_K)] = 10,

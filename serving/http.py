@@ -171,8 +171,12 @@ class RequestGuard:
             return
         # the HTTP server refuses a malformed Content-Length itself; the read below bounds the rest
         declared = dict(scope.get("headers") or ()).get(b"content-length", b"").strip()
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await _answer(send, 413, self._too_big(int(declared)))
+        if declared.isdigit():
+            if int(declared) > self.max_body_bytes:
+                await _answer(send, 413, self._too_big(int(declared)))
+                return
+            # the server reads exactly Content-Length bytes as this body: nothing to count
+            await self.app(scope, receive, _rewriting(send, 400, _readable_400))
             return
         chunks: list[bytes] = []
         size = 0

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio
 import bentoml
 import numpy as np
 from pydantic import Field
@@ -81,6 +82,8 @@ _SETTINGS = get_settings()
 MAX_K = _SETTINGS.max_k
 MAX_EXCLUDE = _SETTINGS.max_exclude
 ALIASES = (CHAMPION, CHALLENGER)
+STORE_THREADS = 4
+"""Concurrent /recommend calls that may wait on the online store (a user row to read)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,8 @@ class RecommenderService:
             seed=settings.seed,
         )
         self.served = ServedRequests()
+        # threads for the requests that wait on the online store (see _reads_store)
+        self._store_threads = anyio.CapacityLimiter(STORE_THREADS)
         self._reload_lock = threading.Lock()
         self._refused: dict[str, tuple[str, str]] = {}
         self.last_reload: dict[str, Any] = {}
@@ -247,7 +252,7 @@ class RecommenderService:
     # ---- recommend -------------------------------------------------------------------------
 
     @bentoml.api(route="/recommend")
-    def recommend(
+    async def recommend(
         self,
         ctx: bentoml.Context,
         user_id: Annotated[
@@ -267,6 +272,26 @@ class RecommenderService:
         ] = None,
     ) -> RecommendResponse:
         """Top-k items the user has not seen and did not exclude, best first."""
+        if self._reads_store(user_id):
+            return await anyio.to_thread.run_sync(
+                self._recommend, ctx, user_id, k, exclude, context, limiter=self._store_threads
+            )
+        return self._recommend(ctx, user_id, k, exclude, context)
+
+    def _reads_store(self, user_id: int) -> bool:
+        """Whether answering ``user_id`` now may wait on the online store (its user row is due
+        for a re-read): such a request runs on a worker thread. Every other one (ranked from
+        memory, cached, cold start, degraded) runs on the event loop: a sub-millisecond
+        computation, cheaper than the hop to a thread and back (the hop alone cost more than
+        the whole pipeline: ``docs/benchmarks.md``)."""
+        model = self._models.get(route(user_id, self.canary_share, CHALLENGER in self._models))
+        if model is None or model.release.ranker is None:
+            return False
+        return model.release.user_row(user_id) is not None and self.features.reads_store(user_id)
+
+    def _recommend(
+        self, ctx: bentoml.Context, user_id: int, k: int, exclude, context
+    ) -> RecommendResponse | JSONResponse:
         started = time.perf_counter()
         models = self._models  # read once: a reload swaps the dict, never mutates it
         cached = False

@@ -229,6 +229,40 @@ def test_online_features_rank_and_a_stale_store_shows_its_age_and_changes_answer
     assert after["age_s"] < features["age_s"] + 30
 
 
+def test_a_stalled_online_store_holds_up_only_the_requests_that_read_it(online):
+    """/recommend runs on the event loop unless it must read the store (a user row not kept):
+    those requests wait on worker threads, and nothing else waits behind them."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    proc, settings, release, _, _ = online
+    # old users (online even in the stale store) that no other test asks for
+    fresh, warm = int(release.user_ids[100]), int(release.user_ids[101])
+    # its online row is read and kept now (stale store: some items may lack a row)
+    assert _ask(proc, warm, k=5)["features"] in {"online", "release_fallback"}
+    store = sqlite3.connect(settings.data_dir / "features" / "online.db", timeout=0)
+    store.execute("BEGIN EXCLUSIVE")  # readers wait (Feast's connection: 5 s busy timeout)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            stalled = pool.submit(_ask, proc, fresh, 5)
+            time.sleep(0.5)
+            started = time.monotonic()
+            answers = [_ask(proc, warm, k) for k in (4, 6, 7)]
+            live = httpx.get(f"{proc.url}/livez", timeout=30)
+            waited = time.monotonic() - started
+            still_waiting = not stalled.done()
+    finally:
+        store.rollback()
+        store.close()
+    assert waited < 2.0, f"requests that need no store read waited {waited:.1f} s behind one"
+    assert still_waiting, "the fresh user's request should have been waiting on the store"
+    assert live.status_code == 200
+    assert len({b["features"] for b in answers}) == 1  # the same rows as before the stall
+    assert [len(b["items"]) for b in answers] == [4, 6, 7]
+    # the stalled one answers too, from the store or (timed out) with the release's rows
+    assert stalled.result(timeout=30)["features"] in {"online", "release_fallback"}
+
+
 def test_an_unreachable_online_store_gives_flagged_answers_with_release_features(online):
     proc, settings, release, _, _ = online
     store = settings.data_dir / "features" / "online.db"
