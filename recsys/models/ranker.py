@@ -192,12 +192,25 @@ def _listwise_steps(xt, yt, groups, train_mask, params: RankerParams):
     return batches
 
 
-def _forward(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
-    """One MLP member in eval mode: Linear -> ReLU (dropout is the identity) ..., Linear."""
-    for weight_t, bias in layers[:-1]:
-        x = torch.relu(torch.addmm(bias, x, weight_t))
-    weight_t, bias = layers[-1]
-    return torch.addmm(bias, x, weight_t).squeeze(-1)
+def _fuse(
+    members: list[list[tuple[torch.Tensor, torch.Tensor]]], mean: np.ndarray, std: np.ndarray
+) -> tuple[tuple[torch.Tensor, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Inference weights of an ensemble: the standardisation folded into the first layer, the
+    members' first layers side by side (one matrix product for all), each later layer stacked
+    across members (one batched product). ``members``: per member, the (W^T, b) of each layer."""
+    scale = torch.from_numpy(1.0 / std)
+    shift = torch.from_numpy(-mean / std)
+    firsts = [layers[0] for layers in members]
+    weight = torch.cat([w * scale[:, None] for w, _ in firsts], dim=1).contiguous()
+    bias = torch.cat([b + shift @ w for w, b in firsts])
+    later = [
+        (
+            torch.stack([layers[j][0] for layers in members]).contiguous(),
+            torch.stack([layers[j][1] for layers in members])[:, None, :].contiguous(),
+        )
+        for j in range(1, len(members[0]))
+    ]
+    return (weight, bias), later
 
 
 class Ranker:
@@ -210,7 +223,7 @@ class Ranker:
         self.mean = mean.astype(np.float32)
         self.std = std.astype(np.float32)
         self.net = net.eval()
-        self._weights: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        self._weights = None  # _inference_weights(), built on first use
         self.epochs_trained = 0
         self.history: list[dict[str, float]] = []
 
@@ -222,22 +235,36 @@ class Ranker:
         """Scores of one list of candidates (rows); higher is better. With several members,
         each member's logits are z-scored over the list, then averaged.
 
-        Runs the eval-mode network as plain ``addmm``/``relu`` calls on its weights (what its
-        forward computes with dropout off, without the module-call overhead that dominates a
-        200-row batch)."""
-        x = torch.from_numpy(((features - self.mean) / self.std).astype(np.float32))
+        Computes what the eval-mode network's forward computes (dropout off) on the
+        standardised features, as a few fused products (:func:`_fuse`): no standardisation
+        pass, one product per layer for all members, no module-call overhead."""
+        rows, members = len(features), len(self.net.members)
+        if rows == 0:
+            return np.zeros(0, dtype=np.float32)
+        (first_w, first_b), later = self._inference_weights()
+        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         with torch.inference_mode():
-            logits = torch.stack([_forward(layers, x) for layers in self._layers()]).numpy()
-        if len(logits) == 1:
+            h = torch.addmm(first_b, x, first_w)  # (rows, members * width): all members at once
+            if later:
+                h = torch.relu(h).view(rows, members, -1).transpose(0, 1)  # (members, rows, w)
+                for j, (weight, bias) in enumerate(later):
+                    h = torch.baddbmm(bias, h, weight)
+                    if j < len(later) - 1:
+                        h = torch.relu(h)
+                logits = h.squeeze(-1)
+            else:  # no hidden layer: the first layer gave each member's logit
+                logits = h.t()
+            logits = logits.numpy()
+        if members == 1:
             return logits[0]
         centred = logits - logits.mean(axis=1, keepdims=True)
-        spread = np.sqrt((centred * centred).mean(axis=1, keepdims=True))
-        return (centred / (spread + 1e-9)).mean(axis=0)
+        spread = np.sqrt(np.einsum("ij,ij->i", centred, centred) / rows)
+        return (1.0 / (spread + 1e-9)).astype(np.float32) @ centred / members
 
-    def _layers(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Per member, the (W^T, b) of each Linear layer, read once from the eval network."""
+    def _inference_weights(self):
+        """:func:`_fuse` of the eval network's weights, computed once."""
         if self._weights is None:
-            self._weights = [
+            members = [
                 [
                     (m.weight.detach().t().contiguous(), m.bias.detach().clone())
                     for m in member.body
@@ -245,6 +272,7 @@ class Ranker:
                 ]
                 for member in self.net.members
             ]
+            self._weights = _fuse(members, self.mean, self.std)
         return self._weights
 
     @classmethod
