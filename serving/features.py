@@ -237,12 +237,7 @@ class ServingFeatures:
             reasons.append("missing_user")
             user_values, affinity = stage.user_table[user_row], stage.user_affinity[user_row]
         else:
-            raw = np.array([[user[name] for name in USER_NUMERIC]], dtype=np.float32)
-            user_values = ranker_view(USER_NUMERIC, raw)[0]
-            shares = np.asarray(user[USER_FEATURES[-1]], dtype=np.float32)
-            affinity = np.zeros(len(stage.categories), dtype=np.float32)
-            known = to_release[: len(shares)] >= 0
-            affinity[to_release[: len(shares)][known]] = shares[known]
+            user_values, affinity = _user_view(user, to_release, len(stage.categories))
         values, category, found = self._items_in_layout(release, table, to_release)
         if not found[item_rows].all():
             reasons.append("missing_items")
@@ -354,3 +349,20 @@ def _describe_store(settings) -> str:
         return describe_online_store(settings)
     except Exception as exc:  # a misconfigured prod store is reported, not raised
         return f"unconfigured ({exc})"
+
+
+def _user_view(user: dict[str, Any], to_release: np.ndarray, n_categories: int) -> tuple:
+    """(ranker view of the user's numeric features, affinity in the release's categories) of
+    one online user row; kept on the row for the category mapping ``to_release`` (built once
+    per vocabulary and release categories), so a kept row is converted once, not per request."""
+    kept = user.get("_release_view")
+    if kept is not None and kept[0] is to_release:
+        return kept[1], kept[2]
+    raw = np.array([[user[name] for name in USER_NUMERIC]], dtype=np.float32)
+    values = ranker_view(USER_NUMERIC, raw)[0]
+    shares = np.asarray(user[USER_FEATURES[-1]], dtype=np.float32)
+    affinity = np.zeros(n_categories, dtype=np.float32)
+    known = to_release[: len(shares)] >= 0
+    affinity[to_release[: len(shares)][known]] = shares[known]
+    user["_release_view"] = (to_release, values, affinity)
+    return values, affinity

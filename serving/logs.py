@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,14 @@ class RequestLog:
         self._lock = threading.Lock()
         self.written = 0
 
-    def maybe_write(self, record: dict[str, Any]) -> bool:
-        """Write ``record`` with probability ``sample``; returns whether it was written."""
+    def maybe_write(self, record: dict[str, Any] | Callable[[], dict[str, Any]]) -> bool:
+        """Write ``record`` with probability ``sample``; returns whether it was written.
+        ``record`` may be a function that builds it: called only for a sampled request."""
         with self._lock:
             if self.sample <= 0 or self._rng.random() >= self.sample:
                 return False
+            if callable(record):
+                record = record()
             _append_line(self.current, {**record, "logged_at": time.time()}, sync=False)
             self.written += 1
             if self.current.stat().st_size >= self.max_bytes / 4:

@@ -413,8 +413,9 @@ class RecommenderService:
             self.metrics.inc("feature_answers_total", features=response.features)
         for reason in feature_reasons:
             self.metrics.inc("feature_fallbacks_total", reason=reason)
+        # built only for the sampled requests
         self.request_log.maybe_write(
-            {
+            lambda: {
                 "request_id": response.request_id,
                 "user_id": response.user_id,
                 "k": k,
