@@ -143,6 +143,31 @@ def test_same_seed_same_model_other_seed_another(trained_world):
     assert np.array_equal(r1.score(x), r2.score(x))
 
 
+@pytest.mark.parametrize("hidden,members", [((), 1), ((), 3), ((16,), 1), ((16, 8, 4), 2)])
+def test_ranker_scores_are_what_its_network_computes(hidden, members):
+    """Ranker.score runs fused products (standardisation folded in, members batched): it must
+    give the eval network's own logits, z-scored per member and averaged for an ensemble."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(300, 7)) * rng.uniform(0.1, 50, size=7) + 3).astype(np.float32)
+    y = (x[:, 0] + rng.normal(size=300) > 3).astype(np.float32)
+    groups = np.repeat(np.arange(30), 10)
+    ranker = Ranker.fit(x, y, groups, RankerParams(hidden=hidden, n_models=members, max_epochs=3))
+    rows = x[:57]
+    with torch.no_grad():
+        logits = ranker.net(torch.from_numpy((rows - ranker.mean) / ranker.std)).numpy()
+    if members == 1:
+        expected = logits[0]
+    else:
+        centred = logits - logits.mean(axis=1, keepdims=True)
+        expected = (centred / centred.std(axis=1, keepdims=True)).mean(axis=0)
+    got = ranker.score(rows)
+    assert got.dtype == np.float32 and got.shape == (57,)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert ranker.score(rows[:0]).shape == (0,)
+
+
 def test_a_user_who_only_watched_one_category_gets_mostly_that_category(trained_world):
     settings, _, result = trained_world
     frame = settings.lake.read_clean_interactions()
