@@ -184,6 +184,18 @@ class ServingFeatures:
             kept = self._users.get(user_id) if epoch == self._users_epoch else None
         return kept is None or now - kept[0] >= USER_ROW_TTL_S
 
+    def prefetch_user(self, user_id: int) -> None:
+        """Read and keep the user's online row now (a worker thread calls this, so the request
+        itself then runs without waiting on the store); a failure marks the store unreachable,
+        as :meth:`rows` would."""
+        reader = self._reader
+        if reader is None or time.monotonic() < self._retry_at:
+            return
+        try:
+            self._user_row(reader, int(user_id))
+        except Exception as exc:  # unreachable or unreadable store: the release's rows answer
+            self._failed(exc)
+
     def _read(self, release, user_id: int, user_row: int, item_rows: np.ndarray) -> FeatureRows:
         reader = self._reader
         now = time.monotonic()

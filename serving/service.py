@@ -273,17 +273,18 @@ class RecommenderService:
     ) -> RecommendResponse:
         """Top-k items the user has not seen and did not exclude, best first."""
         if self._reads_store(user_id):
-            return await anyio.to_thread.run_sync(
-                self._recommend, ctx, user_id, k, exclude, context, limiter=self._store_threads
+            # only the read waits on a worker thread: a thread holding the GIL for the whole
+            # pipeline would stall the event loop (and every other request) in turn
+            await anyio.to_thread.run_sync(
+                self.features.prefetch_user, user_id, limiter=self._store_threads
             )
         return self._recommend(ctx, user_id, k, exclude, context)
 
     def _reads_store(self, user_id: int) -> bool:
         """Whether answering ``user_id`` now may wait on the online store (its user row is due
-        for a re-read): such a request runs on a worker thread. Every other one (ranked from
-        memory, cached, cold start, degraded) runs on the event loop: a sub-millisecond
-        computation, cheaper than the hop to a thread and back (the hop alone cost more than
-        the whole pipeline: ``docs/benchmarks.md``)."""
+        for a re-read): that read runs on a worker thread first. Everything else runs on the
+        event loop: a sub-millisecond computation, cheaper than the hop to a thread and back
+        (the hop alone cost more than the whole pipeline: ``docs/benchmarks.md``)."""
         model = self._models.get(route(user_id, self.canary_share, CHALLENGER in self._models))
         if model is None or model.release.ranker is None:
             return False
@@ -613,6 +614,7 @@ class RecommenderService:
                 self._before_fault.setdefault(alias, model)
                 ranker = copy.copy(model.release.ranker)
                 ranker.mean = ranker.mean[:-1]  # a width the feature rows no longer match
+                ranker._weights = None  # the inference weights are rebuilt from it, and fail
                 release = copy.copy(model.release)
                 release.ranker = ranker
                 broken[alias] = LoadedModel(alias, model.version, release, model.loaded_at)
