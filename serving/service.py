@@ -614,7 +614,6 @@ class RecommenderService:
                 self._before_fault.setdefault(alias, model)
                 ranker = copy.copy(model.release.ranker)
                 ranker.mean = ranker.mean[:-1]  # a width the feature rows no longer match
-                ranker._weights = None  # the inference weights are rebuilt from it, and fail
                 release = copy.copy(model.release)
                 release.ranker = ranker
                 broken[alias] = LoadedModel(alias, model.version, release, model.loaded_at)

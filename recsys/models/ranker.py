@@ -223,7 +223,8 @@ class Ranker:
         self.mean = mean.astype(np.float32)
         self.std = std.astype(np.float32)
         self.net = net.eval()
-        self._weights = None  # _inference_weights(), built on first use
+        self._weights = None  # _inference_weights(), built on first use ...
+        self._fused_from: tuple[np.ndarray, np.ndarray] | None = None  # ... from these mean, std
         self.epochs_trained = 0
         self.history: list[dict[str, float]] = []
 
@@ -262,8 +263,11 @@ class Ranker:
         return (1.0 / (spread + 1e-9)).astype(np.float32) @ centred / members
 
     def _inference_weights(self):
-        """:func:`_fuse` of the eval network's weights, computed once."""
-        if self._weights is None:
+        """:func:`_fuse` of the eval network's weights, computed once per (mean, std): arrays
+        replaced on a ranker (a copy with other statistics) get weights fused from them."""
+        if self._fused_from is None or (
+            self._fused_from[0] is not self.mean or self._fused_from[1] is not self.std
+        ):
             members = [
                 [
                     (m.weight.detach().t().contiguous(), m.bias.detach().clone())
@@ -273,6 +277,7 @@ class Ranker:
                 for member in self.net.members
             ]
             self._weights = _fuse(members, self.mean, self.std)
+            self._fused_from = (self.mean, self.std)
         return self._weights
 
     @classmethod
