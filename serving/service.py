@@ -272,33 +272,51 @@ class RecommenderService:
         ] = None,
     ) -> RecommendResponse:
         """Top-k items the user has not seen and did not exclude, best first."""
-        if self._reads_store(user_id):
+        started = time.perf_counter()
+        models = self._models  # read once: a reload swaps the dict, never mutates it
+        variant = route(user_id, self.canary_share, CHALLENGER in models)
+        model = models.get(variant)
+        mark = self._stage("route", started)
+        store_s = 0.0
+        if self._reads_store(model, user_id):
             # only the read waits on a worker thread: a thread holding the GIL for the whole
             # pipeline would stall the event loop (and every other request) in turn
             await anyio.to_thread.run_sync(
                 self.features.prefetch_user, user_id, limiter=self._store_threads
             )
-        return self._recommend(ctx, user_id, k, exclude, context)
+            store_s = time.perf_counter() - mark
+            mark += store_s
+        return self._recommend(
+            ctx, user_id, k, exclude, context, started, mark, models, variant, store_s
+        )
 
-    def _reads_store(self, user_id: int) -> bool:
-        """Whether answering ``user_id`` now may wait on the online store (its user row is due
-        for a re-read): that read runs on a worker thread first. Everything else runs on the
-        event loop: a sub-millisecond computation, cheaper than the hop to a thread and back
-        (the hop alone cost more than the whole pipeline: ``docs/benchmarks.md``)."""
-        model = self._models.get(route(user_id, self.canary_share, CHALLENGER in self._models))
+    def _reads_store(self, model: LoadedModel | None, user_id: int) -> bool:
+        """Whether answering ``user_id`` with ``model`` now may wait on the online store (its
+        user row is due for a re-read): that read runs on a worker thread first. Everything
+        else runs on the event loop: a sub-millisecond computation, cheaper than the hop to a
+        thread and back (the hop alone cost more than the whole pipeline: see
+        ``docs/benchmarks.md``)."""
         if model is None or model.release.ranker is None:
             return False
         return model.release.user_row(user_id) is not None and self.features.reads_store(user_id)
 
     def _recommend(
-        self, ctx: bentoml.Context, user_id: int, k: int, exclude, context
+        self,
+        ctx: bentoml.Context,
+        user_id: int,
+        k: int,
+        exclude,
+        context,
+        started: float,
+        mark: float,
+        models: dict[str, LoadedModel],
+        variant: str,
+        store_s: float,
     ) -> RecommendResponse | JSONResponse:
-        started = time.perf_counter()
-        models = self._models  # read once: a reload swaps the dict, never mutates it
+        """The answer to a routed request; ``store_s``: time its user row took to read
+        (counted in the features stage), ``mark``: when that read ended."""
         cached = False
-        variant = route(user_id, self.canary_share, CHALLENGER in models)
         model = models.get(variant)
-        mark = self._stage("route", started)
         reasons: tuple[str, ...] = ()
         if model is None:
             answer = self._degraded(user_id, k, exclude, models)
@@ -332,7 +350,7 @@ class RecommenderService:
                     if answer is None:
                         return _error(ctx, 503, "the model failed and no fallback could answer")
                 else:
-                    answer = self._ranked_answer(key, variant, model, ranked, exclude, k)
+                    answer = self._ranked_answer(key, variant, model, ranked, exclude, k, store_s)
                     reasons = ranked.feature_reasons
                 self._stage("model", mark)
         served_variant, version, items, scores, fallback, features = answer
@@ -350,12 +368,20 @@ class RecommenderService:
         return response
 
     def _ranked_answer(
-        self, key, variant: str, model: LoadedModel, ranked: RankedList, exclude, k: int
+        self,
+        key,
+        variant: str,
+        model: LoadedModel,
+        ranked: RankedList,
+        exclude,
+        k: int,
+        store_s: float = 0.0,
     ) -> tuple:
         """The answer tuple of a ranked list; cached unless its features were a fallback (the
-        next request should try the online store again)."""
+        next request should try the online store again). ``store_s``: the user row's read
+        before the pipeline ran, part of its features stage."""
         for stage, seconds in ranked.seconds.items():
-            self.metrics.observe_stage(stage, seconds)
+            self.metrics.observe_stage(stage, seconds + (store_s if stage == "features" else 0))
         items, scores = _filtered(ranked.item_ids, ranked.scores, exclude, k)
         if ranked.features != RELEASE_FALLBACK:
             self.cache.put(
