@@ -178,8 +178,7 @@ class ServingFeatures:
         now = time.monotonic()
         if self._reader is None or now < self._retry_at:
             return False
-        marker = self.marker()
-        epoch = str(marker.get("at")) if marker else None
+        epoch = self._stamp()
         with self._lock:
             kept = self._users.get(user_id) if epoch == self._users_epoch else None
         return kept is None or now - kept[0] >= USER_ROW_TTL_S
@@ -221,8 +220,7 @@ class ServingFeatures:
 
     def _user_row(self, reader, user_id: int) -> dict[str, Any] | None:
         """The user's online row, re-read after :data:`USER_ROW_TTL_S` or a materialization."""
-        marker = self.marker()
-        epoch = str(marker.get("at")) if marker else None
+        epoch = self._stamp()
         now = time.monotonic()
         with self._lock:
             if epoch != self._users_epoch:
@@ -321,8 +319,13 @@ class ServingFeatures:
     def epoch(self) -> str:
         """Which generation of features answers: the last materialization's stamp, or
         ``release``. Part of the cache key, so a materialization never serves old answers."""
-        marker = self.marker() if self._reader is not None else None
-        return str(marker.get("at")) if marker else RELEASE
+        stamp = self._stamp() if self._reader is not None else None
+        return stamp if stamp is not None else RELEASE
+
+    def _stamp(self) -> str | None:
+        """The last materialization's stamp (``at`` of the marker), None if never."""
+        marker = self.marker()
+        return str(marker.get("at")) if marker else None
 
     def freshness(self) -> dict[str, Any]:
         """``{"materialized_at", "age_s", "materialized_until": {view: iso}}`` (None: never)."""
