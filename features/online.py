@@ -1,8 +1,12 @@
 """Online feature reads for the serving hot path: one user plus a whole candidate set.
 
-:class:`OnlineFeatureReader` reads through Feast's ``get_online_features``:
+:class:`OnlineFeatureReader` reads the profile's Feast online store (SQLite, Redis, ...):
 
-* user features: one ``get_online_features`` call for the one user of the request;
+* user features: one ``online_read`` of the online store for the user of the request, or for
+  several users at once (:meth:`OnlineFeatureReader.users_features`; the service batches the
+  users its concurrent requests wait on). ``online_read`` is the interface every Feast online
+  store implements and what ``get_online_features`` calls underneath, for a fifth of the CPU
+  of a one-user ``get_online_features`` call;
 * item features: by default from an in-memory table of every item (a float32 matrix), loaded
   from the online store and reloaded in a background thread when a materialization is seen
   (``features/materialized.json`` changes) or the table is older than ``max_table_age``; items
@@ -27,6 +31,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from features.offline import offline_days, read_snapshot, read_vocabulary
 from features.spec import ITEM_FEATURES, ITEM_VIEW, USER_FEATURES, USER_VIEW, VIEW_TTL, FeaturePaths
@@ -72,6 +78,21 @@ def _scalar(value: Any) -> Any:
         return None
     raw = getattr(value, kind)
     return np.asarray(raw.val, dtype=np.float32) if kind.endswith("_list_val") else raw
+
+
+def _row_of(values: dict[str, Any] | None, names: Sequence[str]) -> dict[str, Any] | None:
+    """``{name: value}`` of an ``online_read`` row, None unless every feature is present."""
+    if not values:
+        return None
+    row: dict[str, Any] = {}
+    for name in names:
+        value = values.get(name)
+        if value is None:
+            return None
+        row[name] = _scalar(value)
+        if row[name] is None:
+            return None
+    return row
 
 
 def read_online_rows(
@@ -128,6 +149,8 @@ class OnlineFeatureReader:
         max_table_age: float = 600.0,
         watch_interval: float = 1.0,
     ) -> None:
+        from feast.infra.online_stores.helpers import get_online_store_from_config
+
         from features.store import _require_applied, feature_store
 
         if item_mode not in ("table", "online"):
@@ -143,6 +166,8 @@ class OnlineFeatureReader:
         self.ttl_seconds = {v: ttl.total_seconds() for v, ttl in VIEW_TTL.items()}
         self._store = feature_store(settings)
         _require_applied(self._store, settings)
+        self._online = get_online_store_from_config(self._store.config.online_store)
+        self._user_view = self._store.get_feature_view(USER_VIEW)
         self._catalog = None if catalog is None else np.asarray(catalog, dtype=np.int64)
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
@@ -163,18 +188,47 @@ class OnlineFeatureReader:
         array in :attr:`vocabulary` order) plus ``event_timestamp`` (UTC datetime of the row),
         ``age_seconds`` and ``expired`` (age beyond the view's TTL: serve a fallback).
         """
-        values, found, event_time = read_online_rows(
-            self._store, USER_VIEW, "user_id", [int(user_id)], self.user_names
+        return self.users_features([user_id])[0]
+
+    def users_features(self, user_ids: Sequence[int]) -> list[dict[str, Any] | None]:
+        """:meth:`user_features` of several users in one online-store read (one row per id, in
+        order).
+
+        This reads through the online store's own ``online_read`` (the interface every Feast
+        online store implements, and what ``get_online_features`` calls per view), not through
+        ``get_online_features``: for a plain feature view (no on-demand transformation) that
+        is the same rows for a fifth of the CPU of a one-user call (measured on SQLite: 0.08
+        against 0.38 ms), and this read is on the serving hot path. A row with any feature
+        null counts as missing (``get_online_features`` calls it present, with no value).
+        """
+        ids = [int(u) for u in user_ids]
+        if not ids:
+            return []
+        keys = [
+            EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(int64_val=u)])
+            for u in ids
+        ]
+        read = self._online.online_read(
+            config=self._store.config,
+            table=self._user_view,
+            entity_keys=keys,
+            requested_features=list(self.user_names),
         )
-        if not found[0]:
-            return None
-        row = {name: values[name][0] for name in self.user_names}
-        stamp = datetime.fromtimestamp(int(event_time[0]), UTC)
-        age = (self.clock() - stamp).total_seconds()
-        row["event_timestamp"] = stamp
-        row["age_seconds"] = age
-        row["expired"] = age > self.ttl_seconds[USER_VIEW]
-        return row
+        now = self.clock()
+        ttl = self.ttl_seconds[USER_VIEW]
+        rows: list[dict[str, Any] | None] = []
+        for stamp, values in read:
+            row = _row_of(values, self.user_names) if stamp is not None else None
+            if row is None:
+                rows.append(None)
+                continue
+            stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+            age = (now - stamp).total_seconds()
+            row["event_timestamp"] = stamp
+            row["age_seconds"] = age
+            row["expired"] = age > ttl
+            rows.append(row)
+        return rows
 
     # ---- items ----------------------------------------------------------------------------
 

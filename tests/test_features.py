@@ -339,13 +339,39 @@ def test_online_reader_serves_what_was_materialized_and_reports_age(fresh):
         assert np.isnan(batch.values[30]).all() and batch.expired[30]
         assert (batch.age_seconds[:30] == 6 * 3600).all() and not batch.expired[:30].any()
 
+    # Several users in one read (what the service batches): the rows Feast's own
+    # get_online_features gives, in order. A row with a null feature is no row (Feast calls it
+    # PRESENT with an empty value): the service then answers with the release's row.
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from features.online import read_online_rows
+
+    ids = [*users.index[:25].tolist(), 99_999, int(users.index[0])]
+    nulled = int(users.index[1])
+    set_online_value(fresh, "user_features", "user_id", [nulled], "user_events_1d", Value())
+    for reader in readers.values():
+        rows = reader.users_features(ids)
+        values, found, stamps = read_online_rows(
+            reader._store, "user_features", "user_id", ids, USER_FEATURES
+        )
+        assert values["user_events_1d"][1] is None and found[1]
+        found[1] = False
+        assert [row is not None for row in rows] == found.tolist()
+        assert not found[25] and found.sum() == len(ids) - 2
+        for i, row in enumerate(rows):
+            if row is None:
+                continue
+            for name in USER_FEATURES:
+                np.testing.assert_array_equal(row[name], values[name][i])
+            assert row["event_timestamp"].timestamp() == stamps[i]
+            assert row["age_seconds"] == 6 * 3600
+        assert reader.users_features([]) == []
+
     clock["now"] = NEWEST.to_pydatetime() + timedelta(days=3)  # beyond the 2-day TTL
     assert readers["online"].user_features(int(users.index[0]))["expired"]
     assert readers["table"].item_features(candidates[:5]).expired.all()
 
     # The table reloads in the background when a materialization is seen.
-    from feast.protos.feast.types.Value_pb2 import Value
-
     reader = OnlineFeatureReader(fresh, item_mode="table", watch_interval=0.0)
     first = int(items.index[0])
     set_online_value(fresh, "item_features", "item_id", [first], "item_trend", Value(float_val=7.5))
