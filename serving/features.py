@@ -1,8 +1,10 @@
 """Where the ranker's user and item features come from on the serving hot path.
 
 The Feast online store first, through :class:`features.online.OnlineFeatureReader` in table mode
-(the user's row is one ``get_online_features`` call; the candidates' rows come from an in-memory
-item table that reloads in the background when a materialization is seen). The release's own
+(the user's row is read from the online store, kept for :data:`USER_ROW_TTL_S`, and read for
+several users at once when several requests wait on one: :meth:`ServingFeatures.prefetch_users`;
+the candidates' rows come from an in-memory item table that reloads in the background when a
+materialization is seen). The release's own
 tables (as of its training cut) fill in whatever the online store cannot give. Every ranked
 answer says which it got, in the response field ``features``:
 
@@ -183,17 +185,21 @@ class ServingFeatures:
             kept = self._users.get(user_id) if epoch == self._users_epoch else None
         return kept is None or now - kept[0] >= USER_ROW_TTL_S
 
-    def prefetch_user(self, user_id: int) -> None:
-        """Read and keep the user's online row now (a worker thread calls this, so the request
-        itself then runs without waiting on the store); a failure marks the store unreachable,
-        as :meth:`rows` would."""
+    def prefetch_users(self, user_ids: list[int]) -> None:
+        """Read and keep the online rows of ``user_ids`` now, in one store call (a worker
+        thread calls this for the requests waiting on a read, so they then run without waiting
+        on the store); a failure marks the store unreachable, as :meth:`rows` would."""
         reader = self._reader
-        if reader is None or time.monotonic() < self._retry_at:
+        if reader is None or time.monotonic() < self._retry_at or not user_ids:
             return
+        epoch = self._stamp()
+        now = time.monotonic()
         try:
-            self._user_row(reader, int(user_id))
+            rows = reader.users_features(user_ids)
         except Exception as exc:  # unreachable or unreadable store: the release's rows answer
             self._failed(exc)
+            return
+        self._keep(epoch, now, zip(user_ids, rows, strict=True))
 
     def _read(self, release, user_id: int, user_row: int, item_rows: np.ndarray) -> FeatureRows:
         reader = self._reader
@@ -231,13 +237,23 @@ class ServingFeatures:
                 self._users.move_to_end(user_id)
                 return kept[1]
         row = reader.user_features(user_id)  # outside the lock: other requests go on
-        with self._lock:
-            if epoch == self._users_epoch:
-                self._users[user_id] = (now, row)
-                self._users.move_to_end(user_id)
-                if len(self._users) > USER_ROWS_KEPT:
-                    self._users.popitem(last=False)
+        self._keep(epoch, now, [(user_id, row)])
         return row
+
+    def _keep(self, epoch: str | None, now: float, rows) -> None:
+        """Keep ``(user_id, row)`` pairs read at ``now`` under materialization ``epoch`` (a
+        read that straddled a new materialization is not kept)."""
+        if epoch != self._stamp():
+            return
+        with self._lock:
+            if epoch != self._users_epoch:
+                self._users.clear()
+                self._users_epoch = epoch
+            for user_id, row in rows:
+                self._users[int(user_id)] = (now, row)
+                self._users.move_to_end(int(user_id))
+            while len(self._users) > USER_ROWS_KEPT:
+                self._users.popitem(last=False)
 
     def _in_release_layout(self, release, user_row, item_rows, user, table, reader) -> FeatureRows:
         stage = release.stage
