@@ -237,15 +237,19 @@ class Release:
                 _, dropped = self._memo.popitem(last=False)
                 self._memo_bytes -= dropped.nbytes
 
-    def warm(self, limit_mb: float, *, batch: int = 256) -> int:
+    def warm(self, limit_mb: float, *, batch: int = 256, budget_s: float | None = None) -> int:
         """Keep up to ``limit_mb`` MB of candidate blocks, computing them now for the most
-        active users first (most interactions). Returns the number of users kept."""
+        active users first (most interactions), for at most ``budget_s`` seconds of wall time
+        (the rest are computed on their first request). Returns the number of users kept."""
         self.memo_limit_bytes = int(limit_mb * 1024 * 1024)
         if self.memo_limit_bytes <= 0 or not self.n_users:
             return 0
+        deadline = None if budget_s is None else time.monotonic() + budget_s
         activity = np.diff(self.stage.user_items.indptr)
         order = np.argsort(-activity, kind="stable")
         for start in range(0, len(order), batch):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             rows = order[start : start + batch]
             lists = self.stage.candidate_lists(rows, self.params.candidates)
             for row, cands in zip(rows, lists, strict=True):

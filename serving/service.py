@@ -40,6 +40,7 @@ import gc
 import hmac
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -48,7 +49,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import anyio
 import bentoml
 import numpy as np
 from pydantic import Field
@@ -59,6 +59,7 @@ from recsys.contract import EVENT_TYPES
 from recsys.errors import RecsysError
 from recsys.registry import download_release, version_for_alias
 from recsys.release import Release
+from serving.batching import Coalescer
 from serving.cache import CachedAnswer, RecommendationCache
 from serving.features import RELEASE_FALLBACK, ServingFeatures
 from serving.http import RequestGuard
@@ -82,8 +83,19 @@ _SETTINGS = get_settings()
 MAX_K = _SETTINGS.max_k
 MAX_EXCLUDE = _SETTINGS.max_exclude
 ALIASES = (CHAMPION, CHALLENGER)
-STORE_THREADS = 4
-"""Concurrent /recommend calls that may wait on the online store (a user row to read)."""
+
+
+GIL_SWITCH_S = 0.001
+"""The worker's GIL switch interval (Python's default: 5 ms). The event loop computes every
+request while threads do the reloads, the store reads and the item-table refreshes; a thread
+that releases the GIL (numpy, SQLite, sockets) otherwise waits up to the full default interval
+to get it back from a busy loop, each time, and a reload under load crawls."""
+
+
+WARM_BUDGET_S = 2.0
+"""Most seconds a load spends computing candidate blocks ahead (``Release.warm``); users left
+get theirs on their first request. Under load the loading thread gets a small share of the GIL
+against the event loop, and an unbounded warm-up held a reload past the 10 s request timeout."""
 
 
 @dataclass(frozen=True)
@@ -111,10 +123,14 @@ def load_model(settings, alias: str, features: ServingFeatures | None = None) ->
     Raises:
         RecsysError: no such alias, the artifacts are incomplete, or the smoke prediction failed.
     """
+    marks = [time.perf_counter()]
     with tempfile.TemporaryDirectory(prefix=f"recsys-{alias}-") as folder:
         version, release_dir = download_release(settings, alias, Path(folder))
+        marks.append(time.perf_counter())
         release = Release.load(release_dir)
-    release.warm(settings.candidate_memo_mb)
+    marks.append(time.perf_counter())
+    release.warm(settings.candidate_memo_mb, budget_s=WARM_BUDGET_S)
+    marks.append(time.perf_counter())
     if features is not None:
         features.cover(release.item_ids)
     probe = int(release.user_ids[0]) if release.n_users else 0
@@ -124,6 +140,15 @@ def load_model(settings, alias: str, features: ServingFeatures | None = None) ->
         raise RecsysError(f"smoke prediction of version {version} failed: {exc}") from None
     if release.n_items and len(answer.item_ids) == 0:
         raise RecsysError(f"smoke prediction of version {version} for user {probe} was empty")
+    marks.append(time.perf_counter())
+    steps = dict(zip(("download", "load", "warm", "features+smoke"), np.diff(marks), strict=True))
+    logger.info(
+        "loaded %s version %s in %.2fs (%s)",
+        alias,
+        version,
+        marks[-1] - marks[0],
+        ", ".join(f"{name} {seconds:.2f}s" for name, seconds in steps.items()),
+    )
     return LoadedModel(alias, version, release, time.time())
 
 
@@ -143,6 +168,7 @@ class RecommenderService:
 
     def __init__(self) -> None:
         settings = self.settings = _SETTINGS
+        sys.setswitchinterval(GIL_SWITCH_S)  # this process is the service's worker
         self._models: dict[str, LoadedModel] = {}
         self.load_error: str | None = None
         self.canary_share = settings.canary_share
@@ -159,8 +185,8 @@ class RecommenderService:
             seed=settings.seed,
         )
         self.served = ServedRequests()
-        # threads for the requests that wait on the online store (see _reads_store)
-        self._store_threads = anyio.CapacityLimiter(STORE_THREADS)
+        # the requests that wait on the online store share one read per moment (_reads_store)
+        self.user_reads = Coalescer(self.features.prefetch_users)
         self._reload_lock = threading.Lock()
         self._refused: dict[str, tuple[str, str]] = {}
         self.last_reload: dict[str, Any] = {}
@@ -279,11 +305,10 @@ class RecommenderService:
         mark = self._stage("route", started)
         store_s = 0.0
         if self._reads_store(model, user_id):
-            # only the read waits on a worker thread: a thread holding the GIL for the whole
-            # pipeline would stall the event loop (and every other request) in turn
-            await anyio.to_thread.run_sync(
-                self.features.prefetch_user, user_id, limiter=self._store_threads
-            )
+            # only the read waits on a worker thread, shared with the other requests waiting
+            # on one (serving.batching): a thread holding the GIL for the whole pipeline
+            # would stall the event loop (and every other request) in turn
+            await self.user_reads.wait(user_id)
             store_s = time.perf_counter() - mark
             mark += store_s
         return self._recommend(
@@ -292,7 +317,8 @@ class RecommenderService:
 
     def _reads_store(self, model: LoadedModel | None, user_id: int) -> bool:
         """Whether answering ``user_id`` with ``model`` now may wait on the online store (its
-        user row is due for a re-read): that read runs on a worker thread first. Everything
+        user row is due for a re-read): that read runs first, on a worker thread, batched with
+        the other requests' reads of that moment. Everything
         else runs on the event loop: a sub-millisecond computation, cheaper than the hop to a
         thread and back (the hop alone cost more than the whole pipeline: see
         ``docs/benchmarks.md``)."""
@@ -558,7 +584,10 @@ class RecommenderService:
                 "misses": self.cache.misses,
                 "stale_entries": self.cache.stale_entries({m.version for m in models.values()}),
             },
-            "features": self.features.status(),
+            "features": {
+                **self.features.status(),
+                "user_reads": {"calls": self.user_reads.calls, "users": self.user_reads.keys},
+            },
             "last_reload": self.last_reload,
             "reload_interval_s": self.settings.reload_interval_s,
             "request_log": {

@@ -88,6 +88,7 @@ def test_candidate_memo_keeps_answers_and_its_memory_bound(trained_world, tmp_pa
         assert np.allclose(a.scores, b.scores)
     assert warm.memo_status["mb"] <= limit
     assert Release.load(folder).warm(0) == 0
+    assert Release.load(folder).warm(limit, budget_s=0) == 0  # out of time: none ahead
 
 
 def test_exclusions_filter_the_ranked_list_and_redraw_candidates_when_too_few_remain(
