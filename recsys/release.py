@@ -240,7 +240,8 @@ class Release:
     def warm(self, limit_mb: float, *, batch: int = 256, budget_s: float | None = None) -> int:
         """Keep up to ``limit_mb`` MB of candidate blocks, computing them now for the most
         active users first (most interactions), for at most ``budget_s`` seconds of wall time
-        (the rest are computed on their first request). Returns the number of users kept."""
+        (the rest are computed on their first request, or by another call: users already kept
+        are skipped). Returns the number of users kept."""
         self.memo_limit_bytes = int(limit_mb * 1024 * 1024)
         if self.memo_limit_bytes <= 0 or not self.n_users:
             return 0
@@ -250,7 +251,9 @@ class Release:
         for start in range(0, len(order), batch):
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            rows = order[start : start + batch]
+            rows = np.array([r for r in order[start : start + batch] if r not in self._memo])
+            if not len(rows):
+                continue
             lists = self.stage.candidate_lists(rows, self.params.candidates)
             for row, cands in zip(rows, lists, strict=True):
                 block = CandidateBlock(cands, self.stage.source_features(cands))

@@ -92,10 +92,16 @@ that releases the GIL (numpy, SQLite, sockets) otherwise waits up to the full de
 to get it back from a busy loop, each time, and a reload under load crawls."""
 
 
+STORE_CALLS = 4
+"""Most online-store reads of user rows in flight at once, each for every user waiting when it
+started (``serving.batching``). One at a time used the least CPU but put a waiting request
+behind the call in flight and its own: p99 at 8 clients on ML-100K 102-113 ms against 68 ms
+with 4 on a slow day (``docs/benchmarks.md``)."""
 WARM_BUDGET_S = 2.0
-"""Most seconds a load spends computing candidate blocks ahead (``Release.warm``); users left
-get theirs on their first request. Under load the loading thread gets a small share of the GIL
-against the event loop, and an unbounded warm-up held a reload past the 10 s request timeout."""
+"""Most seconds a reload of a serving service spends computing candidate blocks ahead
+(``Release.warm``) before the swap; a background thread warms the rest after it. Under load the
+loading thread gets a small share of the GIL against the event loop, and an unbounded warm-up
+held a reload past the 10 s request timeout. The first load (no traffic yet) warms fully."""
 
 
 @dataclass(frozen=True)
@@ -116,9 +122,16 @@ def _error(ctx: bentoml.Context | None, status: int, message: str, **headers: st
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
-def load_model(settings, alias: str, features: ServingFeatures | None = None) -> LoadedModel:
+def load_model(
+    settings,
+    alias: str,
+    features: ServingFeatures | None = None,
+    warm_budget_s: float | None = None,
+) -> LoadedModel:
     """Download, load and smoke-test the release behind ``alias``: the item table of
     ``features`` is made to cover its catalog, then one prediction runs the whole hot path.
+    With ``warm_budget_s`` the candidate warm-up stops after that long and a background thread
+    finishes it (the release's memo is thread-safe).
 
     Raises:
         RecsysError: no such alias, the artifacts are incomplete, or the smoke prediction failed.
@@ -129,7 +142,7 @@ def load_model(settings, alias: str, features: ServingFeatures | None = None) ->
         marks.append(time.perf_counter())
         release = Release.load(release_dir)
     marks.append(time.perf_counter())
-    release.warm(settings.candidate_memo_mb, budget_s=WARM_BUDGET_S)
+    release.warm(settings.candidate_memo_mb, budget_s=warm_budget_s)
     marks.append(time.perf_counter())
     if features is not None:
         features.cover(release.item_ids)
@@ -141,6 +154,13 @@ def load_model(settings, alias: str, features: ServingFeatures | None = None) ->
     if release.n_items and len(answer.item_ids) == 0:
         raise RecsysError(f"smoke prediction of version {version} for user {probe} was empty")
     marks.append(time.perf_counter())
+    if warm_budget_s is not None:
+        threading.Thread(
+            target=release.warm,
+            args=(settings.candidate_memo_mb,),
+            name=f"recsys-warm-{alias}-{version}",
+            daemon=True,
+        ).start()
     steps = dict(zip(("download", "load", "warm", "features+smoke"), np.diff(marks), strict=True))
     logger.info(
         "loaded %s version %s in %.2fs (%s)",
@@ -186,7 +206,7 @@ class RecommenderService:
         )
         self.served = ServedRequests()
         # the requests that wait on the online store share one read per moment (_reads_store)
-        self.user_reads = Coalescer(self.features.prefetch_users)
+        self.user_reads = Coalescer(self.features.prefetch_users, parallel=STORE_CALLS)
         self._reload_lock = threading.Lock()
         self._refused: dict[str, tuple[str, str]] = {}
         self.last_reload: dict[str, Any] = {}
@@ -236,7 +256,13 @@ class RecommenderService:
                     loaded = (
                         LoadedModel(alias, wanted, twin.release, twin.loaded_at)
                         if twin is not None
-                        else load_model(self.settings, alias, self.features)
+                        # a serving service warms for WARM_BUDGET_S, then in the background
+                        else load_model(
+                            self.settings,
+                            alias,
+                            self.features,
+                            WARM_BUDGET_S if current else None,
+                        )
                     )
                 except Exception as exc:
                     errors[alias] = str(exc)

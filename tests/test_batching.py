@@ -94,6 +94,18 @@ def test_batches_are_bounded_and_grow_with_the_queue():
 
     with pytest.raises(ValueError, match="max_batch"):
         Coalescer(fetch, max_batch=0)
+    with pytest.raises(ValueError, match="parallel"):
+        Coalescer(fetch, parallel=0)
+
+
+def test_parallel_calls_are_bounded_and_share_the_queue():
+    fetch = SlowFetch(0.05)
+    coalescer = Coalescer(fetch, parallel=3)
+    anyio.run(_wait_all, coalescer, list(range(60)), 0.002)
+    assert fetch.most_active == 3  # the slots were used, and never more
+    assert len(fetch.threads) <= 3
+    assert sorted(k for call in fetch.calls for k in call) == list(range(60))
+    assert len(fetch.calls) < 30  # the keys arriving meanwhile shared calls
 
 
 def test_a_failing_read_releases_its_waiters_and_the_next_ones_still_read(caplog):

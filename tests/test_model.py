@@ -88,7 +88,12 @@ def test_candidate_memo_keeps_answers_and_its_memory_bound(trained_world, tmp_pa
         assert np.allclose(a.scores, b.scores)
     assert warm.memo_status["mb"] <= limit
     assert Release.load(folder).warm(0) == 0
-    assert Release.load(folder).warm(limit, budget_s=0) == 0  # out of time: none ahead
+    cut, whole = Release.load(folder), Release.load(folder)
+    assert cut.warm(limit, budget_s=0) == 0  # out of time: none ahead
+    cut._keep(5, cut._block(5))  # a request meanwhile
+    # a later call finishes what the cut one left: the same most active users as one call
+    assert cut.warm(limit) == whole.warm(limit)
+    assert set(cut._memo) - {5} <= set(whole._memo)
 
 
 def test_exclusions_filter_the_ranked_list_and_redraw_candidates_when_too_few_remain(
