@@ -205,7 +205,7 @@ class RecommenderService:
             seed=settings.seed,
         )
         self.served = ServedRequests()
-        # the requests that wait on the online store share one read per moment (_reads_store)
+        # the requests that wait on the online store share its calls (see _reads_store)
         self.user_reads = Coalescer(self.features.prefetch_users, parallel=STORE_CALLS)
         self._reload_lock = threading.Lock()
         self._refused: dict[str, tuple[str, str]] = {}
