@@ -194,6 +194,8 @@ class ServingFeatures:
             return
         epoch = self._stamp()
         now = time.monotonic()
+        with self._lock:
+            self._follow(epoch)
         try:
             rows = reader.users_features(user_ids)
         except Exception as exc:  # unreachable or unreadable store: the release's rows answer
@@ -229,9 +231,7 @@ class ServingFeatures:
         epoch = self._stamp()
         now = time.monotonic()
         with self._lock:
-            if epoch != self._users_epoch:
-                self._users.clear()
-                self._users_epoch = epoch
+            self._follow(epoch)
             kept = self._users.get(user_id)
             if kept is not None and now - kept[0] < USER_ROW_TTL_S:
                 self._users.move_to_end(user_id)
@@ -240,15 +240,18 @@ class ServingFeatures:
         self._keep(epoch, now, [(user_id, row)])
         return row
 
+    def _follow(self, epoch: str | None) -> None:
+        """Drop the kept rows if ``epoch`` (the last materialization) is new (hold the lock)."""
+        if epoch != self._users_epoch:
+            self._users.clear()
+            self._users_epoch = epoch
+
     def _keep(self, epoch: str | None, now: float, rows) -> None:
         """Keep ``(user_id, row)`` pairs read at ``now`` under materialization ``epoch`` (a
         read that straddled a new materialization is not kept)."""
-        if epoch != self._stamp():
-            return
         with self._lock:
             if epoch != self._users_epoch:
-                self._users.clear()
-                self._users_epoch = epoch
+                return
             for user_id, row in rows:
                 self._users[int(user_id)] = (now, row)
                 self._users.move_to_end(int(user_id))

@@ -223,8 +223,7 @@ class Ranker:
         self.mean = mean.astype(np.float32)
         self.std = std.astype(np.float32)
         self.net = net.eval()
-        self._weights = None  # _inference_weights(), built on first use ...
-        self._fused_from: tuple[np.ndarray, np.ndarray] | None = None  # ... from these mean, std
+        self._fused: tuple | None = None  # (mean, std, _inference_weights() built from them)
         self.epochs_trained = 0
         self.history: list[dict[str, float]] = []
 
@@ -265,9 +264,8 @@ class Ranker:
     def _inference_weights(self):
         """:func:`_fuse` of the eval network's weights, computed once per (mean, std): arrays
         replaced on a ranker (a copy with other statistics) get weights fused from them."""
-        if self._fused_from is None or (
-            self._fused_from[0] is not self.mean or self._fused_from[1] is not self.std
-        ):
+        fused = self._fused
+        if fused is None or fused[0] is not self.mean or fused[1] is not self.std:
             members = [
                 [
                     (m.weight.detach().t().contiguous(), m.bias.detach().clone())
@@ -276,9 +274,8 @@ class Ranker:
                 ]
                 for member in self.net.members
             ]
-            self._weights = _fuse(members, self.mean, self.std)
-            self._fused_from = (self.mean, self.std)
-        return self._weights
+            fused = self._fused = (self.mean, self.std, _fuse(members, self.mean, self.std))
+        return fused[2]
 
     @classmethod
     def fit(
