@@ -178,6 +178,7 @@ def test_reload_under_load_swaps_the_version_without_a_failed_request(live):
     users = [int(u) for u in result.release.user_ids[:50]]
     old = recommend(proc, users[0])["model_version"]
     recommend(proc, users[1], k=3)  # a cache entry of the old version
+    retired_before = admin(proc, "/admin/status").json()["cache"]["retired"]
     failures: list[str] = []
     versions: list[str] = []
     stop = threading.Event()
@@ -210,8 +211,10 @@ def test_reload_under_load_swaps_the_version_without_a_failed_request(live):
     assert versions[0] == old and versions[-1] == new.version
     status = admin(proc, "/admin/status").json()
     assert status["models"]["champion"]["version"] == new.version
-    # the old version's entries left with it (requests still in flight on it are not kept)
-    assert reloaded["cache_entries_retired"] >= 1
+    # the old version's entries left with it (requests still in flight on it are not kept);
+    # the 1 s poll may see the alias move and swap before the admin call does, so the count is
+    # the cache's total, not the admin call's own
+    assert status["cache"]["retired"] > retired_before
     assert status["cache"]["stale_entries"] == 0
 
 
