@@ -11,6 +11,9 @@ import os
 
 from recsys.config import Settings
 
+EPHEMERAL_STARTUP_TIMEOUT_S = 180
+"""How long a command waits for the local profile's ephemeral Prefect API to answer."""
+
 
 def configure_prefect(settings: Settings, *, quiet: bool = False) -> None:
     """Point Prefect at the profile's API and home; keep telemetry off. Idempotent."""
@@ -23,6 +26,11 @@ def configure_prefect(settings: Settings, *, quiet: bool = False) -> None:
         home.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("PREFECT_HOME", str(home))
         os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+        # the first start on a new data dir builds the API's database (migrations): Prefect's
+        # 20 s default was seen to run out on a busy 2-core machine, failing the whole command
+        os.environ.setdefault(
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT_S)
+        )
     if quiet:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 

@@ -83,3 +83,37 @@ def test_an_empty_secret_or_url_in_the_environment_means_unset(monkeypatch, data
     assert settings.redis_url is None
     monkeypatch.setenv("RECSYS_ADMIN_TOKEN", "s3cret")
     assert get_settings().admin_token.get_secret_value() == "s3cret"
+
+
+_PREFECT_PROBE = """
+import json, sys
+from pathlib import Path
+from recsys.config import Settings
+from flows.runtime import configure_prefect
+configure_prefect(Settings(data_dir=Path(sys.argv[1])))
+from prefect.settings import get_current_settings
+print(json.dumps(get_current_settings().server.ephemeral.startup_timeout_seconds))
+"""
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, 180), ("45", 45)])
+def test_the_local_prefect_api_gets_time_to_build_its_database(tmp_path, given, expected):
+    """Prefect's ephemeral API waits 20 s by default for its first start (migrations on a new
+    data dir), which a busy machine overran; the local profile waits longer unless the user
+    set their own value. Checked in a fresh interpreter: Prefect reads it at import."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RECSYS_"))}
+    if given is not None:
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = given
+    proc = subprocess.run(
+        [sys.executable, "-c", _PREFECT_PROBE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.strip().splitlines()[-1]) == expected
