@@ -154,6 +154,9 @@ def feature_store(
     """
     from feast import FeatureStore
 
+    from features.dask_tokens import install as cheaper_dask_tokens
+
+    cheaper_dask_tokens()  # the file offline store's dask steps: see features/dask_tokens.py
     config = repo_config(settings, overwrite=overwrite)
     if check_online and config.online_store.type == "redis":
         _ping_redis(settings)

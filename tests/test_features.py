@@ -554,3 +554,35 @@ def test_recsys_features_cli_and_feast_cli_inside_features(tmp_path):
     status = feature_status(settings)
     assert status["applied"] and status["offline"]["days"] == 6
     assert status["views"]["user_features"]["materialized_until"].startswith(now[:10])
+
+
+def test_list_feature_columns_get_content_tokens_in_dask():
+    """features/dask_tokens.py: Feast's file offline store runs on dask, whose default token of
+    an object column pickles it six times. Ours hashes the rows once; it must still tell every
+    difference of content (a value, a row boundary, a dtype) and leave other arrays alone."""
+    from dask.tokenize import tokenize
+
+    from features.dask_tokens import install, numeric_rows
+
+    install()
+    rows = [np.array([0.1, 0.2, 0.7]), np.array([1.0]), np.array([0.5, 0.5])]
+    frame = pd.DataFrame({"user_id": [1, 2, 3], "shares": pd.Series(rows, dtype=object)})
+    same = frame.copy(deep=True)
+    same["shares"] = [r.copy() for r in rows]
+    assert numeric_rows(frame._mgr.arrays[1]) is not None  # the fast path is the one taken
+    assert tokenize(frame) == tokenize(same)
+
+    def token_with(shares) -> str:
+        other = frame.copy(deep=True)
+        other["shares"] = pd.Series(shares, dtype=object)
+        return tokenize(other)
+
+    base = tokenize(frame)
+    assert token_with([rows[0], rows[1], np.array([0.5, 0.6])]) != base  # a value
+    assert token_with([rows[0][:2], np.r_[rows[0][2:], rows[1]], rows[2]]) != base  # boundaries
+    assert token_with([r.astype(np.float32) for r in rows]) != base  # the dtype
+    # anything else keeps dask's own token: mixed rows, strings, numbers
+    mixed = np.array([rows[0], [1.0, 2.0]], dtype=object)
+    assert numeric_rows(mixed) is None and tokenize(mixed) == tokenize(mixed.copy())
+    assert numeric_rows(np.array(["a", "b"], dtype=object)) is None
+    assert tokenize(np.arange(4)) != tokenize(np.arange(1, 5))
