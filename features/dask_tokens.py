@@ -2,13 +2,13 @@
 
 Feast's file offline store (``type: file``) runs on dask, and dask names every step of a
 retrieval or a materialization by a token of its input. For an object column (our
-``user_category_affinity``: one float array per row) dask's default token pickles the whole
-column three times and unpickles it three times to prove the pickle deterministic: 0.9 s for
-the 22,500 rows of a 20-day demo, paid several times per ``get_historical_features`` and per
-materialization, growing with the history. In ``recsys demo`` that was 63 s of the driver's
-570 s of CPU (py-spy). This token hashes the rows' bytes, their lengths and dtype once: the
-same content gives the same token, other content another (``tests/test_features.py``).
-Any other array keeps dask's own token.
+``user_category_affinity``: one float array per row) dask's default token pickles and
+unpickles the whole column at least twice to prove the pickle deterministic: 0.6-0.9 s for the
+22,500 rows of a 20-day demo (0.014 s with this token), paid several times per
+``get_historical_features`` and per materialization, and growing with the history. In
+``recsys demo`` that was 63 s of the driver's 570 s of CPU (py-spy). This token hashes the
+rows' bytes, their lengths and dtype once: the same content gives the same token, other
+content another (``tests/test_features.py``). Any other array keeps dask's own token.
 """
 
 from __future__ import annotations

@@ -558,8 +558,9 @@ def test_recsys_features_cli_and_feast_cli_inside_features(tmp_path):
 
 def test_list_feature_columns_get_content_tokens_in_dask():
     """features/dask_tokens.py: Feast's file offline store runs on dask, whose default token of
-    an object column pickles it six times. Ours hashes the rows once; it must still tell every
-    difference of content (a value, a row boundary, a dtype) and leave other arrays alone."""
+    an object column pickles and unpickles it at least twice. Ours hashes the rows once; it
+    must still tell every difference of content (a value, a row boundary, a dtype) and leave
+    other arrays alone."""
     from dask.tokenize import tokenize
 
     from features.dask_tokens import install, numeric_rows
