@@ -26,8 +26,9 @@ def configure_prefect(settings: Settings, *, quiet: bool = False) -> None:
         home.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("PREFECT_HOME", str(home))
         os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
-        # the first start on a new data dir builds the API's database (migrations): Prefect's
-        # 20 s default was seen to run out on a busy 2-core machine, failing the whole command
+        # Prefect waits 20 s by default for its ephemeral API to start; on a busy 2-core machine
+        # a start took 19 s on an existing data dir and 27 s on a new one (which builds the
+        # API's database first), and running out failed the whole command
         os.environ.setdefault(
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT_S)
         )

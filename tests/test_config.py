@@ -97,10 +97,11 @@ print(json.dumps(get_current_settings().server.ephemeral.startup_timeout_seconds
 
 
 @pytest.mark.parametrize(("given", "expected"), [(None, 180), ("45", 45)])
-def test_the_local_prefect_api_gets_time_to_build_its_database(tmp_path, given, expected):
-    """Prefect's ephemeral API waits 20 s by default for its first start (migrations on a new
-    data dir), which a busy machine overran; the local profile waits longer unless the user
-    set their own value. Checked in a fresh interpreter: Prefect reads it at import."""
+def test_the_local_prefect_api_gets_time_to_start(tmp_path, given, expected):
+    """Prefect waits 20 s by default for its ephemeral API to start, which a busy machine
+    overran (more so on a new data dir, where it builds its database first); the local profile
+    waits longer unless the user set their own value. Checked in a fresh interpreter: Prefect
+    reads it at import."""
     import os
     import subprocess
     import sys

@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RankerParams:
-    # (64, 32): nDCG@10 on ML-100K equal to (128, 64) within the run-to-run spread (8 splits)
-    # at 0.22 instead of 0.35 ms per 200-candidate list (docs/benchmarks.md, 2026-11-26 evening)
+    # (64, 32): nDCG@10 on ML-100K equal to (128, 64) within the run-to-run spread (8 random
+    # splits; lower, within its noise, on the 83-user temporal holdout) at 0.22 instead of
+    # 0.35 ms per 200-candidate list (docs/benchmarks.md, 2026-11-26 evening)
     hidden: tuple[int, ...] = (64, 32)
     dropout: float = 0.1
     lr: float = 2e-3
