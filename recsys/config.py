@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     fault_injection: bool = Field(
         False, description="Enable the service's /admin/fault drills (demo and tests only)."
     )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO",
+        description="Level of the service's own log lines (model loads, reloads, canary moves, "
+        "feature-store state) in its log beside BentoML's; BentoML's server config alone "
+        "would drop everything below WARNING.",
+    )
 
     # Training defaults (the thin path; the search space lives with the model)
     als_factors: int = Field(32, ge=2, le=1024)

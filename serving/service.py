@@ -80,6 +80,10 @@ logger = logging.getLogger("recsys.serving")
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 _SETTINGS = get_settings()
+# BentoML's server logging config leaves the root logger at WARNING: without a level of their
+# own, the service's INFO lines (which version serves, reloads, canary moves, the online store
+# coming back) never reach the log. They go through BentoML's handler, in its format.
+logging.getLogger("recsys").setLevel(_SETTINGS.log_level)
 MAX_K = _SETTINGS.max_k
 MAX_EXCLUDE = _SETTINGS.max_exclude
 ALIASES = (CHAMPION, CHALLENGER)

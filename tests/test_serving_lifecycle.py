@@ -252,6 +252,26 @@ def test_a_version_with_corrupt_artifacts_is_refused_and_the_old_one_keeps_servi
         admin(proc, "/admin/canary", {"share": 0.0})
 
 
+def test_the_service_log_has_its_own_info_lines(live):
+    # BentoML's server logging drops everything below WARNING unless the service sets a level:
+    # which version serves and who moved the canary must be in the log for a post-mortem
+    proc, _, _, _ = live
+    champion = admin(proc, "/admin/status").json()["models"]["champion"]["version"]
+    admin(proc, "/admin/canary", {"share": 0.25})
+    admin(proc, "/admin/canary", {"share": 0.0})
+    wanted = [f"serving champion version {champion}", "canary share 0.25 -> 0.0"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = proc.log_path.read_text(errors="replace")
+        if all(line in text for line in wanted):
+            break
+        time.sleep(0.2)
+    missing = [line for line in wanted if line not in text]
+    assert not missing, f"not in {proc.log_path}: {missing}\n{proc.log_tail(20)}"
+    line = next(row for row in text.splitlines() if wanted[1] in row)
+    assert "[INFO]" in line  # through BentoML's handler and format
+
+
 def test_request_log_is_sampled_and_rotated_within_its_budget(live):
     proc, settings, _, result = live
     for u in result.release.user_ids[:60]:
