@@ -8,6 +8,8 @@ project sets the variable; only ``tests/test_crash_safety.py`` does, for its sub
 
 The points, in the order a run reaches them:
 
+    registry.in_run               the MLflow run is open and holds params and metrics, no
+                                  model version yet
     registry.after_version        model version created (with its gate tags), no alias moved
     promotion.after_alias         the first alias of a move changed, the others not yet
     promotion.after_record        the move is in the history, its journal not yet removed

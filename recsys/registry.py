@@ -11,7 +11,9 @@ import contextlib
 import io
 import logging
 import os
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,56 @@ def configure_mlflow(settings: Settings) -> Any:
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     return MlflowClient(settings.tracking_uri, settings.tracking_uri)
+
+
+RUN_HOST_TAG = "recsys.host"
+RUN_PID_TAG = "recsys.pid"
+REAPED_TAG = "recsys.reaped"
+STALE_RUN_S = 3600.0
+"""A run still RUNNING this long after its start is dead wherever it ran: a registration run
+lasts seconds (the model is trained before its run opens)."""
+
+
+def _run_tags() -> dict[str, str]:
+    """Who owns a run: what :func:`reap_dead_runs` checks."""
+    return {RUN_HOST_TAG: socket.gethostname(), RUN_PID_TAG: str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def reap_dead_runs(settings: Settings, experiment_id: str | None = None) -> list[str]:
+    """Mark KILLED the runs a dead process left RUNNING (a SIGKILL mid-registration runs no
+    cleanup, and MLflow would show them running forever): runs of this host whose process is
+    gone, and runs of any host running longer than :data:`STALE_RUN_S`. The reason is tagged
+    on each (``recsys.reaped``); returns their ids."""
+    client = configure_mlflow(settings)
+    experiment_id = experiment_id or _ensure_experiment(settings)
+    host, now_ms = socket.gethostname(), time.time() * 1000
+    reaped = []
+    for run in client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    ):
+        tags = run.data.tags
+        pid = tags.get(RUN_PID_TAG, "")
+        if tags.get(RUN_HOST_TAG) == host and pid.isdigit() and not _alive(int(pid)):
+            reason = f"its process {pid} on {host} is gone"
+        elif now_ms - run.info.start_time > STALE_RUN_S * 1000:
+            reason = f"still RUNNING {STALE_RUN_S / 3600:g} h after its start"
+        else:
+            continue
+        client.set_tag(run.info.run_id, REAPED_TAG, reason)
+        client.set_terminated(run.info.run_id, "KILLED")
+        logger.warning("mlflow run %s marked KILLED: %s", run.info.run_id, reason)
+        reaped.append(run.info.run_id)
+    return reaped
 
 
 def _ensure_experiment(settings: Settings) -> str:
@@ -122,11 +174,14 @@ def log_release(
 
     client = configure_mlflow(settings)
     experiment_id = _ensure_experiment(settings)
+    reap_dead_runs(settings, experiment_id)
     meta = release.meta
     k = int(meta.get("k", 10))
     with tempfile.TemporaryDirectory(prefix="release-") as tmp:
         folder = release.save(Path(tmp) / "release")
-        with mlflow.start_run(experiment_id=experiment_id, run_name="train") as run:
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name="train", tags=_run_tags()
+        ) as run:
             mlflow.log_params(_flat_params(release.params.as_dict()))
             mlflow.log_params(
                 {
@@ -154,6 +209,7 @@ def log_release(
                     experiment_id=experiment_id,
                     run_name=f"search-trial-{trial['trial']}",
                     nested=True,
+                    tags=_run_tags(),
                 ):
                     mlflow.log_params(
                         _flat_params({n: v for n, v in trial.items() if isinstance(v, dict)})
@@ -166,6 +222,7 @@ def log_release(
                         }
                         | {"seconds": float(trial["seconds"])}
                     )
+            pause_point("registry.in_run")
             window = meta["training_window"]
             version_tags = {
                 "data_fingerprint": meta["data_fingerprint"],

@@ -276,16 +276,26 @@ def test_release_problems_name_an_unfinished_move_and_an_unrecorded_alias(releas
 # ---- training -------------------------------------------------------------------------------
 
 
+TRAIN_ARGS = ["train", "--budget-s", "0", "--window-days", "4", "--test-days", "1"]
+
+
+def killed_training(trained_world, tmp_path, point: str) -> tuple[Settings, int]:
+    """A copy of the trained world's lake and the pid of a `recsys train` SIGKILLed at
+    ``point``."""
+    world, _, _ = trained_world
+    settings = copy_lake(world.data_dir, tmp_path / "data")
+    proc = run_until_paused(
+        [RECSYS, *TRAIN_ARGS], settings.data_dir, point, tmp_path, **SMALL_TRAINING
+    )
+    sigkill(proc)
+    return settings, proc.pid
+
+
 def test_training_killed_after_registering_moves_no_alias_and_the_rerun_completes(
     trained_world, tmp_path, capsys, monkeypatch
 ):
-    world, _, _ = trained_world
-    settings = copy_lake(world.data_dir, tmp_path / "data")
-    args = ["train", "--budget-s", "0", "--window-days", "4", "--test-days", "1"]
-    proc = run_until_paused(
-        [RECSYS, *args], settings.data_dir, "registry.after_version", tmp_path, **SMALL_TRAINING
-    )
-    sigkill(proc)
+    settings, _ = killed_training(trained_world, tmp_path, "registry.after_version")
+    args = TRAIN_ARGS
     # the killed run's version exists with its gate verdict, and no alias points at it
     client = configure_mlflow(settings)
     assert version_tags(settings, "1")["gate"] == "passed"
@@ -299,6 +309,27 @@ def test_training_killed_after_registering_moves_no_alias_and_the_rerun_complete
     assert [(m.action, m.actor) for m in promotion_history(settings)] == [("first_champion", "cli")]
     assert client.get_model_version(settings.model_name, "1").aliases == []
     assert_release_consistent(settings)
+
+
+def test_training_killed_inside_its_mlflow_run_leaves_no_run_running_after_the_rerun(
+    trained_world, tmp_path, capsys, monkeypatch
+):
+    from recsys.registry import REAPED_TAG, _ensure_experiment
+
+    settings, pid = killed_training(trained_world, tmp_path, "registry.in_run")
+    client = configure_mlflow(settings)
+    experiment = _ensure_experiment(settings)
+    (killed,) = client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'")
+    assert client.search_model_versions() == []  # killed before its version was created
+
+    code, out = rerun(capsys, monkeypatch, settings.data_dir, *TRAIN_ARGS, **SMALL_TRAINING)
+    assert code == 0, out
+    run = client.get_run(killed.info.run_id)
+    assert run.info.status == "KILLED"
+    assert f"process {pid}" in run.data.tags[REAPED_TAG]
+    statuses = {r.info.status for r in client.search_runs([experiment])}
+    assert "RUNNING" not in statuses and "FINISHED" in statuses
+    assert aliases(settings)["champion"] == "1"
 
 
 # ---- materialization ------------------------------------------------------------------------
