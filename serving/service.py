@@ -83,7 +83,8 @@ _SETTINGS = get_settings()
 # BentoML's server logging config leaves the root logger at WARNING: without a level of their
 # own, the service's INFO lines (which version serves, reloads, canary moves, the online store
 # coming back) never reach the log. They go through BentoML's handler, in its format.
-logging.getLogger("recsys").setLevel(_SETTINGS.log_level)
+for _package in ("recsys", "features"):
+    logging.getLogger(_package).setLevel(_SETTINGS.log_level)
 MAX_K = _SETTINGS.max_k
 MAX_EXCLUDE = _SETTINGS.max_exclude
 ALIASES = (CHAMPION, CHALLENGER)

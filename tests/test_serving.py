@@ -227,6 +227,8 @@ def test_online_features_rank_and_a_stale_store_shows_its_age_and_changes_answer
     after = _status(proc)["features"]
     assert set(after["materialized_until"].values()) == {newest_end.isoformat()}
     assert after["age_s"] < features["age_s"] + 30
+    # the reload of the item table is in the service's log (features.online, an INFO line)
+    assert "item table reloaded" in proc.log_path.read_text(errors="replace")
 
 
 def test_a_stalled_online_store_holds_up_only_the_requests_that_read_it(online):
