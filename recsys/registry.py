@@ -77,10 +77,11 @@ def _alive(pid: int) -> bool:
 
 
 def reap_dead_runs(settings: Settings, experiment_id: str | None = None) -> list[str]:
-    """Mark KILLED the runs a dead process left RUNNING (a SIGKILL mid-registration runs no
-    cleanup, and MLflow would show them running forever): runs of this host whose process is
-    gone, and runs of any host running longer than :data:`STALE_RUN_S`. The reason is tagged
-    on each (``recsys.reaped``); returns their ids."""
+    """Mark KILLED the registration runs a dead process left RUNNING (a SIGKILL mid-registration
+    runs no cleanup, and MLflow would show them running forever): those of this host whose
+    process is gone, and those of any host running longer than :data:`STALE_RUN_S`. Runs
+    without the owner tags of :func:`_run_tags` are not ours and are left alone. The reason is
+    tagged on each (``recsys.reaped``); returns their ids."""
     client = configure_mlflow(settings)
     experiment_id = experiment_id or _ensure_experiment(settings)
     host, now_ms = socket.gethostname(), time.time() * 1000
@@ -89,8 +90,10 @@ def reap_dead_runs(settings: Settings, experiment_id: str | None = None) -> list
         [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
     ):
         tags = run.data.tags
+        if RUN_HOST_TAG not in tags:
+            continue  # not a run of ours (someone else's, in the same experiment)
         pid = tags.get(RUN_PID_TAG, "")
-        if tags.get(RUN_HOST_TAG) == host and pid.isdigit() and not _alive(int(pid)):
+        if tags[RUN_HOST_TAG] == host and pid.isdigit() and not _alive(int(pid)):
             reason = f"its process {pid} on {host} is gone"
         elif now_ms - run.info.start_time > STALE_RUN_S * 1000:
             reason = f"still RUNNING {STALE_RUN_S / 3600:g} h after its start"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,40 @@ def test_missing_alias_is_a_readable_error(trained_world):
     assert version_for_alias(settings, "no-such-alias") is None
     with pytest.raises(RecsysError, match="recsys train"):
         load_release(settings, "no-such-alias")
+
+
+def test_only_our_dead_or_hour_old_runs_are_marked_killed(settings):
+    import socket
+    import subprocess
+    import time
+
+    from recsys.registry import (
+        REAPED_TAG,
+        RUN_HOST_TAG,
+        RUN_PID_TAG,
+        _ensure_experiment,
+        reap_dead_runs,
+    )
+
+    client = configure_mlflow(settings)
+    experiment = _ensure_experiment(settings)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    here, hour_ago = socket.gethostname(), int((time.time() - 3700) * 1000)
+
+    def run(tags: dict[str, str], start_time: int | None = None) -> str:
+        return client.create_run(experiment, start_time=start_time, tags=tags).info.run_id
+
+    dead = run({RUN_HOST_TAG: here, RUN_PID_TAG: str(gone.pid)})
+    alive = run({RUN_HOST_TAG: here, RUN_PID_TAG: str(os.getpid())})
+    elsewhere = run({RUN_HOST_TAG: "other-host", RUN_PID_TAG: "1"})
+    elsewhere_old = run({RUN_HOST_TAG: "other-host", RUN_PID_TAG: "1"}, hour_ago)
+    foreign_old = run({"mlflow.user": "someone"}, hour_ago)
+
+    assert sorted(reap_dead_runs(settings)) == sorted([dead, elsewhere_old])
+    runs = (dead, alive, elsewhere, foreign_old)
+    statuses = [client.get_run(r).info.status for r in runs]
+    assert statuses == ["KILLED", "RUNNING", "RUNNING", "RUNNING"]
+    assert "is gone" in client.get_run(dead).data.tags[REAPED_TAG]
+    assert "1 h" in client.get_run(elsewhere_old).data.tags[REAPED_TAG]
+    assert reap_dead_runs(settings) == []  # nothing left to reap
