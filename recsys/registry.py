@@ -177,7 +177,10 @@ def log_release(
 
     client = configure_mlflow(settings)
     experiment_id = _ensure_experiment(settings)
-    reap_dead_runs(settings, experiment_id)
+    try:
+        reap_dead_runs(settings, experiment_id)
+    except Exception as exc:  # housekeeping (a run of a user we may not edit): never blocking
+        logger.warning("could not mark dead mlflow runs KILLED: %s", exc)
     meta = release.meta
     k = int(meta.get("k", 10))
     with tempfile.TemporaryDirectory(prefix="release-") as tmp:
