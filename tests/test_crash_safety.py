@@ -295,7 +295,6 @@ def test_training_killed_after_registering_moves_no_alias_and_the_rerun_complete
     trained_world, tmp_path, capsys, monkeypatch
 ):
     settings, _ = killed_training(trained_world, tmp_path, "registry.after_version")
-    args = TRAIN_ARGS
     # the killed run's version exists with its gate verdict, and no alias points at it
     client = configure_mlflow(settings)
     assert version_tags(settings, "1")["gate"] == "passed"
@@ -303,7 +302,7 @@ def test_training_killed_after_registering_moves_no_alias_and_the_rerun_complete
     assert aliases(settings) == {"champion": None, "challenger": None, "previous": None}
     assert promotion_history(settings) == [] and release_problems(settings) == []
 
-    code, out = rerun(capsys, monkeypatch, settings.data_dir, *args, **SMALL_TRAINING)
+    code, out = rerun(capsys, monkeypatch, settings.data_dir, *TRAIN_ARGS, **SMALL_TRAINING)
     assert code == 0, out
     assert aliases(settings) == {"champion": "2", "challenger": None, "previous": None}
     assert [(m.action, m.actor) for m in promotion_history(settings)] == [("first_champion", "cli")]
