@@ -107,6 +107,15 @@ class Settings(BaseSettings):
         description="Memory per loaded model for its users' candidate sets (computed at load "
         "for the most active users, then on first request); 0 computes them on every request.",
     )
+    user_rows_ahead: int = Field(
+        100_000,
+        ge=0,
+        description="Most users whose online feature rows the service reads ahead on a "
+        "background thread: the most active users' when a model loads, the kept rows again "
+        "after each materialization, and rows requests use before they expire; so those "
+        "requests do not wait on the online store. 0: every row is read by the request that "
+        "needs it.",
+    )
     request_log_sample: float = Field(
         0.1, ge=0.0, le=1.0, description="Share of /recommend calls written to the request log."
     )

@@ -246,8 +246,7 @@ class Release:
         if self.memo_limit_bytes <= 0 or not self.n_users:
             return 0
         deadline = None if budget_s is None else time.monotonic() + budget_s
-        activity = np.diff(self.stage.user_items.indptr)
-        order = np.argsort(-activity, kind="stable")
+        order = self._rows_by_activity()
         for start in range(0, len(order), batch):
             if deadline is not None and time.monotonic() >= deadline:
                 break
@@ -261,6 +260,14 @@ class Release:
                     return len(self._memo)
                 self._keep(int(row), block)
         return len(self._memo)
+
+    def _rows_by_activity(self) -> np.ndarray:
+        """User rows, most interactions in the training data first."""
+        return np.argsort(-np.diff(self.stage.user_items.indptr), kind="stable")
+
+    def users_by_activity(self, limit: int | None = None) -> list[int]:
+        """User ids, most interactions in the training data first (the first ``limit``)."""
+        return self.user_ids[self._rows_by_activity()[:limit]].tolist()
 
     @property
     def memo_status(self) -> dict[str, float]:

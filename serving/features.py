@@ -4,9 +4,9 @@ The Feast online store first, through :class:`features.online.OnlineFeatureReade
 (the user's row is read from the online store, kept for :data:`USER_ROW_TTL_S`, and read for
 several users at once when several requests wait on one: :meth:`ServingFeatures.prefetch_users`;
 the candidates' rows come from an in-memory item table that reloads in the background when a
-materialization is seen). The release's own
-tables (as of its training cut) fill in whatever the online store cannot give. Every ranked
-answer says which it got, in the response field ``features``:
+materialization is seen). The release's own tables (as of its training cut) fill in whatever
+the online store cannot give. Every ranked answer says which it got, in the response field
+``features``:
 
     "online"            every row came from the online store
     "release"           the online store was never materialized: the release's tables, by
@@ -14,6 +14,13 @@ answer says which it got, in the response field ``features``:
     "release_fallback"  the online store failed (unreachable, unreadable) or had no row for the
                         user or for some candidates: the release's rows filled in. Counted in
                         ``recsys_serving_feature_fallbacks_total{reason}``
+
+User rows are also read ahead, on one background thread (``RECSYS_USER_ROWS_AHEAD`` users at
+most, 0 turns it off): the most active users' rows when a model loads, the rows a new
+materialization dropped (last used first), and rows a request used once they are half their
+TTL old. So an active user's request waits on the store neither after a restart nor after a
+materialization nor every TTL; only a user whose row is not kept (a first visit, an inactive
+user) waits for one read.
 
 After a failed read the online store is left alone for :data:`RETRY_S` seconds (answers take the
 release's tables meanwhile), so an outage costs one failed read per window, not one per request.
@@ -31,7 +38,7 @@ import logging
 import threading
 import time
 import weakref
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +60,12 @@ USER_ROWS_KEPT = 100_000
 """Most user rows kept between reads (least recently read first out)."""
 WATCH_S = 1.0
 """Seconds between looks at the materialization marker while no reader is open."""
+AHEAD_BATCH = 256
+"""Users per store call when rows are read ahead."""
+AHEAD_SCAN = 4 * AHEAD_BATCH
+"""Most kept rows looked at for a refresh while the lock is held."""
+AHEAD_TICK_S = 1.0
+"""Longest pause of the read-ahead thread between two looks at what is due."""
 
 ONLINE, RELEASE, RELEASE_FALLBACK = "online", "release", "release_fallback"
 _CATEGORY = ITEM_FEATURES.index("item_category_index")
@@ -90,8 +103,17 @@ class ServingFeatures:
     opens the reader when a first materialization appears or the store comes back.
     """
 
-    def __init__(self, settings, *, retry_s: float = RETRY_S, watch_s: float = WATCH_S) -> None:
+    def __init__(
+        self,
+        settings,
+        *,
+        retry_s: float = RETRY_S,
+        watch_s: float = WATCH_S,
+        row_ttl_s: float = USER_ROW_TTL_S,
+    ) -> None:
         self.settings = settings
+        self.row_ttl_s = row_ttl_s
+        self.ahead_limit = min(settings.user_rows_ahead, USER_ROWS_KEPT)
         self.paths = FeaturePaths(settings.data_dir)
         self._marker_path = self.paths.materialized_marker  # built once: asked on every request
         self.retry_s = retry_s
@@ -106,17 +128,36 @@ class ServingFeatures:
         self._next_watch = 0.0
         self._marker_cache: tuple[float, dict[str, Any] | None] = (-1.0, None)
         self._layouts: dict[tuple, np.ndarray] = {}
+        # kept user rows: user -> (read at, row), least recently used first
         self._users: OrderedDict[int, tuple[float, dict[str, Any] | None]] = OrderedDict()
         self._users_epoch: str | None = None
+        # read ahead: users by read time (oldest first) not yet looked at for a refresh, users a
+        # request used since their row was read, the warm list (most active first) and the
+        # rows a new materialization dropped (last used first)
+        self._by_read: dict[int, float] = {}
+        self._used: set[int] = set()
+        self._warm: deque[int] = deque()
+        self._refetch: deque[int] = deque()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._ahead_thread: threading.Thread | None = None
+        self.read_ahead: Counter[str] = Counter()
         self._item_layouts: dict[int, tuple] = {}
         self.answers: Counter[str] = Counter()
         self.fallbacks: Counter[str] = Counter()
 
     # ---- opening the online reader ---------------------------------------------------------
 
-    def cover(self, item_ids: np.ndarray) -> None:
+    def cover(self, item_ids: np.ndarray, user_ids: list[int] | None = None) -> None:
         """Make the item table hold ``item_ids`` (a release's catalog), opening the online reader
-        now if a materialization exists. Never raises: a failure is the ``unreachable`` state."""
+        now if a materialization exists; ``user_ids`` (most active first) go first in the list
+        of rows to read ahead. Never raises: a failure is the ``unreachable`` state."""
+        if user_ids and self.ahead_limit:
+            with self._lock:
+                first = list(dict.fromkeys(user_ids))[: self.ahead_limit]
+                rest = [u for u in self._warm if u not in set(first)]
+                self._warm = deque((first + rest)[: self.ahead_limit])
+            self._wake.set()
         ids = np.union1d(self._catalog, np.asarray(item_ids, dtype=np.int64))
         if self._reader is not None and len(ids) == len(self._catalog):
             return
@@ -139,10 +180,11 @@ class ServingFeatures:
             with self._lock:
                 self._reader = reader
                 self._layouts.clear()
-                self._users.clear()
+                self._drop_rows()
                 self._item_layouts.clear()
                 self._retry_at = 0.0
             self._set_state("online", None)
+            self._start_reading_ahead()
             return True
 
     def _open_in_background(self) -> None:
@@ -183,15 +225,16 @@ class ServingFeatures:
         epoch = self._stamp()
         with self._lock:
             kept = self._users.get(user_id) if epoch == self._users_epoch else None
-        return kept is None or now - kept[0] >= USER_ROW_TTL_S
+        return kept is None or now - kept[0] >= self.row_ttl_s
 
-    def prefetch_users(self, user_ids: list[int]) -> None:
+    def prefetch_users(self, user_ids: list[int]) -> int:
         """Read and keep the online rows of ``user_ids`` now, in one store call (a worker
         thread calls this for the requests waiting on a read, so they then run without waiting
-        on the store); a failure marks the store unreachable, as :meth:`rows` would."""
+        on the store); a failure marks the store unreachable, as :meth:`rows` would. Returns
+        how many rows were kept (none if the store failed or was materialized meanwhile)."""
         reader = self._reader
         if reader is None or time.monotonic() < self._retry_at or not user_ids:
-            return
+            return 0
         epoch = self._stamp()
         now = time.monotonic()
         with self._lock:
@@ -200,8 +243,10 @@ class ServingFeatures:
             rows = reader.users_features(user_ids)
         except Exception as exc:  # unreachable or unreadable store: the release's rows answer
             self._failed(exc)
-            return
-        self._keep(epoch, now, zip(user_ids, rows, strict=True))
+            return 0
+        if self.state != "online":
+            self._set_state("online", None)
+        return self._keep(epoch, now, zip(user_ids, rows, strict=True))
 
     def _read(self, release, user_id: int, user_row: int, item_rows: np.ndarray) -> FeatureRows:
         reader = self._reader
@@ -233,30 +278,132 @@ class ServingFeatures:
         with self._lock:
             self._follow(epoch)
             kept = self._users.get(user_id)
-            if kept is not None and now - kept[0] < USER_ROW_TTL_S:
+            if kept is not None and now - kept[0] < self.row_ttl_s:
                 self._users.move_to_end(user_id)
+                self._used.add(user_id)
                 return kept[1]
         row = reader.user_features(user_id)  # outside the lock: other requests go on
         self._keep(epoch, now, [(user_id, row)])
         return row
 
     def _follow(self, epoch: str | None) -> None:
-        """Drop the kept rows if ``epoch`` (the last materialization) is new (hold the lock)."""
+        """Drop the kept rows if ``epoch`` (the last materialization) is new (hold the lock);
+        they are read again ahead of their users' next requests, last used first."""
         if epoch != self._users_epoch:
-            self._users.clear()
+            self._drop_rows()
             self._users_epoch = epoch
 
-    def _keep(self, epoch: str | None, now: float, rows) -> None:
+    def _drop_rows(self) -> None:
+        """Forget every kept user row (hold the lock); they are read again ahead of their users'
+        next requests, last used first."""
+        if self.ahead_limit and self._users:
+            self._refetch = deque(list(reversed(self._users))[: self.ahead_limit])
+            self._wake.set()
+        self._users.clear()
+        self._by_read.clear()
+        self._used.clear()
+
+    def _keep(self, epoch: str | None, now: float, rows) -> int:
         """Keep ``(user_id, row)`` pairs read at ``now`` under materialization ``epoch`` (a
-        read that straddled a new materialization is not kept)."""
+        read that straddled a new materialization is not kept); returns how many were kept."""
+        kept = 0
         with self._lock:
             if epoch != self._users_epoch:
-                return
+                return 0
             for user_id, row in rows:
-                self._users[int(user_id)] = (now, row)
-                self._users.move_to_end(int(user_id))
+                user_id = int(user_id)
+                self._users[user_id] = (now, row)
+                self._users.move_to_end(user_id)
+                self._by_read.pop(user_id, None)
+                self._by_read[user_id] = now
+                self._used.discard(user_id)
+                kept += 1
             while len(self._users) > USER_ROWS_KEPT:
-                self._users.popitem(last=False)
+                dropped, _ = self._users.popitem(last=False)
+                self._by_read.pop(dropped, None)
+                self._used.discard(dropped)
+        return kept
+
+    # ---- reading ahead ---------------------------------------------------------------------
+
+    def _start_reading_ahead(self) -> None:
+        if not self.ahead_limit:
+            return
+        with self._lock:
+            if self._ahead_thread is None:
+                self._ahead_thread = threading.Thread(
+                    target=self._ahead_loop, name="recsys-user-rows", daemon=True
+                )
+                self._ahead_thread.start()
+        self._wake.set()
+
+    @property
+    def kept_rows(self) -> int:
+        """Users whose online row is kept now."""
+        return len(self._users)
+
+    def close(self) -> None:
+        """Stop the read-ahead thread (the rows kept stay usable)."""
+        self._closed.set()
+        self._wake.set()
+
+    def _ahead_loop(self) -> None:
+        while not self._closed.is_set():
+            self._wake.wait(timeout=min(AHEAD_TICK_S, self.row_ttl_s / 4))
+            self._wake.clear()
+            try:
+                self.read_ahead_now()
+            except Exception:  # the thread must outlive any one failure
+                logger.exception("reading user rows ahead failed")
+
+    def read_ahead_now(self) -> int:
+        """Read, a batch per store call, every row due for reading ahead: the rows a new
+        materialization dropped, the rows a request used that are half their TTL old, then the
+        warm list's rows not kept. Stops at a store failure (its retry window), at a batch that
+        could not be kept (a materialization meanwhile: the next round starts over), or when
+        the kept rows are full. Returns how many rows were read."""
+        done = 0
+        while not self._closed.is_set():
+            reader = self._reader
+            if reader is None or time.monotonic() < self._retry_at:
+                break
+            epoch = self._stamp()
+            with self._lock:
+                self._follow(epoch)
+                batch, why = self._due(time.monotonic())
+            if not batch or not self.prefetch_users(batch):
+                break
+            with self._lock:
+                self.read_ahead[why] += len(batch)
+            done += len(batch)
+        return done
+
+    def _due(self, now: float) -> tuple[list[int], str]:
+        """The next batch of users to read ahead and why (hold the lock)."""
+        users, room = self._users, USER_ROWS_KEPT - len(self._users)
+        batch: list[int] = []
+        while self._refetch and len(batch) < AHEAD_BATCH:
+            user_id = self._refetch.popleft()
+            if user_id not in users:
+                batch.append(user_id)
+        if batch:
+            return batch, "materialized"
+        half, looked = self.row_ttl_s / 2, []
+        for user_id, read_at in self._by_read.items():  # oldest read first
+            if now - read_at < half or len(batch) >= AHEAD_BATCH or len(looked) >= AHEAD_SCAN:
+                break
+            looked.append(user_id)
+            if user_id in self._used:
+                batch.append(user_id)
+        for user_id in looked:  # looked at once per read: refreshed, or left to expire
+            del self._by_read[user_id]
+        if batch:
+            return batch, "refresh"
+        while self._warm and len(batch) < min(AHEAD_BATCH, room):
+            user_id = self._warm.popleft()
+            if user_id not in users:
+                batch.append(user_id)
+        return batch, "warm"
 
     def _in_release_layout(self, release, user_row, item_rows, user, table, reader) -> FeatureRows:
         stage = release.stage
@@ -364,6 +511,13 @@ class ServingFeatures:
         reader = self._reader
         with self._lock:
             answers, fallbacks = dict(self.answers), dict(self.fallbacks)
+            user_rows = {
+                "kept": self.kept_rows,
+                "ttl_s": self.row_ttl_s,
+                "read_ahead_limit": self.ahead_limit,
+                "read_ahead": dict(self.read_ahead),
+                "read_ahead_pending": len(self._refetch) + len(self._warm),
+            }
         return {
             "source": self.state,
             "error": self.error,
@@ -373,6 +527,7 @@ class ServingFeatures:
             "answers": answers,
             "fallbacks": fallbacks,
             "retry_s": self.retry_s,
+            "user_rows": user_rows,
         }
 
 

@@ -151,7 +151,7 @@ def load_model(
     release.warm(settings.candidate_memo_mb, budget_s=warm_budget_s)
     marks.append(time.perf_counter())
     if features is not None:
-        features.cover(release.item_ids)
+        features.cover(release.item_ids, release.users_by_activity(settings.user_rows_ahead))
     probe = int(release.user_ids[0]) if release.n_users else 0
     try:
         answer = rank_for_user(release, probe, 1, [], features)
@@ -724,6 +724,10 @@ class RecommenderService:
     def __metrics__(self, content: str) -> str:
         extra = {
             "cache_entries": ("Entries in the recommendation cache.", float(len(self.cache))),
+            "feature_user_rows_kept": (
+                "Users whose online feature row is kept in memory (read ahead or on request).",
+                float(self.features.kept_rows),
+            ),
             "canary_share": ("Share of users routed to the challenger.", self.canary_share),
             "ready": (
                 "1 once the champion is loaded and passed its smoke prediction (/readyz 200).",

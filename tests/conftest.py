@@ -97,6 +97,9 @@ def trained_world(make_trained_world):
 
 ONLINE_TOKEN = "online-features-token"
 ONLINE_STALE_DAYS = 3
+ONLINE_READ_AHEAD = 100
+"""Users whose online rows the ``online`` service reads ahead (of 800: the others are read on
+their first request)."""
 
 
 @pytest.fixture(scope="session")
@@ -123,7 +126,11 @@ def online(trained_world, tmp_path_factory):
     days = offline_days(FeaturePaths(folder))
     stale_end = snapshot_time(days[-1 - ONLINE_STALE_DAYS])
     materialize(copy, end=stale_end, build=False)
-    env = {"RECSYS_ADMIN_TOKEN": ONLINE_TOKEN, "RECSYS_RELOAD_INTERVAL_S": "0"}
+    env = {
+        "RECSYS_ADMIN_TOKEN": ONLINE_TOKEN,
+        "RECSYS_RELOAD_INTERVAL_S": "0",
+        "RECSYS_USER_ROWS_AHEAD": str(ONLINE_READ_AHEAD),
+    }
     with ServiceProcess(copy, env=env) as proc:
         yield proc, copy, result.release, stale_end, snapshot_time(days[-1])
 

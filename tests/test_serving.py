@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 
 import httpx
+import numpy as np
 import pytest
-from conftest import ONLINE_TOKEN
+from conftest import ONLINE_READ_AHEAD, ONLINE_TOKEN
 
 from recsys.config import Settings
 from recsys.server import ServiceProcess
@@ -171,6 +172,7 @@ def test_benchmark_service_reports_latency_without_errors(service):
 # the ``online`` fixture (conftest.py): a service on a copy of the trained world whose online
 # store was materialized ONLINE_STALE_DAYS days short of the lake
 AUTH = {"authorization": f"Bearer {ONLINE_TOKEN}"}
+GAUGE_KEPT = "recsys_serving_feature_user_rows_kept"
 
 
 def _ask(proc, user: int, k: int = 10) -> dict:
@@ -238,8 +240,8 @@ def test_a_stalled_online_store_holds_up_only_the_requests_that_read_it(online):
     from concurrent.futures import ThreadPoolExecutor
 
     proc, settings, release, _, _ = online
-    # old users (online even in the stale store) that no other test asks for
-    fresh, warm = int(release.user_ids[100]), int(release.user_ids[101])
+    # users no other test asks for; the fresh one is not read ahead (not among the most active)
+    fresh, warm = _not_read_ahead(release)[0], int(release.user_ids[101])
     # its online row is read and kept now (stale store: some items may lack a row)
     assert _ask(proc, warm, k=5)["features"] in {"online", "release_fallback"}
     store = sqlite3.connect(settings.data_dir / "features" / "online.db", timeout=0)
@@ -263,6 +265,117 @@ def test_a_stalled_online_store_holds_up_only_the_requests_that_read_it(online):
     assert [len(b["items"]) for b in answers] == [4, 6, 7]
     # the stalled one answers too, from the store or (timed out) with the release's rows
     assert stalled.result(timeout=30)["features"] in {"online", "release_fallback"}
+
+
+def _not_read_ahead(release) -> list[int]:
+    """Users of ``release`` the ``online`` service does not read ahead and no test asks for
+    (other tests ask for some of the first 110 user ids), least active first."""
+    asked = {int(u) for u in release.user_ids[:110]}
+    return [u for u in reversed(release.users_by_activity()) if u not in asked]
+
+
+def _wait_for(proc, done, timeout: float = 30.0) -> dict:
+    """``/admin/status`` features once ``done(features)`` holds (or the last one seen)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        features = _status(proc)["features"]
+        if done(features) or time.monotonic() > deadline:
+            return features
+        time.sleep(0.2)
+
+
+def test_active_users_rows_are_read_ahead_so_they_never_wait_on_the_store(online):
+    """The most active users' rows are read at load and again after a materialization, on a
+    background thread: their requests read nothing; an inactive user's first request reads."""
+    from features.store import materialize
+
+    proc, settings, release, _, _ = online
+    warmed = release.users_by_activity(ONLINE_READ_AHEAD)
+    deadline = time.monotonic() + 30
+    while _status(proc)["features"]["source"] != "online" and time.monotonic() < deadline:
+        _ask(proc, warmed[0], k=1)  # after another test's store failure: past its retry window
+        time.sleep(0.2)
+    features = _wait_for(proc, lambda f: f["user_rows"]["read_ahead_pending"] == 0)
+    rows = features["user_rows"]
+    assert rows["read_ahead_limit"] == ONLINE_READ_AHEAD
+    assert rows["read_ahead"].get("warm", 0) > 0 and rows["kept"] >= ONLINE_READ_AHEAD
+    text = httpx.get(f"{proc.url}/metrics").text
+    kept = [line for line in text.splitlines() if line.startswith(f"{GAUGE_KEPT} ")]
+    assert kept and float(kept[0].split()[-1]) >= ONLINE_READ_AHEAD
+
+    def reads() -> int:
+        return _status(proc)["features"]["user_reads"]["users"]
+
+    before = reads()
+    answers = [_ask(proc, u, k=3) for u in warmed[-5:]]
+    assert reads() == before, "a read-ahead user's request read the store"
+    assert {a["features"] for a in answers} <= {"online", "release_fallback"}
+    inactive = _not_read_ahead(release)[1]
+    _ask(proc, inactive, k=3)
+    assert reads() == before + 1, "an inactive user's first request should read its row"
+
+    # a materialization drops every kept row: they are read again ahead of the next requests,
+    # the last used first (as many as the read-ahead limit: the least recently used is not)
+    again = rows["read_ahead"].get("materialized", 0)
+    materialize(settings, build=False)
+    features = _wait_for(
+        proc,
+        lambda f: (
+            f["user_rows"]["read_ahead"].get("materialized", 0) >= again + ONLINE_READ_AHEAD
+            and f["user_rows"]["read_ahead_pending"] == 0
+        ),
+    )
+    refetched = features["user_rows"]["read_ahead"].get("materialized", 0) - again
+    assert refetched == ONLINE_READ_AHEAD, refetched
+    before = reads()
+    answers = [_ask(proc, u, k=4) for u in [*warmed[-5:], inactive]]
+    assert reads() == before, "after a materialization, kept users' requests read the store"
+    assert {a["features"] for a in answers} <= {"online", "release_fallback"}
+
+
+def test_rows_in_use_are_refreshed_before_their_ttl_and_idle_rows_expire(online):
+    """In-process, on the same online store, with a 3 s row TTL: a row a request used is read
+    again from half its TTL, so it never expires; a row nobody used expires and is read by the
+    next request that needs it."""
+    from serving.features import ServingFeatures
+
+    _, settings, release, _, _ = online
+    features = ServingFeatures(settings, row_ttl_s=3.0)
+    try:
+        used, idle = release.users_by_activity(2)
+        features.cover(release.item_ids, [used, idle])
+        deadline = time.monotonic() + 20
+        while features.kept_rows < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not features.reads_store(used) and not features.reads_store(idle)
+        items = np.arange(min(20, release.n_items))
+        started = time.monotonic()
+        while time.monotonic() - started < 4.5:  # one and a half TTLs of requests
+            assert not features.reads_store(used), "a row in use expired"
+            rows = features.rows(release, used, release.user_row(used), items)
+            assert rows.user is not None and "missing_user" not in rows.reasons  # its online row
+            time.sleep(0.1)
+        assert features.read_ahead["refresh"] >= 1
+        assert features.reads_store(idle), "a row nobody used was kept past its TTL"
+    finally:
+        features.close()
+
+
+def test_with_read_ahead_off_rows_are_read_by_the_requests(online):
+    from serving.features import ServingFeatures
+
+    _, settings, release, _, _ = online
+    features = ServingFeatures(settings.model_copy(update={"user_rows_ahead": 0}))
+    try:
+        users = release.users_by_activity(3)
+        features.cover(release.item_ids, users)
+        time.sleep(0.5)
+        assert features.kept_rows == 0 and not features.read_ahead
+        assert all(features.reads_store(u) for u in users)
+        features.prefetch_users(users)  # what a waiting request does
+        assert features.kept_rows == 3 and not any(features.reads_store(u) for u in users)
+    finally:
+        features.close()
 
 
 def test_an_unreachable_online_store_gives_flagged_answers_with_release_features(online):
