@@ -239,25 +239,29 @@ class Ranker:
         each member's logits are z-scored over the list, then averaged.
 
         Computes what the eval-mode network's forward computes (dropout off) on the
-        standardised features, as a few fused products (:func:`_fuse`): no standardisation
-        pass, one product per layer for all members, no module-call overhead."""
-        rows, members = len(features), len(self.net.members)
+        standardised features, as a few fused products (:func:`_fuse`) in numpy: no
+        standardisation pass, one product per layer for all members, no module-call or torch
+        dispatch overhead (a 200-candidate list is a few small products, where that overhead
+        was a third of the time: ``docs/benchmarks.md``)."""
+        rows = len(features)
         if rows == 0:
             return np.zeros(0, dtype=np.float32)
         (first_w, first_b), later = self._inference_weights()
-        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        with torch.inference_mode():
-            h = torch.addmm(first_b, x, first_w)  # (rows, members * width): all members at once
-            if later:
-                h = torch.relu(h).view(rows, members, -1).transpose(0, 1)  # (members, rows, w)
-                for j, (weight, bias) in enumerate(later):
-                    h = torch.baddbmm(bias, h, weight)
-                    if j < len(later) - 1:
-                        h = torch.relu(h)
-                logits = h.squeeze(-1)
-            else:  # no hidden layer: the first layer gave each member's logit
-                logits = h.t()
-            logits = logits.numpy()
+        h = np.ascontiguousarray(features, dtype=np.float32) @ first_w  # all members at once
+        h += first_b
+        if later:
+            np.maximum(h, 0, out=h)
+            members = later[0][0].shape[0]
+            h = h.reshape(rows, members, -1).transpose(1, 0, 2)  # (members, rows, width)
+            for j, (weight, bias) in enumerate(later):
+                h = np.matmul(h, weight)
+                h += bias
+                if j < len(later) - 1:
+                    np.maximum(h, 0, out=h)
+            logits = h[..., 0]
+        else:  # no hidden layer: the first layer gave each member's logit
+            logits = h.T
+        members = len(logits)
         if members == 1:
             return logits[0]
         centred = logits - logits.mean(axis=1, keepdims=True)
@@ -277,7 +281,12 @@ class Ranker:
                 ]
                 for member in self.net.members
             ]
-            fused = self._fused = (self.mean, self.std, _fuse(members, self.mean, self.std))
+            (weight, bias), later = _fuse(members, self.mean, self.std)
+            arrays = (
+                (weight.numpy(), bias.numpy()),
+                [(w.numpy(), b.numpy()) for w, b in later],
+            )
+            fused = self._fused = (self.mean, self.std, arrays)
         return fused[2]
 
     @classmethod
