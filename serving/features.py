@@ -343,7 +343,8 @@ class ServingFeatures:
         return len(self._users)
 
     def close(self) -> None:
-        """Stop the read-ahead thread (the rows kept stay usable)."""
+        """Stop the read-ahead thread after its current round (the rows kept stay usable;
+        :meth:`read_ahead_now` still reads when called)."""
         self._closed.set()
         self._wake.set()
 
@@ -359,11 +360,11 @@ class ServingFeatures:
     def read_ahead_now(self) -> int:
         """Read, a batch per store call, every row due for reading ahead: the rows a new
         materialization dropped, the rows a request used that are half their TTL old, then the
-        warm list's rows not kept. Stops at a store failure (its retry window), at a batch that
-        could not be kept (a materialization meanwhile: the next round starts over), or when
-        the kept rows are full. Returns how many rows were read."""
+        warm list's rows not kept. Stops at a store failure (its retry window) or a batch that
+        could not be kept (a materialization meanwhile), putting that batch back in its queue,
+        or when the kept rows are full. Returns how many rows were read."""
         done = 0
-        while not self._closed.is_set():
+        while True:
             reader = self._reader
             if reader is None or time.monotonic() < self._retry_at:
                 break
@@ -371,7 +372,13 @@ class ServingFeatures:
             with self._lock:
                 self._follow(epoch)
                 batch, why = self._due(time.monotonic())
-            if not batch or not self.prefetch_users(batch):
+            if not batch:
+                break
+            if not self.prefetch_users(batch):
+                if why != "refresh":  # the store failed, or a materialization came meanwhile:
+                    with self._lock:  # these go first next round (skipped once kept)
+                        queue = self._refetch if why == "materialized" else self._warm
+                        queue.extendleft(reversed(batch))
                 break
             with self._lock:
                 self.read_ahead[why] += len(batch)

@@ -361,6 +361,29 @@ def test_rows_in_use_are_refreshed_before_their_ttl_and_idle_rows_expire(online)
         features.close()
 
 
+def test_rows_read_ahead_during_a_store_failure_are_read_once_it_answers(online):
+    from serving.features import ServingFeatures
+
+    _, settings, release, _, _ = online
+    features = ServingFeatures(settings, retry_s=0.5)
+    features.close()  # no background thread: this test drives the rounds itself
+    users = release.users_by_activity(3)
+    features.cover(release.item_ids, users)
+    reader = features._reader
+    read = reader.users_features
+    reader.users_features = lambda ids: (_ for _ in ()).throw(OSError("store down"))
+    try:
+        assert features.read_ahead_now() == 0
+        assert features.state == "unreachable" and features.kept_rows == 0
+        assert features.status()["user_rows"]["read_ahead_pending"] == 3  # kept in the queue
+    finally:
+        reader.users_features = read
+    time.sleep(0.6)  # past the retry window
+    assert features.read_ahead_now() == 3
+    assert features.state == "online" and features.kept_rows == 3
+    assert not any(features.reads_store(u) for u in users)
+
+
 def test_with_read_ahead_off_rows_are_read_by_the_requests(online):
     from serving.features import ServingFeatures
 

@@ -269,8 +269,9 @@ class Ranker:
         return (1.0 / (spread + 1e-9)).astype(np.float32) @ centred / members
 
     def _inference_weights(self):
-        """:func:`_fuse` of the eval network's weights, computed once per (mean, std): arrays
-        replaced on a ranker (a copy with other statistics) get weights fused from them."""
+        """:func:`_fuse` of the eval network's weights as numpy arrays, computed once per
+        (mean, std): arrays replaced on a ranker (a copy with other statistics) get weights
+        fused from them."""
         fused = self._fused
         if fused is None or fused[0] is not self.mean or fused[1] is not self.std:
             members = [
