@@ -41,6 +41,7 @@ import weakref
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -155,7 +156,8 @@ class ServingFeatures:
         if user_ids and self.ahead_limit:
             with self._lock:
                 first = list(dict.fromkeys(user_ids))[: self.ahead_limit]
-                rest = [u for u in self._warm if u not in set(first)]
+                chosen = set(first)
+                rest = [u for u in self._warm if u not in chosen]
                 self._warm = deque((first + rest)[: self.ahead_limit])
             self._wake.set()
         ids = np.union1d(self._catalog, np.asarray(item_ids, dtype=np.int64))
@@ -297,7 +299,7 @@ class ServingFeatures:
         """Forget every kept user row (hold the lock); they are read again ahead of their users'
         next requests, last used first."""
         if self.ahead_limit and self._users:
-            self._refetch = deque(list(reversed(self._users))[: self.ahead_limit])
+            self._refetch = deque(islice(reversed(self._users), self.ahead_limit))
             self._wake.set()
         self._users.clear()
         self._by_read.clear()
