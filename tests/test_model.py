@@ -10,7 +10,7 @@ import pytest
 
 from recsys.errors import RecsysError
 from recsys.evaluation import ranking_metrics
-from recsys.models.ranker import Ranker, RankerParams
+from recsys.models.ranker import Dropout, Ranker, RankerParams
 from recsys.pipeline import PipelineParams, feature_names, fit_stage, rank_users
 from recsys.release import Release
 from recsys.train import holdout_start, temporal_split
@@ -147,6 +147,31 @@ def test_same_seed_same_model_other_seed_another(trained_world):
     r1 = Ranker.fit(x, y, groups, RankerParams(seed=5, max_epochs=5))
     r2 = Ranker.fit(x, y, groups, RankerParams(seed=5, max_epochs=5))
     assert np.array_equal(r1.score(x), r2.score(x))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_seeded_dropout_keeps_1_minus_p_scaled_and_is_off_in_eval(p):
+    import torch
+
+    x = torch.ones(400, 500, requires_grad=True)
+    layer = Dropout(p)
+    layer.seed(np.random.default_rng(3))
+    out = layer(x)
+    kept = out.detach().numpy() > 0
+    assert kept.mean() == pytest.approx(1 - p, abs=0.005)  # 200,000 draws: SE 0.001
+    np.testing.assert_allclose(out.detach().numpy()[kept], 1 / (1 - p), rtol=1e-6)
+    # the masks differ from call to call and are row/column independent
+    again = layer(x).detach().numpy() > 0
+    assert (kept != again).mean() == pytest.approx(2 * p * (1 - p), abs=0.01)
+    assert abs(np.corrcoef(kept[:, :-1].ravel(), kept[:, 1:].ravel())[0, 1]) < 0.01
+    out.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), out.detach().numpy())  # d(x * mask)/dx = mask
+    # the same seed draws the same masks
+    twin = Dropout(p)
+    twin.seed(np.random.default_rng(3))
+    np.testing.assert_array_equal(twin(x).detach().numpy() > 0, kept)
+    layer.eval()
+    assert torch.equal(layer(x), x)
 
 
 @pytest.mark.parametrize("hidden,members", [((), 1), ((), 3), ((16,), 1), ((16, 8, 4), 2)])
