@@ -149,6 +149,19 @@ def test_same_seed_same_model_other_seed_another(trained_world):
     assert np.array_equal(r1.score(x), r2.score(x))
 
 
+def test_a_sabotaged_ranker_scores_backwards_even_after_it_has_scored():
+    from recsys.faults import sabotage_ranker
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32)
+    ranker = Ranker.fit(x, y, np.repeat(np.arange(40), 10), RankerParams(seed=5, max_epochs=3))
+    before = ranker.score(x[:50])  # fuses the inference weights
+    release = type("R", (), {"ranker": ranker})()
+    sabotage_ranker(release)
+    np.testing.assert_allclose(ranker.score(x[:50]), -before, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_seeded_dropout_keeps_1_minus_p_scaled_and_is_off_in_eval(p):
     import torch
