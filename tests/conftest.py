@@ -151,3 +151,128 @@ def drilled_service(settings):
     }
     with ServiceProcess(settings, env=env).start() as service:
         yield ServiceAdmin(service.url, token)
+
+
+# ---- end-to-end runs started in the background when the session starts -----------------------
+
+
+class BackgroundRuns:
+    """The ``recsys`` subprocesses of the tests marked ``background`` (the demos: minutes each,
+    mostly on one core), run one after another on a thread from the end of collection while
+    the rest of the suite runs: it leaves about one of the two cores idle. Each run gets a data
+    directory of its own and no ``PREFECT_HOME``, so its ephemeral Prefect API lives under that
+    directory as when a user runs the command. A marked test takes its finished run from the
+    ``background_run`` fixture; a test that was not started (no thread) runs it then."""
+
+    def __init__(self, items: list[pytest.Item]) -> None:
+        import threading
+
+        self.items = items
+        self.root = Path(tempfile.mkdtemp(prefix="recsys-background-"))
+        self.done: dict[str, threading.Event] = {i.nodeid: threading.Event() for i in items}
+        self.results: dict[str, tuple] = {}
+        self.current = None
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run_all, name="background-runs", daemon=True)
+
+    @staticmethod
+    def command(item: pytest.Item) -> tuple[list[str], float]:
+        import sys
+
+        marker = item.get_closest_marker("background")
+        args = [str(a).format(ml100k=ML100K) for a in marker.args]
+        recsys = str(Path(sys.executable).with_name("recsys"))
+        return [recsys, *args], float(marker.kwargs.get("timeout", 900))
+
+    def run(self, item: pytest.Item) -> tuple:
+        """(return code, stdout, stderr, data dir) of ``item``'s command."""
+        import subprocess
+
+        command, timeout = self.command(item)
+        folder = self.root / f"run-{self.items.index(item)}" / "recsys-data"
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_HOME"}
+        env |= {"RECSYS_DATA_DIR": str(folder), "COLUMNS": "200"}
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        self.current = proc
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            err += f"\n(background run killed after its {timeout:g} s timeout)"
+        return proc.returncode, out, err, folder
+
+    def _run_all(self) -> None:
+        for item in self.items:
+            if not self.stopped:
+                try:
+                    self.results[item.nodeid] = self.run(item)
+                except Exception as exc:  # reported by the test that waits for it
+                    self.results[item.nodeid] = (-1, "", repr(exc), None)
+            self.done[item.nodeid].set()
+
+    def result(self, item: pytest.Item) -> tuple:
+        if not self.thread.is_alive() and item.nodeid not in self.results:
+            return self.run(item)  # never started (e.g. the thread was not started)
+        self.done[item.nodeid].wait()
+        return self.results[item.nodeid]
+
+    def stop(self) -> None:
+        """Kill a run still going; remove the data directories when every run passed (a
+        failed run's stay, for its logs and reports)."""
+        import shutil
+
+        self.stopped = True
+        if self.current is not None and self.current.poll() is None:
+            self.current.kill()
+        if all(self.done[n].is_set() and self.results.get(n, (1,))[0] == 0 for n in self.done):
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+_BACKGROUND: BackgroundRuns | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "background(*args, timeout=900): `recsys *args` runs in the background from the start "
+        "of the session ({ml100k} is the MovieLens folder); the test reads the finished run "
+        "from the background_run fixture",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that read a background run go last: by then their runs are done."""
+    items[:] = sorted(items, key=lambda i: i.get_closest_marker("background") is not None)
+
+
+def _lacks_data(item: pytest.Item) -> bool:
+    """The run needs MovieLens-100K and it is missing (the test skips, or fails under CI)."""
+    args = item.get_closest_marker("background").args
+    return any("{ml100k}" in str(a) for a in args) and not (ML100K / "u.data").is_file()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    global _BACKGROUND
+    items = [i for i in session.items if i.get_closest_marker("background") and not _lacks_data(i)]
+    if not items or session.config.option.collectonly:
+        return
+    _BACKGROUND = BackgroundRuns(items)
+    _BACKGROUND.thread.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _BACKGROUND is not None:
+        _BACKGROUND.stop()
+
+
+@pytest.fixture
+def background_run(request: pytest.FixtureRequest):
+    """The finished background run of this test: (return code, stdout, stderr, data dir).
+    Waits for it when it is still running."""
+    runs = _BACKGROUND or BackgroundRuns([request.node])
+    if request.node.nodeid not in runs.done:
+        runs = BackgroundRuns([request.node])
+    return runs.result(request.node)

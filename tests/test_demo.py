@@ -28,10 +28,10 @@ def _run(args: list[str], data_dir: Path, timeout: float) -> subprocess.Complete
 
 
 @pytest.mark.slow
-def test_default_demo_heals_every_fault(data_dir):
-    proc = _run(["demo"], data_dir, timeout=900)
-    out = proc.stdout
-    assert proc.returncode == 0, out[-4000:] + proc.stderr[-3000:]
+@pytest.mark.background("demo", timeout=900)
+def test_default_demo_heals_every_fault(background_run):
+    code, out, err, data_dir = background_run
+    assert code == 0, f"{data_dir}\n{out[-4000:]}{err[-3000:]}"
     assert "demo passed" in out
     for fault in FAULTS:
         assert fault in out

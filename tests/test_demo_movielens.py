@@ -271,15 +271,18 @@ def test_demo_movielens_folder_without_the_files_is_an_error(data_dir: Path, tmp
 
 
 @pytest.mark.slow
-def test_movielens_demo_heals_a_corrupt_batch_and_drift(data_dir: Path, ml100k: Path) -> None:
+@pytest.mark.background(
     # --days 6, the days these faults need: on this world the canary of the retrain after the
     # drift often reaches no verdict in a few days (a retrain with one day of drifted data is
     # only slightly better), and without --days the demo waits up to 8 more days for it
     # (4.7 minutes instead of about 2.5)
-    args = ["demo", "--dataset", "movielens", "--data-path", str(ml100k), "--days", "6"]
-    proc = _run([*args, "--faults", "corrupt-batch,drift"], data_dir, timeout=600)
-    out = proc.stdout
-    assert proc.returncode == 0, out[-4000:] + proc.stderr[-3000:]
+    *("demo", "--dataset", "movielens", "--data-path", "{ml100k}", "--days", "6"),
+    *("--faults", "corrupt-batch,drift"),
+    timeout=600,
+)
+def test_movielens_demo_heals_a_corrupt_batch_and_drift(ml100k: Path, background_run) -> None:
+    code, out, err, data_dir = background_run
+    assert code == 0, f"{data_dir}\n{out[-4000:]}{err[-3000:]}"
     assert "943 users, 1682 items (ml-100k semi-synthetic)" in out
     assert "demo passed" in out
     summary = out[out.index("Faults: injected, detected, healed") :]
