@@ -171,6 +171,7 @@ class BackgroundRuns:
         self.root = Path(tempfile.mkdtemp(prefix="recsys-background-"))
         self.done: dict[str, threading.Event] = {i.nodeid: threading.Event() for i in items}
         self.results: dict[str, tuple] = {}
+        self.seconds: dict[str, float] = {}
         self.current = None
         self.stopped = False
         self.thread = threading.Thread(target=self._run_all, name="background-runs", daemon=True)
@@ -205,12 +206,16 @@ class BackgroundRuns:
         return proc.returncode, out, err, folder
 
     def _run_all(self) -> None:
+        import time
+
         for item in self.items:
             if not self.stopped:
+                started = time.perf_counter()
                 try:
                     self.results[item.nodeid] = self.run(item)
                 except Exception as exc:  # reported by the test that waits for it
                     self.results[item.nodeid] = (-1, "", repr(exc), None)
+                self.seconds[item.nodeid] = time.perf_counter() - started
             self.done[item.nodeid].set()
 
     def result(self, item: pytest.Item) -> tuple:
@@ -261,6 +266,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     _BACKGROUND = BackgroundRuns(items)
     _BACKGROUND.thread.start()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How long each background run took (the durations table shows only the wait for it)."""
+    if _BACKGROUND is None or not _BACKGROUND.seconds:
+        return
+    terminalreporter.section("background runs")
+    for item in _BACKGROUND.items:
+        if item.nodeid in _BACKGROUND.seconds:
+            code = _BACKGROUND.results[item.nodeid][0]
+            terminalreporter.write_line(
+                f"{_BACKGROUND.seconds[item.nodeid]:7.1f}s exit {code}  {item.nodeid}"
+            )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
