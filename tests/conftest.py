@@ -220,7 +220,8 @@ class BackgroundRuns:
 
     def result(self, item: pytest.Item) -> tuple:
         if not self.thread.is_alive() and item.nodeid not in self.results:
-            return self.run(item)  # never started (e.g. the thread was not started)
+            self.results[item.nodeid] = self.run(item)  # the thread never ran it
+            self.done[item.nodeid].set()
         self.done[item.nodeid].wait()
         return self.results[item.nodeid]
 
@@ -290,7 +291,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def background_run(request: pytest.FixtureRequest):
     """The finished background run of this test: (return code, stdout, stderr, data dir).
     Waits for it when it is still running."""
-    runs = _BACKGROUND or BackgroundRuns([request.node])
-    if request.node.nodeid not in runs.done:
-        runs = BackgroundRuns([request.node])
-    return runs.result(request.node)
+    if request.node.get_closest_marker("background") is None:
+        pytest.fail("the background_run fixture needs @pytest.mark.background(<recsys args>)")
+    if _BACKGROUND is not None and request.node.nodeid in _BACKGROUND.done:
+        yield _BACKGROUND.result(request.node)
+        return
+    runs = BackgroundRuns([request.node])  # not scheduled: run it now
+    try:
+        yield runs.result(request.node)
+    finally:
+        runs.stop()

@@ -72,7 +72,7 @@ class Dropout(nn.Dropout):
             return super().forward(x)
         n = x.numel()
         bits = self._bits.bit_generator.random_raw((n + 3) // 4).view(np.uint16)[:n]
-        keep = bits.reshape(x.shape) >= np.uint16(round(self.p * 65536))
+        keep = bits.reshape(x.shape) >= np.uint16(min(round(self.p * 65536), 65535))
         scale = torch.from_numpy(keep.view(np.uint8)).to(x.dtype) * (1.0 / (1.0 - self.p))
         return x * scale
 
