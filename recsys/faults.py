@@ -81,5 +81,4 @@ def sabotage_ranker(release) -> None:
             layers[-1].weight.neg_()
             if layers[-1].bias is not None:
                 layers[-1].bias.neg_()
-    if hasattr(ranker, "_fused"):
-        ranker._fused = None  # scoring uses weights fused from the network: fuse them again
+    ranker.weights_changed()

@@ -297,6 +297,11 @@ class Ranker:
         spread = np.sqrt(np.einsum("ij,ij->i", centred, centred) / rows)
         return (1.0 / (spread + 1e-9)).astype(np.float32) @ centred / members
 
+    def weights_changed(self) -> None:
+        """Call after changing the network's weights in place: scoring fuses them again (the
+        fused weights are otherwise computed once per mean and std)."""
+        self._fused = None
+
     def _inference_weights(self):
         """:func:`_fuse` of the eval network's weights as numpy arrays, computed once per
         (mean, std): arrays replaced on a ranker (a copy with other statistics) get weights
