@@ -21,7 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
+
+from recsys.evaluation import ranking_metrics
+from recsys.models.ease import EASECandidates, EASEParams
 
 WEIGHTS = (0.05, 0.1, 0.25, 0.5, 1.0)
 COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
@@ -33,26 +37,24 @@ def load(split: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 class Scorer:
-    """nDCG@10 of a users x items score matrix against TEST, seen items removed."""
+    """nDCG@10 of a users x items score matrix against TEST, seen items removed, by the metric
+    code of ``recsys benchmark quality`` (``recsys.evaluation.ranking_metrics``)."""
 
     def __init__(self, train: pd.DataFrame, test: pd.DataFrame) -> None:
         self.n_users = int(max(train.user_id.max(), test.user_id.max())) + 1
         self.n_items = int(max(train.item_id.max(), test.item_id.max())) + 1
         self.x = np.zeros((self.n_users, self.n_items))
         self.x[train.user_id, train.item_id] = 1.0
-        self.truth = np.zeros_like(self.x)
-        self.truth[test.user_id, test.item_id] = 1.0
-        self.truth[self.x > 0] = 0.0
-        self.users = np.flatnonzero(self.truth.sum(1) > 0)
-        self.discounts = 1 / np.log2(np.arange(2, 12))
+        truth = np.zeros_like(self.x)
+        truth[test.user_id, test.item_id] = 1.0
+        truth[self.x > 0] = 0.0
+        self.users = np.flatnonzero(truth.sum(1) > 0)
+        self.relevant = [np.flatnonzero(truth[u]) for u in self.users]
 
     def ndcg(self, scores: np.ndarray) -> float:
         s = np.where(self.x > 0, -np.inf, np.nan_to_num(scores, nan=0.0))[self.users]
-        truth = self.truth[self.users]
         top = np.argsort(-s, axis=1, kind="stable")[:, :10]
-        dcg = (np.take_along_axis(truth, top, 1) * self.discounts).sum(1)
-        ideal = np.cumsum(self.discounts)[np.minimum(truth.sum(1), 10).astype(int) - 1]
-        return float((dcg / ideal).mean())
+        return float(ranking_metrics(top, self.relevant, 10, n_items=self.n_items)["ndcg"])
 
 
 def zscore(s: np.ndarray) -> np.ndarray:
@@ -60,11 +62,10 @@ def zscore(s: np.ndarray) -> np.ndarray:
     return (s - s.mean(1, keepdims=True)) / (s.std(1, keepdims=True) + 1e-9)
 
 
-def ease_weights(gram: np.ndarray, lam: float) -> np.ndarray:
-    inverse = np.linalg.inv(gram + lam * np.eye(len(gram)))
-    weights = -inverse / np.diag(inverse)
-    np.fill_diagonal(weights, 0.0)
-    return weights
+def ease_weights(matrix: np.ndarray, lam: float) -> np.ndarray:
+    """The product's EASE (``recsys.models.ease``) fit on ``matrix``, whatever its width."""
+    params = EASEParams(lam=lam, max_items=matrix.shape[1])
+    return EASECandidates.fit(sp.csr_matrix(matrix), params).weights
 
 
 def edlae_weights(gram: np.ndarray, dropout: float, lam: float) -> np.ndarray:
@@ -113,13 +114,12 @@ def signals(train: pd.DataFrame, sc: Scorer, users_path: Path | None, base_weigh
     x, n_users, n_items = sc.x, sc.n_users, sc.n_items
     gram = x.T @ x
     for lam in (200.0, 350.0, 800.0):
-        yield "EASE, other lambda", f"lambda {lam:g}", x @ ease_weights(gram, lam)
+        yield "EASE, other lambda", f"lambda {lam:g}", x @ ease_weights(x, lam)
     for p in (0.25, 0.5):
         yield "EDLAE (dropout emphasis)", f"p {p}, lambda 100", x @ edlae_weights(gram, p, 100.0)
     yield "Mult-VAE", "100 epochs", mult_vae(x, 100)
-    user_gram = x @ x.T
-    for lam in (100.0, 200.0):
-        yield "user-user EASE", f"lambda {lam:g}", ease_weights(user_gram, lam).T @ x
+    for lam in (100.0, 200.0):  # EASE on the items x users matrix: users as the columns
+        yield "user-user EASE", f"lambda {lam:g}", ease_weights(x.T, lam).T @ x
     rating = np.zeros_like(x)
     rating[train.user_id, train.item_id] = train.rating
     mean = rating.sum(1) / np.maximum(x.sum(1), 1)
@@ -181,7 +181,7 @@ def main() -> None:
     torch.set_num_threads(2)
     train, test = load(args.split)
     sc = Scorer(train, test)
-    base_weights = ease_weights(sc.x.T @ sc.x, args.lam)
+    base_weights = ease_weights(sc.x, args.lam)
     base = sc.x @ base_weights
     base_ndcg = sc.ndcg(base)
     print(f"EASE (lambda {args.lam:g}) alone: nDCG@10 {base_ndcg:.4f} over {len(sc.users)} users")
