@@ -31,6 +31,20 @@ from recsys.pipeline import PipelineParams, Stage, fit_stage, rank_users
 from recsys.train import holdout_scorer
 
 
+def _contract_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table of ratings or events in the contract's columns: ``rating`` becomes ``value`` of
+    ``rating`` events, no value means one ``click`` each, epoch seconds become timestamps.
+    Columns the contract does not know are left out (the rows are all kept)."""
+    frame = frame.copy()
+    if "event_type" not in frame:
+        frame["event_type"] = "rating" if "rating" in frame else "click"
+    if "value" not in frame:
+        frame["value"] = frame.pop("rating") if "rating" in frame else 1.0
+    if "timestamp" in frame and pd.api.types.is_numeric_dtype(frame["timestamp"]):
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
+    return frame[[c for c in frame.columns if c in INTERACTION_COLUMNS]]
+
+
 def read_interactions_file(path: Path) -> pd.DataFrame:
     """Read interactions from the GroupLens ``u.data`` layout, parquet, or CSV/TSV with the
     contract columns. Rows that break the contract make it a RecsysError naming the reasons."""
@@ -42,19 +56,12 @@ def read_interactions_file(path: Path) -> pd.DataFrame:
             frame = pd.read_parquet(path)
         except Exception as exc:  # pyarrow raises many types for a bad file
             raise RecsysError(f"{path} is not a readable parquet file: {exc}") from None
+        frame = _contract_columns(frame)
     else:
         with path.open("r", errors="replace") as handle:
             head = handle.readline()
         if all(col in head for col in ("user_id", "item_id")):
-            sep = "\t" if "\t" in head else ","
-            frame = pd.read_csv(path, sep=sep)
-            if "event_type" not in frame:
-                frame["event_type"] = "rating" if "rating" in frame else "click"
-            if "value" not in frame:
-                frame["value"] = frame.pop("rating") if "rating" in frame else 1.0
-            if "timestamp" in frame and pd.api.types.is_numeric_dtype(frame["timestamp"]):
-                frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
-            frame = frame[[c for c in frame.columns if c in INTERACTION_COLUMNS]]
+            frame = _contract_columns(pd.read_csv(path, sep="\t" if "\t" in head else ","))
         else:
             frame = read_udata(path)
     result = validate_interactions(frame)

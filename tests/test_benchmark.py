@@ -120,3 +120,40 @@ def test_a_malformed_file_is_a_one_line_error(tmp_path):
     proc = run("benchmark", "quality", "--train", str(bad), "--test", str(bad), data_dir=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("recsys: error:")
+
+
+def test_ratings_read_the_same_from_udata_csv_and_parquet(tmp_path):
+    from recsys.benchmark import read_interactions_file
+
+    ratings = pd.DataFrame(
+        {
+            "user_id": [1, 1, 2, 3],
+            "item_id": [10, 11, 10, 12],
+            "rating": [4, 3, 5, 1],
+            "timestamp": [881250949, 881250950, 891717742, 878887116],
+        }
+    )
+    ratings.to_csv(tmp_path / "u.data", sep="\t", header=False, index=False)
+    ratings.assign(title="extra column").to_csv(tmp_path / "ratings.csv", index=False)
+    ratings.to_parquet(tmp_path / "ratings.parquet")
+    as_datetimes = ratings.assign(timestamp=pd.to_datetime(ratings["timestamp"], unit="s"))
+    as_datetimes.to_parquet(tmp_path / "datetimes.parquet")
+    frames = [
+        read_interactions_file(tmp_path / name).reset_index(drop=True)
+        for name in ("u.data", "ratings.csv", "ratings.parquet", "datetimes.parquet")
+    ]
+    assert list(frames[0]["value"]) == [4.0, 3.0, 5.0, 1.0]
+    assert set(frames[0]["event_type"]) == {"rating"}
+    for frame in frames[1:]:
+        pd.testing.assert_frame_equal(frame, frames[0], check_dtype=False)
+
+
+def test_events_without_a_value_are_one_click_each(tmp_path):
+    from recsys.benchmark import read_interactions_file
+
+    pd.DataFrame(
+        {"user_id": [1, 2], "item_id": [5, 5], "timestamp": [881250949, 881250950]}
+    ).to_parquet(tmp_path / "clicks.parquet")
+    frame = read_interactions_file(tmp_path / "clicks.parquet")
+    assert list(frame["event_type"]) == ["click", "click"]
+    assert list(frame["value"]) == [1.0, 1.0]
