@@ -28,7 +28,7 @@ from recsys.evaluation import top_k_unseen
 from recsys.models.ranker import Ranker
 from recsys.movielens import read_udata
 from recsys.pipeline import PipelineParams, Stage, fit_stage, rank_users
-from recsys.train import holdout_scorer
+from recsys.train import holdout_scorer, lift_over, verdict
 
 
 def _contract_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -205,6 +205,9 @@ def benchmark_quality(
         "test_users_unknown_to_train": int((~known).sum()),
         "train_seconds": round(model.seconds, 2),
         "metrics": metrics,
+        "lift_over_als": round(lift_over(metrics), 4),
+        "best_single_source": max(stage.sources, key=lambda name: metrics[name]["ndcg"]),
+        "notes": verdict(metrics, k, model.ranker),
         "params": params.as_dict(),
     }
 

@@ -312,16 +312,24 @@ def benchmark_quality(
         )
     if as_json:
         print(to_json(report))
-        return
-    names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage"]
-    console.print(
-        table(
-            f"Quality at k={k}: {report['test_users']} test users, trained in "
-            f"{report['train_seconds']}s",
-            ["model", *names],
-            [[m, *(v[n] for n in names)] for m, v in report["metrics"].items()],
+    else:
+        names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage"]
+        console.print(
+            table(
+                f"Quality at k={k}: {report['test_users']} test users, trained in "
+                f"{report['train_seconds']}s",
+                ["model", *names],
+                [[m, *(v[n] for n in names)] for m, v in report["metrics"].items()],
+            )
         )
-    )
+        best = report["best_single_source"]
+        ours, theirs = report["metrics"]["pipeline"]["ndcg"], report["metrics"][best]["ndcg"]
+        console.print(
+            f"pipeline vs ALS alone: {report['lift_over_als']:+.1%} nDCG@{k}; vs the best "
+            f"single source ({best}): {ours - theirs:+.4f}"
+        )
+    for note in report["notes"]:
+        err_console.print(f"[bold yellow]{note}[/]")
 
 
 @bench_app.command("split")

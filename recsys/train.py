@@ -339,7 +339,7 @@ def train_and_evaluate(
     holdout = frame.loc[frame["timestamp"] >= start_of_test]
     eval_stage = fit_stage(pre_holdout, catalog, item_ids, params, as_of=start_of_test)
     metrics = evaluate_stage(eval_stage, ranker, holdout, k, params.candidates)
-    notes = _verdict(metrics, k, ranker)
+    notes = verdict(metrics, k, ranker)
 
     window = {
         "start": frame["timestamp"].min().isoformat(),
@@ -387,7 +387,7 @@ def train_and_evaluate(
     )
 
 
-def _verdict(metrics: dict[str, dict[str, float]], k: int, ranker: Ranker | None) -> list[str]:
+def verdict(metrics: dict[str, dict[str, float]], k: int, ranker: Ranker | None) -> list[str]:
     """Loud notes when a simpler model wins the holdout."""
     if ranker is None or "pipeline" not in metrics:
         return [

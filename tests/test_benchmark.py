@@ -79,6 +79,13 @@ def test_quality_benchmark_writes_unseen_top_k_for_every_test_user(split, tmp_pa
     assert set(metrics) >= {"pipeline", "als", "itemknn", "popularity", "trending"}
     assert metrics["pipeline"]["ndcg"] > metrics["popularity"]["ndcg"]
     assert 0 < metrics["pipeline"]["ndcg"] <= 1
+    als = metrics["als"]["ndcg"]
+    assert report["lift_over_als"] == pytest.approx((metrics["pipeline"]["ndcg"] - als) / als, 1e-3)
+    singles = {name: m["ndcg"] for name, m in metrics.items() if name != "pipeline"}
+    assert report["best_single_source"] == max(singles, key=singles.get)
+    simpler_wins = max(singles.values()) >= metrics["pipeline"]["ndcg"]
+    assert bool(report["notes"]) == simpler_wins
+    assert all(note in " ".join(proc.stderr.split()) for note in report["notes"])
     recs = pd.read_csv(recs_out, sep="\t", header=None, names=["user", "rank", "item"])
     test, train = read(split / "test.tsv"), read(split / "train.tsv")
     assert set(recs["user"]) == set(test["user"])
@@ -157,3 +164,16 @@ def test_events_without_a_value_are_one_click_each(tmp_path):
     frame = read_interactions_file(tmp_path / "clicks.parquet")
     assert list(frame["event_type"]) == ["click", "click"]
     assert list(frame["value"]) == [1.0, 1.0]
+
+
+def test_the_verdict_names_a_simpler_model_that_wins():
+    from recsys.train import verdict
+
+    def metrics(**ndcg):
+        return {name: {"ndcg": value} for name, value in ndcg.items()}
+
+    scores = dict(ease=0.40, als=0.41, itemknn=0.30, popularity=0.20, trending=0.10)
+    assert verdict(metrics(pipeline=0.45, **scores), 10, ranker=object()) == []
+    notes = verdict(metrics(pipeline=0.45, **{**scores, "popularity": 0.46}), 10, object())
+    assert len(notes) == 1 and "popularity alone beats" in notes[0] and "0.4600" in notes[0]
+    assert "no ranker" in verdict(metrics(**scores), 10, ranker=None)[0]
