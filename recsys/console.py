@@ -20,6 +20,33 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 _NOISY = ("mlflow", "alembic", "urllib3", "httpx", "bentoml", "implicit", "numexpr", "py.warnings")
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _TerminalFormatter(logging.Formatter):
+    """Log lines for the terminal. A user error (RecsysError) that a library logs on its way
+    out (Prefect logs a failed flow's exception) is shown without its traceback unless
+    ``tracebacks``: the CLI ends with its one-line message. Other exceptions keep theirs; other
+    handlers (Prefect's API log) format the record themselves."""
+
+    def __init__(self, fmt: str, *, tracebacks: bool) -> None:
+        super().__init__(fmt)
+        self.tracebacks = tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        from recsys.errors import RecsysError
+
+        if self.tracebacks or not (record.exc_info and isinstance(record.exc_info[1], RecsysError)):
+            return super().format(record)
+        # the record is shared: a handler that ran first may have cached its traceback text
+        kept = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text = kept
+
+
 def quiet_libraries(verbose: bool = False) -> None:
     """Keep third-party INFO chatter and telemetry out of the user's terminal."""
     for key, value in {
@@ -33,10 +60,12 @@ def quiet_libraries(verbose: bool = False) -> None:
         "OPENBLAS_NUM_THREADS": "1",
     }.items():
         os.environ.setdefault(key, value)
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    root = logging.getLogger()
+    if not root.handlers:  # as logging.basicConfig: a host that configured logging keeps it
+        handler = logging.StreamHandler()
+        handler.setFormatter(_TerminalFormatter(LOG_FORMAT, tracebacks=verbose))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO if verbose else logging.WARNING)
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     if not verbose:

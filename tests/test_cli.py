@@ -61,6 +61,44 @@ def test_user_errors_are_one_readable_line(data_dir, tmp_path):
     assert_one_line_error(run(["data", "generate", "--drift-share", "3"], data_dir), 2, "drift")
 
 
+def test_a_user_error_inside_a_prefect_flow_ends_in_its_one_line_without_a_traceback(
+    data_dir, tmp_path
+):
+    delivery = tmp_path / "2026-03-01.jsonl"
+    delivery.write_text('{"user_id": 1, "item_id": 2}\n')
+    proc = run(["ingest", str(delivery)], data_dir)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("recsys: error: cannot read")
+    # Prefect's own one-line records of the failed task and flow run may precede it
+    assert len(proc.stderr.strip().splitlines()) <= 3, proc.stderr
+    kept = data_dir / "quarantine" / "2026-03-01"
+    assert (kept / "unreadable.jsonl").read_bytes() == delivery.read_bytes()
+
+
+def test_the_terminal_formatter_drops_only_a_user_errors_traceback_and_only_when_quiet():
+    import logging
+
+    from recsys.console import LOG_FORMAT, _TerminalFormatter
+    from recsys.errors import RecsysError
+
+    def record(exc: Exception) -> logging.LogRecord:
+        try:
+            raise exc
+        except Exception:
+            made = logging.LogRecord("prefect", logging.ERROR, __file__, 1, "failed", None, None)
+            made.exc_info = sys.exc_info()
+        logging.Formatter().format(made)  # an earlier handler caches the traceback text
+        return made
+
+    quiet = _TerminalFormatter(LOG_FORMAT, tracebacks=False)
+    user_error = record(RecsysError("bad file"))
+    assert "Traceback" not in quiet.format(user_error)
+    assert user_error.exc_text and "Traceback" in user_error.exc_text  # left for the others
+    assert "Traceback" in quiet.format(record(ValueError("a bug")))
+    assert "Traceback" in _TerminalFormatter(LOG_FORMAT, tracebacks=True).format(user_error)
+
+
 def test_generate_then_train_registers_a_champion(data_dir):
     world = ["data", "generate", "--users", "300", "--items", "80", "--days", "6"]
     gen = run([*world, "--interactions", "6000", "--seed", "3"], data_dir)
