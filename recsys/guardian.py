@@ -14,7 +14,9 @@ Triage order (data and system health first, then features, then the model):
 2. serving    ``readiness``, ``model_version`` (served versions equal the registry aliases),
               ``cache_version`` (no cache entry stamped with a model that is not served),
               ``latency`` (p99 and degraded answers from the request log).
-              Fix: reload by alias; flush the cache; latency: an alert.
+              Fix: reload by alias (a version whose release is broken in the registry itself:
+              reject the challenger, roll the champion back to ``previous``); flush the cache;
+              latency: an alert.
 3. features   ``feature_freshness`` (online store materialized up to the newest offline day),
               ``feature_skew`` (online equals offline point-in-time values). Fix: backfill.
 4. model      ``drift``: Evidently data drift of the newest batch against the champion's
@@ -231,10 +233,68 @@ def check_model_version(cycle: Cycle) -> Finding:
 
 
 def fix_reload(cycle: Cycle, finding: Finding) -> FixOutcome:
+    """Reload by alias. When the service still cannot load a version the registry names and
+    that version's release is broken in the registry itself (read afresh here), reloading can
+    never heal it: a broken challenger is rejected, a broken champion rolled back to
+    ``previous``; with no ``previous`` a person is paged (the outcome stays unverified)."""
     answer = cycle.admin.reload()
     cycle.cache.pop("status", None)
     after = check_model_version(cycle)
-    return FixOutcome("reload", after.ok and not answer.get("errors"), {"reload": answer})
+    if after.ok and not answer.get("errors"):
+        return FixOutcome("reload", True, {"reload": answer})
+    broken = _broken_versions(cycle, after.evidence.get("mismatch", {}))
+    if not broken:
+        return FixOutcome("reload", False, {"reload": answer})
+    return _retire_broken(cycle, broken, {"reload": answer, "broken": broken})
+
+
+def _broken_versions(cycle: Cycle, mismatch: dict[str, dict]) -> dict[str, dict[str, str]]:
+    """{alias: {version, reason}} of the versions not served whose release cannot be read."""
+    from recsys.registry import unreadable_reason
+
+    broken = {}
+    for alias, versions in mismatch.items():
+        version = versions.get("registry")
+        if version is None:
+            continue
+        try:
+            reason = unreadable_reason(cycle.settings, version)
+        except Exception as exc:  # the registry is unreachable: that says nothing of the version
+            logger.warning("could not read v%s to judge it: %s", version, exc)
+            continue
+        if reason is not None:
+            broken[alias] = {"version": version, "reason": reason}
+    return broken
+
+
+def _retire_broken(cycle: Cycle, broken: dict[str, dict[str, str]], detail: dict) -> FixOutcome:
+    from recsys.promotion import aliases, reject_challenger, rollback_champion
+    from recsys.registry import CHALLENGER, CHAMPION, PREVIOUS
+
+    move, action = None, "reload"
+    for alias, retire, name in (
+        (CHALLENGER, reject_challenger, "rollback_challenger"),
+        (CHAMPION, rollback_champion, "rollback_champion"),
+    ):
+        if alias not in broken:
+            continue
+        bad = broken[alias]
+        if alias == CHAMPION and aliases(cycle.settings)[PREVIOUS] is None:
+            logger.error(
+                "champion v%s cannot be loaded (%s) and there is no previous version to roll "
+                "back to: retrain or restore its artifacts",
+                bad["version"],
+                bad["reason"],
+            )
+            detail["no_previous"] = True
+            continue
+        reason = f"{alias} v{bad['version']} cannot be loaded: {bad['reason']}"
+        move, action = retire(cycle.settings, reason, {"broken": bad}), name
+    if move is None:
+        return FixOutcome(action, False, detail)
+    outcome = _after_move(cycle, action, move)
+    verified = outcome.verified and not detail.get("no_previous")
+    return FixOutcome(outcome.action, verified, {**detail, **outcome.detail})
 
 
 def check_cache_version(cycle: Cycle) -> Finding:

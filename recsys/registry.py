@@ -21,7 +21,7 @@ from typing import Any
 from recsys.config import Settings
 from recsys.errors import RecsysError
 from recsys.pausepoints import pause_point
-from recsys.release import Release
+from recsys.release import Release, UnreadableRelease
 
 logger = logging.getLogger(__name__)
 
@@ -301,21 +301,44 @@ def download_release(settings: Settings, alias: str, dest: Path) -> tuple[str, P
 
     Raises:
         RecsysError: no model or no such alias in the registry.
+        UnreadableRelease: the version's artifacts hold no release folder.
     """
-    import mlflow
-
     version = version_for_alias(settings, alias)
     if version is None:
         raise RecsysError(
             f"no model version has alias {alias!r} in {settings.model_name!r} at "
             f"{settings.tracking_uri}; run `recsys train` first"
         )
+    return version, download_version(settings, version, dest)
+
+
+def download_version(settings: Settings, version: str, dest: Path) -> Path:
+    """Download model ``version`` into ``dest``; returns its release folder.
+
+    Raises:
+        UnreadableRelease: the version's artifacts hold no release folder.
+    """
+    import mlflow
+
+    configure_mlflow(settings)
     uri = f"models:/{settings.model_name}/{version}"
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     candidates = [p.parent for p in local.rglob("release.json")]
     if not candidates:
-        raise RecsysError(f"model version {version} has no release folder; it is not ours")
-    return version, candidates[0]
+        raise UnreadableRelease(f"model version {version} has no release folder; it is not ours")
+    return candidates[0]
+
+
+def unreadable_reason(settings: Settings, version: str) -> str | None:
+    """Why the release of model ``version`` cannot be loaded, read afresh from the registry
+    (None: it loads). Only a broken version gives a reason; an error reaching the registry or
+    its artifact store raises, as it says nothing about the version."""
+    with tempfile.TemporaryDirectory(prefix=f"recsys-check-{version}-") as folder:
+        try:
+            Release.load(download_version(settings, version, Path(folder)))
+        except UnreadableRelease as exc:  # named by its registry address, not the gone copy
+            return str(exc).replace(folder, f"models:/{settings.model_name}/{version}")
+    return None
 
 
 def load_release(settings: Settings, alias: str = CHAMPION) -> tuple[str, Release]:

@@ -58,6 +58,11 @@ _DENSE = (
 )
 
 
+class UnreadableRelease(RecsysError):
+    """A release whose files this code cannot read (missing, truncated, corrupt, or of another
+    format version). Reading it again does not help: the version itself is broken."""
+
+
 @dataclass(frozen=True)
 class Recommendation:
     """A ranked list for one user. ``fallback`` names the degraded path taken, if any."""
@@ -331,15 +336,22 @@ class Release:
         """Load a release written by :meth:`save`, without pickle.
 
         Raises:
-            RecsysError: a file is missing or corrupt, or the format version is not this code's.
+            UnreadableRelease: a file is missing or corrupt, or the format version is not this
+                code's.
         """
         folder = Path(folder)
         meta_path = folder / "release.json"
         if not meta_path.is_file():
-            raise RecsysError(f"{folder} is not a release (no release.json)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise RecsysError(
+            raise UnreadableRelease(f"{folder} is not a release (no release.json)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UnreadableRelease(
+                f"release at {folder} has a corrupt release.json: {exc}"
+            ) from None
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            meta = meta if isinstance(meta, dict) else {}
+            raise UnreadableRelease(
                 f"release at {folder} has format {meta.get('format_version')}, this code reads "
                 f"{FORMAT_VERSION}; retrain or upgrade"
             )
@@ -357,8 +369,10 @@ class Release:
                     a["ranker_std"],
                     (folder / "ranker.pt").read_bytes(),
                 )
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise RecsysError(f"release at {folder} is incomplete or corrupt: {exc}") from None
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise UnreadableRelease(
+                f"release at {folder} is incomplete or corrupt: {exc}"
+            ) from None
         n_users, n_items = len(a["user_ids"]), len(a["item_ids"])
         user_items = sp.csr_matrix(
             (a["user_items_data"], a["user_items_indices"], a["user_items_indptr"]),

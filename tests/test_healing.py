@@ -249,3 +249,50 @@ def test_truly_better_challenger_is_promoted(live):
     assert names["champion"] == good["version"] and names["previous"] == weak
     assert admin.served_versions() == {"champion": good["version"]}
     assert configure_mlflow(settings) is not None
+
+
+def _break_release(settings, version: str) -> None:
+    """Truncate one array of ``version``'s release where the registry keeps it."""
+    from recsys.registry import configure_mlflow
+
+    source = configure_mlflow(settings).get_model_version(settings.model_name, version).source
+    model_id = source.rstrip("/").rsplit("/", 1)[-1]
+    (folder,) = {p.parent for p in settings.data_dir.glob(f"mlartifacts/**/{model_id}/**/*.npy")}
+    array = folder / "item_ids.npy"
+    array.write_bytes(array.read_bytes()[:40])
+
+
+def test_versions_with_broken_artifacts_are_rejected_or_rolled_back(live):
+    """A release that cannot be read from the registry itself cannot be healed by a reload:
+    a broken challenger is rejected, a broken champion rolled back to ``previous``."""
+    from recsys.promotion import aliases, promotion_history
+    from recsys.registry import configure_mlflow
+
+    settings, *_, admin = live
+    serving = aliases(settings)["champion"]
+    assert admin.served_versions() == {"champion": serving}
+
+    challenger = _inject_bad_model(settings, None, as_champion=False)
+    _break_release(settings, challenger)
+    _, incidents = guardian_flow(_cycle(settings, None, live[2], admin, day=5))
+    assert [(i.check, i.action, i.verified) for i in incidents] == [
+        ("model_version", "rollback_challenger", True)
+    ]
+    assert "corrupt" in incidents[0].evidence["fix"]["broken"]["challenger"]["reason"]
+    assert aliases(settings)["challenger"] is None
+    assert admin.served_versions() == {"champion": serving}
+    client = configure_mlflow(settings)
+    tags = client.get_model_version(settings.model_name, challenger).tags
+    assert tags["rejected"] == "true" and "cannot be loaded" in tags["rejection_reason"]
+
+    champion = _inject_bad_model(settings, None, as_champion=True)  # previous: the served one
+    _break_release(settings, champion)
+    _, incidents = guardian_flow(_cycle(settings, None, live[2], admin, day=6))
+    assert [(i.check, i.action, i.verified) for i in incidents] == [
+        ("model_version", "rollback_champion", True)
+    ]
+    assert aliases(settings)["champion"] == serving
+    assert admin.served_versions() == {"champion": serving}
+    assert promotion_history(settings)[-1].action == "rollback_champion"
+    tags = client.get_model_version(settings.model_name, champion).tags
+    assert tags["rejected"] == "true"
