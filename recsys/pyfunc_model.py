@@ -1,9 +1,9 @@
 """MLflow "models from code" entry: the release unit as an ``mlflow.pyfunc`` model, no pickle.
 
 MLflow copies this file into the logged model and runs it on load; ``load_context`` reads the
-release arrays with ``allow_pickle=False``. Input: a frame with ``user_id`` and optional ``k``;
-output: one row per recommended item (``user_id``, ``rank``, ``item_id``, ``score``,
-``fallback``).
+release arrays with ``allow_pickle=False``. Input: a frame with ``user_id`` and optional ``k``
+(rows without one take the ``k`` of ``params``, 10 by default); output: one row per recommended
+item (``user_id``, ``rank``, ``item_id``, ``score``, ``fallback``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ class ReleasePyfunc(PythonModel):
         self.release = Release.load(context.artifacts["release"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """Raises ValueError naming the row for a ``k`` below 1 (a missing ``k``: 10)."""
         rows = []
-        default_k = int((params or {}).get("k", 10))
-        for record in pd.DataFrame(model_input).to_dict("records"):
-            k = int(record.get("k") or default_k)
+        default_k = _k((params or {}).get("k"), 10, "params")
+        for index, record in enumerate(pd.DataFrame(model_input).to_dict("records")):
+            k = _k(record.get("k"), default_k, f"row {index}")
             rec = self.release.recommend(int(record["user_id"]), k)
             for rank, (item, score) in enumerate(zip(rec.item_ids, rec.scores, strict=True), 1):
                 rows.append(
@@ -38,6 +39,14 @@ class ReleasePyfunc(PythonModel):
                     }
                 )
         return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score", "fallback"])
+
+
+def _k(value, default: int, where: str) -> int:
+    if value is None or pd.isna(value):
+        return default
+    if int(value) != value or value < 1:
+        raise ValueError(f"k must be a whole number >= 1, got {value!r} in {where}")
+    return int(value)
 
 
 mlflow.models.set_model(ReleasePyfunc())

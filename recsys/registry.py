@@ -269,10 +269,12 @@ def _input_example(release: Release):
 
 def _signature():
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
         inputs=Schema([ColSpec("long", "user_id"), ColSpec("long", "k", required=False)]),
+        # the k of rows without one; undeclared params are dropped by MLflow with a warning
+        params=ParamSchema([ParamSpec("k", "long", 10)]),
         outputs=Schema(
             [
                 ColSpec("long", "user_id"),

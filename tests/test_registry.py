@@ -52,6 +52,11 @@ def test_pyfunc_flavour_predicts_from_the_alias_uri(trained_world):
     assert known["rank"].tolist() == [1, 2, 3, 4, 5]
     assert known["item_id"].tolist() == result.release.recommend(user, 5).item_ids.tolist()
     assert set(out.loc[out["user_id"] == 10**9, "fallback"]) == {"cold_start"}
+    # without a k column the params' k applies (10 when none); a k below 1 names its row
+    assert len(model.predict(pd.DataFrame({"user_id": [user]}))) == 10
+    assert len(model.predict(pd.DataFrame({"user_id": [user]}), params={"k": 4})) == 4
+    with pytest.raises(Exception, match="k must be a whole number >= 1, got 0 in row 1"):
+        model.predict(pd.DataFrame({"user_id": [user, user], "k": [3, 0]}))
 
 
 def test_missing_alias_is_a_readable_error(trained_world):
