@@ -100,7 +100,7 @@ def demo_command(
         Path | None,
         typer.Option(
             "--data-path",
-            help="--dataset movielens: the ml-100k folder (u.data, u.item, u.user); "
+            help="--dataset movielens: a MovieLens folder (ml-100k, ml-1m, ml-latest layouts); "
             "default: $RECSYS_MOVIELENS_PATH.",
         ),
     ] = None,
@@ -169,18 +169,20 @@ def _demo_data_path(dataset: str, data_path: Path | None) -> Path | None:
         env = os.environ.get(source, "").strip()
         if not env:
             raise RecsysError(
-                "--dataset movielens needs the ml-100k folder: pass --data-path DIR "
+                "--dataset movielens needs a MovieLens folder: pass --data-path DIR "
                 "(or set RECSYS_MOVIELENS_PATH)"
             )
         data_path = Path(env)
     folder = data_path.expanduser()
     if not folder.is_dir():
-        raise RecsysError(f"{source} {folder} is not a folder (the ml-100k folder)")
-    missing = [n for n in ("u.data", "u.item", "u.user") if not (folder / n).is_file()]
+        raise RecsysError(f"{source} {folder} is not a folder (a MovieLens folder)")
+    from recsys.movielens import LAYOUTS, missing_files
+
+    missing = missing_files(folder)
     if missing:
         raise RecsysError(
-            f"{source} {folder} lacks {', '.join(missing)}: it must be a folder in the "
-            "GroupLens ml-100k layout (u.data, u.item, u.user)"
+            f"{source} {folder} lacks {', '.join(missing)}: it must be a MovieLens folder in a "
+            f"GroupLens layout: {LAYOUTS}"
         )
     return folder.resolve()
 

@@ -26,7 +26,7 @@ from recsys.contract import INTERACTION_COLUMNS, validate_interactions
 from recsys.errors import RecsysError
 from recsys.evaluation import top_k_unseen
 from recsys.models.ranker import Ranker
-from recsys.movielens import read_udata
+from recsys.movielens import read_ratings_csv, read_ratings_dat, read_udata
 from recsys.pipeline import PipelineParams, Stage, fit_stage, rank_users
 from recsys.train import holdout_scorer, lift_over, verdict
 
@@ -46,8 +46,9 @@ def _contract_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_interactions_file(path: Path) -> pd.DataFrame:
-    """Read interactions from the GroupLens ``u.data`` layout, parquet, or CSV/TSV with the
-    contract columns. Rows that break the contract make it a RecsysError naming the reasons."""
+    """Read interactions from a GroupLens ratings file (``u.data``, ``ratings.dat``, or
+    ``ratings.csv`` with ``userId,movieId``), parquet, or CSV/TSV with the contract columns.
+    Rows that break the contract make it a RecsysError naming the reasons."""
     path = Path(path)
     if not path.is_file():
         raise RecsysError(f"{path} not found")
@@ -62,6 +63,10 @@ def read_interactions_file(path: Path) -> pd.DataFrame:
             head = handle.readline()
         if all(col in head for col in ("user_id", "item_id")):
             frame = _contract_columns(pd.read_csv(path, sep="\t" if "\t" in head else ","))
+        elif all(col in head for col in ("userId", "movieId")):
+            frame = read_ratings_csv(path)
+        elif "::" in head:
+            frame = read_ratings_dat(path)
         else:
             frame = read_udata(path)
     result = validate_interactions(frame)
@@ -74,7 +79,8 @@ def read_interactions_file(path: Path) -> pd.DataFrame:
 
 
 def read_items_file(path: Path | None, item_ids: np.ndarray) -> pd.DataFrame:
-    """The catalog from a ``u.item`` or parquet file, or a one-category stand-in."""
+    """The catalog from a GroupLens movie file (``u.item``, ``movies.dat``, ``movies.csv``: the
+    folder is read as a MovieLens folder) or a parquet file, or a one-category stand-in."""
     if path is None:
         return pd.DataFrame(
             {
@@ -122,12 +128,14 @@ def random_split(
 
 
 def write_udata(frame: pd.DataFrame, path: Path) -> None:
-    """Write contract interactions in the u.data layout (ratings as values, unix seconds)."""
+    """Write contract interactions in the u.data layout (ratings as values, unix seconds);
+    whole values are written as integers, half stars as they are."""
+    value = frame["value"]
     out = pd.DataFrame(
         {
             "user_id": frame["user_id"],
             "item_id": frame["item_id"],
-            "value": frame["value"].round().astype("int64"),
+            "value": value.astype("int64") if (value % 1 == 0).all() else value,
             "ts": frame["timestamp"].astype("int64") // 10**6,
         }
     )

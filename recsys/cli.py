@@ -142,11 +142,15 @@ def data_generate(
 @data_app.command("movielens")
 def data_movielens(
     data_path: Annotated[
-        Path, typer.Option("--data-path", help="Folder with u.data, u.item, u.user.")
+        Path,
+        typer.Option(
+            "--data-path", help="MovieLens folder: ml-100k, ml-1m/10m or ml-latest layout."
+        ),
     ],
     ingest: Annotated[bool, typer.Option(help="Also contract-check into the clean zone.")] = True,
 ) -> None:
-    """Land MovieLens-100K (GroupLens layout) in the raw zone, one batch per day."""
+    """Land a MovieLens folder (GroupLens ml-100k, ml-1m/10m or ml-latest layout) in the raw
+    zone, one batch per day."""
     from recsys.ingest import ingest_all, land_dataset
     from recsys.movielens import load_movielens
 
@@ -289,14 +293,15 @@ def benchmark_quality(
         Path | None, typer.Option("--recs-out", help="Write user<TAB>rank<TAB>item here.")
     ] = None,
     items_file: Annotated[
-        Path | None, typer.Option("--items", help="Catalog: u.item or items parquet.")
+        Path | None, typer.Option("--items", help="Catalog: u.item, movies.dat/.csv or parquet.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 42,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Train the full pipeline on TRAIN only and score its top-k on TEST (seen items removed).
 
-    Files: GroupLens u.data layout, parquet, or CSV/TSV with the contract columns."""
+    Files: a GroupLens ratings file (u.data, ratings.dat, ratings.csv), parquet, or CSV/TSV
+    with the contract columns."""
     from recsys.benchmark import benchmark_quality as run_quality
     from recsys.benchmark import to_json, with_seed
     from recsys.pipeline import PipelineParams
@@ -334,7 +339,9 @@ def benchmark_quality(
 
 @bench_app.command("split")
 def benchmark_split(
-    data_file: Annotated[Path, typer.Option("--data", help="Interactions (u.data layout...).")],
+    data_file: Annotated[
+        Path, typer.Option("--data", help="Interactions (as --train of quality).")
+    ],
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where train.tsv/test.tsv go.")],
     by: Annotated[str, typer.Option(help="Split each item's or each user's rows.")] = "item",
     train_share: Annotated[float, typer.Option(min=0.01, max=0.99)] = 0.75,
@@ -571,7 +578,8 @@ def bench_serve(
         typer.Option(help="Train a model on synthetic|movielens in a temporary data dir."),
     ] = None,
     data_path: Annotated[
-        Path | None, typer.Option("--data-path", help="MovieLens-100K folder (u.data, u.item).")
+        Path | None,
+        typer.Option("--data-path", help="MovieLens folder (ml-100k, ml-1m or ml-latest layout)."),
     ] = None,
     items: Annotated[int, typer.Option(min=2, help="Synthetic world: items.")] = 500,
     users: Annotated[int, typer.Option(min=2, help="Synthetic world: users.")] = 2000,

@@ -1,11 +1,13 @@
-"""A semi-synthetic world from MovieLens-100K: real users, real movies, simulated days.
+"""A semi-synthetic world from MovieLens (any GroupLens layout, :mod:`recsys.movielens`): real
+users, real movies, simulated days.
 
 The ground truth is fit on the real ratings, then the days are simulated from it with the
 synthetic world's machinery (:func:`recsys.synthetic.world_from_arrays`), so the world has the
 same interface as a synthetic one (batches, click model, ground truth, summary):
 
 * **Catalogs**: the real users (age, gender, occupation) and the real movies (title, genres; the
-  primary genre is the category), ids as in the files. Their ``created_at`` keep the real dates,
+  primary genre is the category), ids as in the files when they are ``1..n`` (ml-100k), else
+  renumbered ``1..n`` in the files' id order. Their ``created_at`` keep the real dates,
   moved by one offset so that the last real rating falls on the eve of day 0.
 * **Tastes and item vectors**: implicit ALS (:class:`recsys.models.als.ALSCandidates`) fit on
   all the real ratings (a rating's stars are its confidence). The average user's factor is
@@ -107,7 +109,8 @@ def movielens_world(
     and categories are the data's. BLAS runs on one thread: the same bytes on any machine.
 
     Raises:
-        RecsysError: the data is missing or malformed, or its ids are not ``1..n``.
+        RecsysError: the data is missing or malformed, or rates users or items its user or
+            movie file does not list.
     """
     from threadpoolctl import threadpool_limits
 
@@ -136,8 +139,9 @@ def _build(
     start_date: str,
     show_progress: bool,
 ) -> World:
+    dataset = _dense_ids(dataset)
     ratings = dataset.interactions
-    n_users, n_items = _check_ids(dataset)
+    n_users, n_items = len(dataset.users), len(dataset.items)
     vocab = np.array(sorted(dataset.items["category"].astype(str).unique()), dtype=object)
     cfg = MovieLensWorldConfig(
         n_users=n_users,
@@ -333,21 +337,38 @@ def calibration_stats(world: World, day: int = 0) -> dict[str, float]:
     }
 
 
-def _check_ids(dataset: Dataset) -> tuple[int, int]:
-    n_users, n_items = len(dataset.users), len(dataset.items)
-    for what, frame, n in (
-        ("user_id", dataset.users, n_users),
-        ("item_id", dataset.items, n_items),
-    ):
-        if frame[what].tolist() != list(range(1, n + 1)):
-            raise RecsysError(f"{dataset.name}: {what}s must be 1..{n} in order, as in ml-100k")
+def _dense_ids(dataset: Dataset) -> Dataset:
+    """``dataset`` with users and items numbered ``1..n`` in id order (the world's arrays are
+    indexed by id - 1); unchanged when they already are.
+
+    Raises:
+        RecsysError: a rating names a user or item the user or movie file does not list.
+    """
+    users = np.sort(dataset.users["user_id"].to_numpy())
+    items = np.sort(dataset.items["item_id"].to_numpy())
     ratings = dataset.interactions
-    if not (
-        ratings["user_id"].between(1, n_users).all()
-        and ratings["item_id"].between(1, n_items).all()
-    ):
-        raise RecsysError(f"{dataset.name}: u.data has ids outside u.user / u.item")
-    return n_users, n_items
+    for what, known in (("user_id", users), ("item_id", items)):
+        unlisted = ~np.isin(ratings[what].to_numpy(), known)
+        if unlisted.any():
+            raise RecsysError(
+                f"{dataset.name}: {int(unlisted.sum())} rating(s) name a {what} that its "
+                f"{'user' if what == 'user_id' else 'movie'} file does not list"
+            )
+    dense = dataset.users["user_id"].tolist() == list(range(1, len(users) + 1)) and dataset.items[
+        "item_id"
+    ].tolist() == list(range(1, len(items) + 1))
+    if dense:
+        return dataset
+
+    def renumber(frame: pd.DataFrame, column: str, ids: np.ndarray) -> pd.DataFrame:
+        return frame.assign(**{column: np.searchsorted(ids, frame[column].to_numpy()) + 1})
+
+    return Dataset(
+        interactions=renumber(renumber(ratings, "user_id", users), "item_id", items),
+        items=renumber(dataset.items, "item_id", items).sort_values("item_id", ignore_index=True),
+        users=renumber(dataset.users, "user_id", users).sort_values("user_id", ignore_index=True),
+        name=dataset.name,
+    )
 
 
 def _donors(rng: np.random.Generator, taste: np.ndarray) -> np.ndarray:

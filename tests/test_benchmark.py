@@ -145,9 +145,18 @@ def test_ratings_read_the_same_from_udata_csv_and_parquet(tmp_path):
     ratings.to_parquet(tmp_path / "ratings.parquet")
     as_datetimes = ratings.assign(timestamp=pd.to_datetime(ratings["timestamp"], unit="s"))
     as_datetimes.to_parquet(tmp_path / "datetimes.parquet")
+    (tmp_path / "ratings.dat").write_text(  # ml-1m
+        "".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in ratings.itertuples(index=False))
+    )
+    ratings.set_axis(["userId", "movieId", "rating", "timestamp"], axis=1).to_csv(
+        tmp_path / "latest.csv", index=False
+    )
     frames = [
         read_interactions_file(tmp_path / name).reset_index(drop=True)
-        for name in ("u.data", "ratings.csv", "ratings.parquet", "datetimes.parquet")
+        for name in (
+            *("u.data", "ratings.csv", "ratings.parquet", "datetimes.parquet"),
+            *("ratings.dat", "latest.csv"),
+        )
     ]
     assert list(frames[0]["value"]) == [4.0, 3.0, 5.0, 1.0]
     assert set(frames[0]["event_type"]) == {"rating"}
@@ -177,3 +186,14 @@ def test_the_verdict_names_a_simpler_model_that_wins():
     notes = verdict(metrics(pipeline=0.45, **{**scores, "popularity": 0.46}), 10, object())
     assert len(notes) == 1 and "popularity alone beats" in notes[0] and "0.4600" in notes[0]
     assert "no ranker" in verdict(metrics(**scores), 10, ranker=None)[0]
+
+
+def test_half_stars_survive_a_split(tmp_path):
+    from recsys.benchmark import read_interactions_file, write_udata
+
+    ratings = pd.DataFrame(
+        {"userId": [1, 2], "movieId": [3, 3], "rating": [3.5, 4.0], "timestamp": [1, 2]}
+    )
+    ratings.assign(timestamp=[881250949, 881250950]).to_csv(tmp_path / "r.csv", index=False)
+    write_udata(read_interactions_file(tmp_path / "r.csv"), tmp_path / "train.tsv")
+    assert list(read_interactions_file(tmp_path / "train.tsv")["value"]) == [3.5, 4.0]

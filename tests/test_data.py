@@ -84,6 +84,112 @@ def test_movielens_loader_errors_are_readable(tmp_path):
         read_udata(bad)
 
 
+RATINGS = [
+    (1, 10, 4, 881250949),
+    (1, 30, 3, 881250950),
+    (2, 10, 5, 891717742),
+    (7, 20, 1, 878887116),
+]
+MOVIES = [
+    (10, "Toy Story (1995)", "Animation|Children's|Comedy"),
+    (20, 'Sabrina, "the" Remake (1995)', "Comedy|Romance"),
+    (30, "Unknown Thing", ""),
+]
+
+
+def _write_layouts(root):
+    """The same four ratings of three movies in the three GroupLens layouts."""
+    from recsys.movielens import GENRES_FALLBACK
+
+    k100 = root / "ml-100k"
+    k100.mkdir()
+    (k100 / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in RATINGS))
+    flags = [
+        "|".join("1" if g in genres.split("|") else "0" for g in GENRES_FALLBACK)
+        for _, _, genres in MOVIES
+    ]
+    (k100 / "u.item").write_text(
+        "".join(
+            f"{i}|{t}|01-Jan-1995||url|{f}\n" for (i, t, _), f in zip(MOVIES, flags, strict=True)
+        )
+    )
+    users = [(1, 24, "M", "technician"), (2, 53, "F", "other"), (7, 30, "M", "writer")]
+    (k100 / "u.user").write_text("".join(f"{u}|{a}|{g}|{o}|12345\n" for u, a, g, o in users))
+    m1 = root / "ml-1m"
+    m1.mkdir()
+    (m1 / "ratings.dat").write_text("".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in RATINGS))
+    (m1 / "movies.dat").write_text("".join(f"{i}::{t}::{g}\n" for i, t, g in MOVIES))
+    (m1 / "users.dat").write_text("1::M::18::17::1\n2::F::50::0::2\n7::M::25::20::3\n")
+    latest = root / "ml-latest-small"
+    latest.mkdir()
+    pd.DataFrame(RATINGS, columns=["userId", "movieId", "rating", "timestamp"]).to_csv(
+        latest / "ratings.csv", index=False
+    )
+    pd.DataFrame(
+        [(i, t, g or "(no genres listed)") for i, t, g in MOVIES],
+        columns=["movieId", "title", "genres"],
+    ).to_csv(latest / "movies.csv", index=False)
+    return k100, m1, latest
+
+
+def test_the_three_grouplens_layouts_load_the_same_ratings_and_movies(tmp_path):
+    loaded = [load_movielens(folder) for folder in _write_layouts(tmp_path)]
+    assert [d.name for d in loaded] == ["ml-100k", "ml-1m", "ml-latest-small"]
+    for data in loaded:
+        pd.testing.assert_frame_equal(data.interactions, loaded[0].interactions)
+        pd.testing.assert_frame_equal(data.items, loaded[0].items)
+        assert validate_interactions(data.interactions).rejected.empty
+        assert data.users["user_id"].tolist() == [1, 2, 7]
+    assert loaded[0].items["category"].tolist() == ["Animation", "Comedy", "unknown"]
+    assert loaded[0].items["title"][1] == 'Sabrina, "the" Remake (1995)'
+    one_m = loaded[1].users
+    assert one_m["occupation"].tolist() == ["technician/engineer", "other", "writer"]
+    assert one_m["age"].tolist() == [18, 50, 25] and one_m["gender"].tolist() == ["M", "F", "M"]
+    latest = loaded[2].users  # no user file: the raters, nothing known of them
+    assert latest[["age", "gender", "occupation"]].isna().all().all()
+    assert latest["created_at"].tolist() == loaded[0].users["created_at"].tolist()
+
+
+def test_an_unknown_or_broken_layout_is_a_readable_error(tmp_path):
+    with pytest.raises(RecsysError, match=r"u\.data \(ml-100k\), ratings\.dat .* ratings\.csv"):
+        load_movielens(tmp_path)
+    (tmp_path / "ratings.csv").write_text("user,movie\n1,2\n")
+    with pytest.raises(RecsysError, match=r"ratings\.csv layout \(userId,movieId"):
+        load_movielens(tmp_path)
+    (tmp_path / "ratings.csv").unlink()
+    (tmp_path / "ratings.dat").write_text("1::2::4::881250949\n")
+    with pytest.raises(RecsysError, match=r"movies\.dat not found"):
+        load_movielens(tmp_path)
+
+
+def test_the_semi_synthetic_world_numbers_sparse_ids_densely(tmp_path):
+    from recsys.semisynthetic import _dense_ids
+
+    _, _, latest = _write_layouts(tmp_path)
+    data = _dense_ids(load_movielens(latest))
+    assert data.items["item_id"].tolist() == [1, 2, 3]
+    assert data.users["user_id"].tolist() == [1, 2, 3]
+    titles = data.items.set_index("item_id")["title"]
+    rated = [
+        (u, titles[i])
+        for u, i in zip(data.interactions["user_id"], data.interactions["item_id"], strict=True)
+    ]
+    assert rated == [
+        (1, "Toy Story (1995)"),
+        (1, "Unknown Thing"),
+        (2, "Toy Story (1995)"),
+        (3, 'Sabrina, "the" Remake (1995)'),
+    ]
+    dense = load_movielens(tmp_path / "ml-100k")
+    dense.users = dense.users.assign(user_id=[1, 2, 3])
+    dense.items = dense.items.assign(item_id=[1, 2, 3])
+    dense.interactions = data.interactions
+    assert _dense_ids(dense) is dense  # already 1..n: untouched
+    dense.interactions = dense.interactions.assign(item_id=[1, 3, 1, 9])
+    with pytest.raises(RecsysError, match=r"1 rating.* item_id that its movie file does not list"):
+        _dense_ids(dense)
+
+
 # ---- ingest ---------------------------------------------------------------------------------
 
 
@@ -115,3 +221,25 @@ def test_a_corrupted_batch_is_quarantined_row_by_row(tmp_path):
     saved = json.loads((lake.quarantine_dir("2026-01-01") / "report.json").read_text())
     assert saved["quarantined_rows"] == 3 and saved["raw_rows"] == 11
     assert len(lake.read_clean_interactions()) == 8
+
+
+def test_recsys_data_movielens_lands_every_layout(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recsys = str(Path(sys.executable).with_name("recsys"))
+    for folder in _write_layouts(tmp_path):
+        data_dir = tmp_path / f"data-{folder.name}"
+        proc = subprocess.run(
+            [recsys, "data", "movielens", "--data-path", str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "RECSYS_DATA_DIR": str(data_dir), "COLUMNS": "200"},
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "landed 4 ratings, 3 items, 3 users" in proc.stdout
+        clean = Lake(data_dir).read_clean_interactions(Lake(data_dir).clean_batches())
+        assert sorted(clean["item_id"]) == [10, 10, 20, 30]

@@ -235,7 +235,7 @@ def _run(args: list[str], data_dir: Path, timeout: float, **env: str):
         (
             ["demo", "--dataset", "movielens"],
             {},
-            "recsys: error: --dataset movielens needs the ml-100k folder: pass --data-path DIR",
+            "recsys: error: --dataset movielens needs a MovieLens folder: pass --data-path DIR",
         ),
         (
             ["demo", "--dataset", "movielens", "--data-path", "/nonexistent/ml-100k"],
