@@ -14,7 +14,7 @@ Triage order (data and system health first, then features, then the model):
 2. serving    ``readiness``, ``model_version`` (served versions equal the registry aliases),
               ``cache_version`` (no cache entry stamped with a model that is not served),
               ``latency`` (p99 and degraded answers from the request log).
-              Fix: reload by alias (a version whose release is broken in the registry itself:
+              Fix: reload by alias (a version whose files are broken in the registry itself:
               reject the challenger, roll the champion back to ``previous``); flush the cache;
               latency: an alert.
 3. features   ``feature_freshness`` (online store materialized up to the newest offline day),

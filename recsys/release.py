@@ -59,8 +59,9 @@ _DENSE = (
 
 
 class UnreadableRelease(RecsysError):
-    """A release whose files this code cannot read (missing, truncated, corrupt, or of another
-    format version). Reading it again does not help: the version itself is broken."""
+    """A release whose files are missing, truncated or corrupt. Reading it again does not help:
+    the version itself is broken. (A release of another format version is not broken: loading
+    it raises a plain RecsysError.)"""
 
 
 @dataclass(frozen=True)
@@ -336,8 +337,8 @@ class Release:
         """Load a release written by :meth:`save`, without pickle.
 
         Raises:
-            UnreadableRelease: a file is missing or corrupt, or the format version is not this
-                code's.
+            UnreadableRelease: a file is missing or corrupt.
+            RecsysError: the format version is not this code's.
         """
         folder = Path(folder)
         meta_path = folder / "release.json"
@@ -349,9 +350,11 @@ class Release:
             raise UnreadableRelease(
                 f"release at {folder} has a corrupt release.json: {exc}"
             ) from None
-        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-            meta = meta if isinstance(meta, dict) else {}
-            raise UnreadableRelease(
+        if not isinstance(meta, dict):
+            raise UnreadableRelease(f"release at {folder} has a corrupt release.json")
+        if meta.get("format_version") != FORMAT_VERSION:
+            # not broken: written by other code (an upgrade half done); a person decides
+            raise RecsysError(
                 f"release at {folder} has format {meta.get('format_version')}, this code reads "
                 f"{FORMAT_VERSION}; retrain or upgrade"
             )

@@ -101,3 +101,26 @@ def test_only_our_dead_or_hour_old_runs_are_marked_killed(settings):
     assert "is gone" in client.get_run(dead).data.tags[REAPED_TAG]
     assert "1 h" in client.get_run(elsewhere_old).data.tags[REAPED_TAG]
     assert reap_dead_runs(settings) == []  # nothing left to reap
+
+
+def test_a_broken_release_and_one_of_another_format_fail_to_load_differently(
+    trained_world, tmp_path
+):
+    import json
+
+    from recsys.release import Release, UnreadableRelease
+
+    _, _, result = trained_world
+    folder = result.release.save(tmp_path / "release")
+    meta = json.loads((folder / "release.json").read_text())
+    (folder / "release.json").write_text(json.dumps({**meta, "format_version": 999}))
+    with pytest.raises(RecsysError, match="has format 999") as foreign:
+        Release.load(folder)
+    assert not isinstance(foreign.value, UnreadableRelease)  # not broken: other code wrote it
+    (folder / "release.json").write_text(json.dumps(meta))
+    (folder / "item_ids.npy").write_bytes(b"\x93NUMPY")
+    with pytest.raises(UnreadableRelease, match="incomplete or corrupt"):
+        Release.load(folder)
+    (folder / "release.json").write_text("{not json")
+    with pytest.raises(UnreadableRelease, match="corrupt release.json"):
+        Release.load(folder)
