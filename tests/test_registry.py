@@ -122,5 +122,5 @@ def test_a_broken_release_and_one_of_another_format_fail_to_load_differently(
     with pytest.raises(UnreadableRelease, match="incomplete or corrupt"):
         Release.load(folder)
     (folder / "release.json").write_text("{not json")
-    with pytest.raises(UnreadableRelease, match="corrupt release.json"):
+    with pytest.raises(UnreadableRelease, match=r"corrupt release\.json"):
         Release.load(folder)
