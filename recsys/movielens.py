@@ -102,20 +102,11 @@ def read_udata(path: Path) -> pd.DataFrame:
             f"{path} is not in the u.data layout (user<TAB>item<TAB>rating<TAB>unix_seconds, "
             f"numbers): {str(exc).splitlines()[0]}"
         ) from None
-    return pd.DataFrame(
-        {
-            "user_id": raw["user_id"],
-            "item_id": raw["item_id"],
-            "event_type": "rating",
-            "value": raw["rating"].astype("float64"),
-            "timestamp": pd.to_datetime(raw["ts"], unit="s", utc=True).astype(
-                "datetime64[us, UTC]"
-            ),
-        }
-    )
+    return _ratings(raw["user_id"], raw["item_id"], raw["rating"], raw["ts"])
 
 
 def _ratings(user_id, item_id, stars, seconds) -> pd.DataFrame:
+    """Contract interactions (``rating`` events) from id, star and unix-second columns."""
     return pd.DataFrame(
         {
             "user_id": np.asarray(user_id, dtype=np.int64),
