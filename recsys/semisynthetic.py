@@ -354,10 +354,11 @@ def _dense_ids(dataset: Dataset) -> Dataset:
                 f"{dataset.name}: {int(unlisted.sum())} rating(s) name a {what} that its "
                 f"{'user' if what == 'user_id' else 'movie'} file does not list"
             )
-    dense = dataset.users["user_id"].tolist() == list(range(1, len(users) + 1)) and dataset.items[
-        "item_id"
-    ].tolist() == list(range(1, len(items) + 1))
-    if dense:
+
+    def numbered(ids: pd.Series) -> bool:
+        return ids.tolist() == list(range(1, len(ids) + 1))
+
+    if numbered(dataset.users["user_id"]) and numbered(dataset.items["item_id"]):
         return dataset
 
     def renumber(frame: pd.DataFrame, column: str, ids: np.ndarray) -> pd.DataFrame:
