@@ -19,6 +19,7 @@ from recsys.errors import RecsysError
 flows_app = typer.Typer(help="Prefect deployments of the flows.", no_args_is_help=True)
 
 EXIT_QUARANTINED = 3
+EXIT_ROW_COUNT = 4
 
 
 def _prefect(quiet: bool = True):
@@ -39,7 +40,8 @@ def ingest_command(
     """One delivered batch file through the ingest flow (contract check, quarantine).
 
     Exit 0: every row accepted; 3: some rows quarantined (kept with their reasons);
-    2: the file cannot be read at all (kept in the quarantine).
+    4: every row accepted, but the batch has no rows or far fewer or more than the trailing
+    batches (row-count anomaly); 2: the file cannot be read at all (kept in the quarantine).
     """
     settings = _prefect()
     from flows.ingest import ingest_flow
@@ -73,12 +75,16 @@ def ingest_command(
         console.print(ingest_table([IngestReport(**report)]))
         rows = result["row_count"]
         if rows["anomalous"]:
+            baseline = rows["baseline_rows"]
+            against = "" if baseline is None else f" vs a trailing median of {baseline:.0f}"
             console.print(
-                f"[bold yellow]row-count anomaly[/]: {rows['clean_rows']} clean rows vs a "
-                f"trailing median of {rows['baseline_rows']:.0f} ({rows['rule']})"
+                f"[bold yellow]row-count anomaly[/]: {rows['clean_rows']} clean rows"
+                f"{against} ({rows['rule']})"
             )
     if report["quarantined_rows"]:
         raise typer.Exit(EXIT_QUARANTINED)
+    if result["row_count"]["anomalous"]:
+        raise typer.Exit(EXIT_ROW_COUNT)
 
 
 def demo_command(

@@ -140,12 +140,15 @@ def row_count_check(
     lake: Lake, batch: str, *, trailing: int = 7, low: float = 0.5, high: float = 2.0
 ) -> RowCountCheck:
     """Flag ``batch`` when its clean rows fall outside ``[low, high]`` x the median clean rows
-    of up to ``trailing`` earlier batches (needs at least 3 of them; fewer: never flagged)."""
+    of up to ``trailing`` earlier batches (needs at least 3 of them), or when it has no clean
+    row at all (always: an empty delivery needs no history to be suspect)."""
     rule = f"clean rows outside [{low:g}, {high:g}] x median of the {trailing} previous batches"
     names = lake.clean_batches()
     earlier = [n for n in names if n < batch][-trailing:]
     rows = _clean_rows(lake, batch)
     if len(earlier) < 3:
+        if rows == 0:
+            return RowCountCheck(batch, 0, None, None, True, "no clean rows in the batch")
         return RowCountCheck(batch, rows, None, None, False, rule + " (too few batches yet)")
     baseline = float(statistics.median(_clean_rows(lake, n) for n in earlier))
     ratio = rows / baseline if baseline > 0 else (1.0 if rows == 0 else float("inf"))

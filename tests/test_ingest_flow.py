@@ -1,5 +1,5 @@
 """Ingestion as a user meets it: `recsys ingest PATH` through the Prefect ingest flow, exit
-codes 0/3/2, nothing lost; redeliveries and idempotent re-ingest; the row-count check."""
+codes 0/3/4/2, nothing lost; redeliveries and idempotent re-ingest; the row-count check."""
 
 from __future__ import annotations
 
@@ -57,6 +57,16 @@ def test_recsys_ingest_exit_codes_and_nothing_lost(small_world, tmp_path, capsys
     kept = pd.read_parquet(settings.lake.quarantine_dir("2026-02-11") / "rows.parquet")
     assert len(kept) == payload["quarantined"] and kept["reason"].notna().all()
 
+    # a header-only delivery: nothing to quarantine, but a scheduler must see it
+    empty = tmp_path / "2026-02-13.csv"
+    frame.head(0).to_csv(empty, index=False)
+    code, out, _ = _run(["ingest", str(empty), "--json"], capsys)
+    assert code == 4
+    payload = json.loads(out)
+    assert payload["raw_rows"] == 0 and payload["row_count"]["anomalous"]
+    code, out, _ = _run(["ingest", str(empty), "--batch", "2026-02-14"], capsys)
+    assert code == 4 and "row-count anomaly" in out and "0 clean rows" in out
+
     garbage = tmp_path / "2026-02-12.parquet"
     garbage.write_bytes(b"this is not parquet at all")
     code, _, err = _run(["ingest", str(garbage)], capsys)
@@ -100,3 +110,13 @@ def test_row_count_check_flags_a_short_batch(small_world):
     lake.write_clean_batch(last, frame.head(len(frame) // 10))
     check = row_count_check(lake, last)
     assert check.anomalous and check.ratio < 0.5
+
+
+def test_an_empty_batch_is_flagged_without_any_history(small_world):
+    settings, _world = small_world
+    lake = settings.lake
+    first = lake.clean_batches()[0]
+    assert not row_count_check(lake, first).anomalous  # no earlier batch to compare with
+    lake.write_clean_batch(first, lake.read_clean_interactions([first]).head(0))
+    check = row_count_check(lake, first)
+    assert check.anomalous and check.clean_rows == 0 and check.rule == "no clean rows in the batch"
