@@ -15,7 +15,8 @@ Triage order (data and system health first, then features, then the model):
               ``cache_version`` (no cache entry stamped with a model that is not served),
               ``latency`` (p99 and degraded answers from the request log).
               Fix: reload by alias (a version whose files are broken in the registry itself:
-              reject the challenger, roll the champion back to ``previous``); flush the cache;
+              reject the challenger, roll the champion back to ``previous`` or, with none,
+              replace it by a model trained on the recent window); flush the cache;
               latency: an alert.
 3. features   ``feature_freshness`` (online store materialized up to the newest offline day),
               ``feature_skew`` (online equals offline point-in-time values). Fix: backfill.
@@ -236,7 +237,8 @@ def fix_reload(cycle: Cycle, finding: Finding) -> FixOutcome:
     """Reload by alias. When the service still cannot load a version the registry names and
     that version's release is broken in the registry itself (read afresh here), reloading can
     never heal it: a broken challenger is rejected, a broken champion rolled back to
-    ``previous``; with no ``previous`` a person is paged (the outcome stays unverified)."""
+    ``previous``; with no ``previous`` it is replaced by a model trained on the recent window
+    (when that fails, a person is paged: the outcome stays unverified)."""
     answer = cycle.admin.reload()
     cycle.cache.pop("status", None)
     after = check_model_version(cycle)
@@ -279,22 +281,68 @@ def _retire_broken(cycle: Cycle, broken: dict[str, dict[str, str]], detail: dict
         if alias not in broken:
             continue
         bad = broken[alias]
-        if alias == CHAMPION and aliases(cycle.settings)[PREVIOUS] is None:
-            logger.error(
-                "champion v%s cannot be loaded (%s) and there is no previous version to roll "
-                "back to: retrain or restore its artifacts",
-                bad["version"],
-                bad["reason"],
-            )
-            detail["no_previous"] = True
-            continue
         reason = f"{alias} v{bad['version']} cannot be loaded: {bad['reason']}"
+        if alias == CHAMPION and aliases(cycle.settings)[PREVIOUS] is None:
+            replaced = _replace_broken_champion(cycle, bad, reason, detail)
+            if replaced is not None:
+                move, action = replaced, "replace_champion"
+            continue
         move, action = retire(cycle.settings, reason, {"broken": bad}), name
     if move is None:
         return FixOutcome(action, False, detail)
     outcome = _after_move(cycle, action, move)
     verified = outcome.verified and not detail.get("no_previous")
     return FixOutcome(outcome.action, verified, {**detail, **outcome.detail})
+
+
+def _replace_broken_champion(cycle: Cycle, bad: dict[str, str], reason: str, detail: dict):
+    """A champion that cannot be loaded and has no ``previous`` (the first model, or every
+    earlier one rejected): train a replacement on the recent window and make it the champion,
+    since serving nothing is worse than serving an untried model. The replacement must be
+    loadable from the registry. Returns the alias move, or None (logged, ``detail`` says why)
+    when training or registering fails: then a person must retrain or restore the artifacts."""
+    from recsys.gate import decide
+    from recsys.promotion import replace_champion
+    from recsys.registry import configure_mlflow, log_release, unreadable_reason
+
+    logger.error(
+        "champion v%s cannot be loaded (%s) and there is no previous version to roll back to: "
+        "training a replacement",
+        bad["version"],
+        bad["reason"],
+    )
+    try:
+        result = _train_recent(cycle)
+        gate = decide(cycle.settings, result)
+        registered = log_release(
+            cycle.settings,
+            result.release,
+            result.metrics,
+            tags={"gate": "passed", "gate_reason": f"replaces a broken champion; {gate.reason}"},
+            trials=result.trials,
+            ranker_history=result.release.ranker.history if result.release.ranker else None,
+        )
+        unreadable = unreadable_reason(cycle.settings, registered.version)
+        if unreadable is not None:
+            why = f"cannot be loaded: {unreadable}"
+            client = configure_mlflow(cycle.settings)
+            for key, value in {"rejected": "true", "rejection_reason": why[:500]}.items():
+                client.set_model_version_tag(
+                    cycle.settings.model_name, registered.version, key, value
+                )
+            raise RecsysError(f"the replacement v{registered.version} {why}")
+        evidence = {"broken": bad, "replacement": registered.version, "gate": gate.as_dict()}
+        return replace_champion(cycle.settings, registered.version, reason, evidence)
+    except Exception as exc:  # the page below must still go out, whatever failed
+        logger.error(
+            "could not replace champion v%s (%s: %s): retrain or restore its artifacts",
+            bad["version"],
+            type(exc).__name__,
+            exc,
+        )
+        detail["no_previous"] = True
+        detail["replacement_error"] = f"{type(exc).__name__}: {exc}"
+        return None
 
 
 def check_cache_version(cycle: Cycle) -> Finding:
@@ -622,16 +670,9 @@ def fix_retrain(cycle: Cycle, finding: Finding) -> FixOutcome:
     the canary starts at the policy's share. Verified when the service serves the challenger."""
     from recsys.gate import register_with_gate
     from recsys.promotion import AliasMove, aliases, record_move
-    from recsys.train import pipeline_params, train_and_evaluate
 
     before = aliases(cycle.settings)
-    result = train_and_evaluate(
-        cycle.settings.lake,
-        pipeline_params(cycle.settings),
-        window_days=cycle.policy.retrain_window_days,
-        budget_s=cycle.policy.retrain_budget_s,
-        model_name=cycle.settings.model_name,
-    )
+    result = _train_recent(cycle)
     registered, decision = register_with_gate(cycle.settings, result)
     detail = {"version": registered.version, "gate": decision.reason, "passed": decision.passed}
     if not decision.passed or decision.alias != "challenger":
@@ -650,6 +691,19 @@ def fix_retrain(cycle: Cycle, finding: Finding) -> FixOutcome:
     verified = start_canary(cycle)
     detail["canary_share"] = cycle.policy.canary_share
     return FixOutcome("retrain", verified, detail)
+
+
+def _train_recent(cycle: Cycle):
+    """Train and evaluate on the policy's recent window, within its search budget."""
+    from recsys.train import pipeline_params, train_and_evaluate
+
+    return train_and_evaluate(
+        cycle.settings.lake,
+        pipeline_params(cycle.settings),
+        window_days=cycle.policy.retrain_window_days,
+        budget_s=cycle.policy.retrain_budget_s,
+        model_name=cycle.settings.model_name,
+    )
 
 
 def start_canary(cycle: Cycle) -> bool:
@@ -686,6 +740,8 @@ def _last_move(cycle: Cycle, actions: tuple[str, ...]):
     return moves[-1] if moves else None
 
 
+# moves that put a version judged online by ``champion_ctr`` (not ``replace_champion``: the
+# version it replaced could not be served, so there is nothing to roll back to)
 CHAMPION_MOVES = ("promote", "manual_promote", "rollback_champion", "manual_rollback")
 
 

@@ -9,6 +9,8 @@ and mirrored as a ``last_move`` tag on each version whose aliases changed.
     reject_challenger    challenger tagged rejected (stage canary) with the evidence, alias removed
     rollback_champion    champion -> previous (or a named version), the bad champion tagged
                          rejected (stage champion); the new ``previous`` is read from the history
+    replace_champion     champion -> a newly registered version (the guardian's replacement of a
+                         champion that cannot be loaded and has no ``previous``), tagged as above
 
 Nothing is deleted: a rejected version stays registered with ``rejected=true``,
 ``rejection_reason``, ``rejection_stage`` and ``rejection_evidence`` (the same tags the offline
@@ -62,8 +64,9 @@ class AliasMove:
     """One change of the registry's aliases: what moved, why, on which evidence, when, by whom.
 
     ``action`` is ``promote``, ``reject_challenger``, ``rollback_champion``,
-    ``manual_rollback``, ``first_champion``, ``challenger_registered``, the recovery records
-    ``interrupted_move_undone`` and ``aliases_reconciled`` (or another name a caller records).
+    ``manual_rollback``, ``replace_champion``, ``first_champion``, ``challenger_registered``,
+    the recovery records ``interrupted_move_undone`` and ``aliases_reconciled`` (or another
+    name a caller records).
     ``move_id`` ties a move made here to its journal (None for moves recorded by callers).
     """
 
@@ -619,9 +622,26 @@ def rollback_champion(
         raise RecsysError(
             f"v{target} is the running challenger: let the canary promote it, or reject it first"
         )
-    new_previous = last_good_champion(settings, exclude={bad, target})
     action = "rollback_champion" if actor == "guardian" else "manual_rollback"
-    move = _execute(
+    move = _move_champion(settings, action, before, target, reason, evidence, actor)
+    logger.warning("rolled champion back from v%s to v%s: %s", bad, target, reason)
+    return move
+
+
+def _move_champion(
+    settings: Settings,
+    action: str,
+    before: dict[str, str | None],
+    target: str,
+    reason: str,
+    evidence: dict,
+    actor: str,
+) -> AliasMove:
+    """``champion`` -> ``target``, the replaced champion tagged rejected (stage champion),
+    ``previous`` -> the last good champion other than the two (or removed)."""
+    bad = before[CHAMPION]
+    new_previous = last_good_champion(settings, exclude={bad, target})
+    return _execute(
         settings,
         _Plan(
             action,
@@ -634,7 +654,35 @@ def rollback_champion(
             tags={bad: _rejection_tags(reason, "champion", evidence)},
         ),
     )
-    logger.warning("rolled champion back from v%s to v%s: %s", bad, target, reason)
+
+
+@_one_move_at_a_time
+def replace_champion(
+    settings: Settings, version: str, reason: str, evidence: dict, *, actor: str = "guardian"
+) -> AliasMove:
+    """Point ``champion`` at ``version``, a release registered to replace a champion that cannot
+    be served and has nothing to roll back to, and tag the replaced champion ``rejected``
+    (stage ``champion``). ``previous`` becomes the last good champion other than the two, if
+    any. A running challenger is left alone. The move (``replace_champion``) is recorded and
+    returned.
+
+    Raises:
+        RecsysError: no champion; ``version`` does not exist, is rejected, is the champion or
+            the running challenger.
+    """
+    client = configure_mlflow(settings)
+    before = aliases(settings)
+    bad = before[CHAMPION]
+    if bad is None:
+        raise RecsysError(f"no champion in {settings.model_name!r} to replace")
+    target = _normalise_version(version)
+    model_version = _version(client, settings, target)
+    if model_version is None or _is_rejected(model_version):
+        raise RecsysError(f"v{target} cannot replace the champion: missing or rejected")
+    if target in (bad, before[CHALLENGER]):
+        raise RecsysError(f"v{target} is already the champion or the running challenger")
+    move = _move_champion(settings, "replace_champion", before, target, reason, evidence, actor)
+    logger.warning("replaced champion v%s by v%s: %s", bad, target, reason)
     return move
 
 

@@ -264,7 +264,8 @@ def _break_release(settings, version: str) -> None:
 
 def test_versions_with_broken_artifacts_are_rejected_or_rolled_back(live):
     """A release that cannot be read from the registry itself cannot be healed by a reload:
-    a broken challenger is rejected, a broken champion rolled back to ``previous``."""
+    a broken challenger is rejected, a broken champion rolled back to ``previous`` or, with
+    no ``previous``, replaced by a model trained on the recent window."""
     from recsys.promotion import aliases, promotion_history
     from recsys.registry import configure_mlflow
 
@@ -296,3 +297,22 @@ def test_versions_with_broken_artifacts_are_rejected_or_rolled_back(live):
     assert promotion_history(settings)[-1].action == "rollback_champion"
     tags = client.get_model_version(settings.model_name, champion).tags
     assert tags["rejected"] == "true"
+
+    # a broken champion with nothing to roll back to (as a first model): replaced by a retrain
+    champion = _inject_bad_model(settings, None, as_champion=True)
+    client.delete_registered_model_alias(settings.model_name, "previous")
+    _break_release(settings, champion)
+    _, incidents = guardian_flow(_cycle(settings, None, live[2], admin, day=7))
+    assert [(i.check, i.action, i.verified) for i in incidents] == [
+        ("model_version", "replace_champion", True)
+    ]
+    replacement = aliases(settings)["champion"]
+    assert replacement not in (champion, serving)
+    assert admin.served_versions() == {"champion": replacement}
+    move = promotion_history(settings)[-1]
+    assert move.action == "replace_champion" and move.evidence["replacement"] == replacement
+    assert client.get_model_version(settings.model_name, champion).tags["rejected"] == "true"
+    assert (
+        "replaces a broken champion"
+        in (client.get_model_version(settings.model_name, replacement).tags["gate_reason"])
+    )
