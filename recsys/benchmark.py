@@ -78,9 +78,10 @@ def read_interactions_file(path: Path) -> pd.DataFrame:
     return result.clean
 
 
-def read_items_file(path: Path | None, item_ids: np.ndarray) -> pd.DataFrame:
-    """The catalog from a GroupLens movie file (``u.item``, ``movies.dat``, ``movies.csv``: the
-    folder is read as a MovieLens folder) or a parquet file, or a one-category stand-in."""
+def read_items_file(path: Path | None, item_ids: np.ndarray, train: pd.DataFrame) -> pd.DataFrame:
+    """The catalog from a GroupLens movie file (``u.item``, ``movies.dat``, ``movies.csv``)
+    dated by the ``train`` rows only (never by TEST), or a parquet file, or a one-category
+    stand-in."""
     if path is None:
         return pd.DataFrame(
             {
@@ -94,9 +95,9 @@ def read_items_file(path: Path | None, item_ids: np.ndarray) -> pd.DataFrame:
     path = Path(path)
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
-    from recsys.movielens import load_movielens
+    from recsys.movielens import read_catalog
 
-    return load_movielens(path.parent).items
+    return read_catalog(path, train)
 
 
 def split_per_user(
@@ -193,7 +194,8 @@ def benchmark_quality(
     params = params or PipelineParams()
     train = read_interactions_file(train_path)
     test = read_interactions_file(test_path)
-    catalog = read_items_file(items_path, np.unique(np.concatenate([train.item_id, test.item_id])))
+    item_ids = np.unique(np.concatenate([train.item_id, test.item_id]))
+    catalog = read_items_file(items_path, item_ids, train)
     model = fit_static(train, catalog, params, k=k)
     stage = model.stage
     test_users = np.unique(test["user_id"].to_numpy())

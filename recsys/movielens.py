@@ -190,27 +190,57 @@ def load_movielens(data_path: Path | str) -> Dataset:
             items, users, name = _items_100k(folder), _users_100k(folder), "ml-100k"
         elif (folder / "ratings.dat").is_file():
             interactions = read_ratings_dat(folder / "ratings.dat")
-            items = _read_dat(
-                _need(folder, "movies.dat"),
-                ["item_id", "title", "genres"],
-                {"item_id": "int64", "title": "string", "genres": "string"},
-            )
+            items = _raw_items(_need(folder, "movies.dat"))
             users = _users_1m(folder) if (folder / "users.dat").is_file() else None
             name = "ml-1m" if users is not None else "ml-10m"
         elif (folder / "ratings.csv").is_file():
             interactions = read_ratings_csv(folder / "ratings.csv")
-            items = pd.read_csv(
-                _need(folder, "movies.csv"),
-                dtype={"movieId": "int64", "title": "string", "genres": "string"},
-            ).rename(columns={"movieId": "item_id"})
+            items = _raw_items(_need(folder, "movies.csv"))
             users, name = None, folder.name
         else:
             raise RecsysError(f"{folder} holds no MovieLens ratings: expected {LAYOUTS}")
     except (KeyError, ValueError, pd.errors.ParserError) as exc:
-        raise RecsysError(
-            f"{folder}: malformed MovieLens file: {str(exc).splitlines()[0]}"
-        ) from None
+        raise _malformed(folder, exc) from None
     return _to_contract(interactions, items, users, name)
+
+
+def _malformed(where: Path, exc: Exception) -> RecsysError:
+    return RecsysError(f"{where}: malformed MovieLens file: {str(exc).splitlines()[0]}")
+
+
+def read_catalog(path: Path | str, interactions: pd.DataFrame) -> pd.DataFrame:
+    """The contract catalog from one GroupLens movie file (``u.item``, ``movies.dat`` or
+    ``movies.csv``), dated by ``interactions`` alone (an item's ``created_at`` is the earlier of
+    its title's year and its first event there, as in :func:`load_movielens`). The folder's
+    ratings are not read: a benchmark dates the catalog by its TRAIN rows, never by TEST.
+
+    Raises:
+        RecsysError: the file is missing, not a GroupLens movie file, or malformed.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise RecsysError(f"no such file: {path}")
+    try:
+        return _items_to_contract(_raw_items(path), interactions)
+    except (KeyError, ValueError, pd.errors.ParserError) as exc:
+        raise _malformed(path, exc) from None
+
+
+def _raw_items(path: Path) -> pd.DataFrame:
+    """item_id, title and genres from a GroupLens movie file, told by its name."""
+    if path.name == "u.item":
+        return _items_100k(path.parent)
+    if path.suffix == ".dat":
+        return _read_dat(
+            path,
+            ["item_id", "title", "genres"],
+            {"item_id": "int64", "title": "string", "genres": "string"},
+        )
+    if path.suffix == ".csv":
+        return pd.read_csv(
+            path, dtype={"movieId": "int64", "title": "string", "genres": "string"}
+        ).rename(columns={"movieId": "item_id"})
+    raise RecsysError(f"{path.name} is not a GroupLens movie file: use u.item, movies.dat or .csv")
 
 
 def _items_100k(folder: Path) -> pd.DataFrame:
@@ -272,28 +302,7 @@ def _to_contract(
 ) -> Dataset:
     """Items and users in the contract's columns, from item_id/title/genres and
     user_id/age/gender/occupation (``raw_users`` None: the raters, nothing known of them)."""
-    item_genres = [
-        "unknown" if pd.isna(g) or g in ("", "(no genres listed)") else str(g)
-        for g in raw_items["genres"]
-    ]
-    primary = [
-        g.split("|")[-1] if g.startswith("unknown|") else g.split("|")[0] for g in item_genres
-    ]
-    first_seen = interactions.groupby("item_id")["timestamp"].min()
-    years = raw_items["title"].str.extract(_YEAR)[0]
-    year_start = pd.to_datetime(years + "-01-01", utc=True, errors="coerce")
-    first = raw_items["item_id"].map(first_seen)
-    created = pd.concat([year_start, first], axis=1).min(axis=1)
-    created = created.fillna(interactions["timestamp"].min())
-    items = pd.DataFrame(
-        {
-            "item_id": raw_items["item_id"].astype("int64"),
-            "title": raw_items["title"].fillna("").astype(str),
-            "category": primary,
-            "genres": item_genres,
-            "created_at": created.astype("datetime64[us, UTC]"),
-        }
-    )
+    items = _items_to_contract(raw_items, interactions)
     if raw_users is None:
         raw_users = pd.DataFrame(
             {
@@ -317,3 +326,31 @@ def _to_contract(
         }
     )
     return Dataset(interactions=interactions, items=items, users=users, name=name)
+
+
+def _items_to_contract(raw_items: pd.DataFrame, interactions: pd.DataFrame) -> pd.DataFrame:
+    """Catalog items in the contract's columns: the first genre is the category (the last
+    when the first is ``unknown``); ``created_at`` the earlier of the title's year and the
+    item's first event in ``interactions``."""
+    item_genres = [
+        "unknown" if pd.isna(g) or g in ("", "(no genres listed)") else str(g)
+        for g in raw_items["genres"]
+    ]
+    primary = [
+        g.split("|")[-1] if g.startswith("unknown|") else g.split("|")[0] for g in item_genres
+    ]
+    first_seen = interactions.groupby("item_id")["timestamp"].min()
+    years = raw_items["title"].str.extract(_YEAR)[0]
+    year_start = pd.to_datetime(years + "-01-01", utc=True, errors="coerce")
+    first = raw_items["item_id"].map(first_seen)
+    created = pd.concat([year_start, first], axis=1).min(axis=1)
+    created = created.fillna(interactions["timestamp"].min())
+    return pd.DataFrame(
+        {
+            "item_id": raw_items["item_id"].astype("int64"),
+            "title": raw_items["title"].fillna("").astype(str),
+            "category": primary,
+            "genres": item_genres,
+            "created_at": created.astype("datetime64[us, UTC]"),
+        }
+    )

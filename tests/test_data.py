@@ -12,7 +12,7 @@ from recsys.contract import INTERACTIONS_SCHEMA, conform, validate_interactions
 from recsys.errors import RecsysError
 from recsys.ingest import ingest_all, ingest_batch, land_dataset
 from recsys.lake import Lake, file_sha256
-from recsys.movielens import load_movielens, read_udata
+from recsys.movielens import load_movielens, read_catalog, read_udata
 
 
 def small_batch(n: int = 5, start: str = "2026-01-01") -> pd.DataFrame:
@@ -148,6 +148,25 @@ def test_the_three_grouplens_layouts_load_the_same_ratings_and_movies(tmp_path):
     latest = loaded[2].users  # no user file: the raters, nothing known of them
     assert latest[["age", "gender", "occupation"]].isna().all().all()
     assert latest["created_at"].tolist() == loaded[0].users["created_at"].tolist()
+
+
+def test_a_catalog_read_alone_is_dated_by_the_rows_given_only(tmp_path):
+    """``recsys benchmark quality --items`` dates the catalog by TRAIN: an item without a year
+    in its title gets its first TRAIN rating as ``created_at``, whatever TEST holds."""
+    folders = _write_layouts(tmp_path)
+    full = load_movielens(folders[0])
+    ratings = full.interactions
+    later = ratings.assign(timestamp=ratings["timestamp"] + pd.Timedelta(days=30))
+    first_rating = full.items.set_index("item_id")["created_at"][30]  # "Unknown Thing": no year
+    for folder, name in zip(folders, ("u.item", "movies.dat", "movies.csv"), strict=True):
+        pd.testing.assert_frame_equal(read_catalog(folder / name, ratings), full.items)
+        moved = read_catalog(folder / name, later).set_index("item_id")["created_at"]
+        assert moved[30] == first_rating + pd.Timedelta(days=30)
+        assert moved[10] == pd.Timestamp("1995-01-01", tz="UTC")  # its title's year comes first
+    with pytest.raises(RecsysError, match="not a GroupLens movie file"):
+        read_catalog(folders[0] / "u.data", ratings)
+    with pytest.raises(RecsysError, match="no such file"):
+        read_catalog(folders[0] / "movies.dat", ratings)
 
 
 def test_an_unknown_or_broken_layout_is_a_readable_error(tmp_path):
