@@ -6,7 +6,8 @@
 Quality trains the full pipeline on TRAIN only. With no time order to exploit (a random
 split), the ranker's labels come from a random share of each user's TRAIN interactions: the
 sources are fit on the rest, the ranker learns which candidates the held-back share contains,
-then the sources are refit on all of TRAIN and the ranker ranks their candidates.
+then the sources are refit on all of TRAIN and the ranker ranks their candidates. When TEST
+follows TRAIN in time, the labels are TRAIN's last days instead, as in ``recsys train``.
 """
 
 from __future__ import annotations
@@ -128,6 +129,19 @@ def random_split(
     return shuffled.loc[~in_test].sort_index(), shuffled.loc[in_test].sort_index()
 
 
+def temporal_split(frame: pd.DataFrame, train_share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test) at one moment: the rows before the time that leaves about ``train_share``
+    of them in train, and the rest (every row at or after it, so no second is split)."""
+    if frame.empty:
+        raise RecsysError("nothing to split: no rows")
+    times = np.sort(frame["timestamp"].to_numpy())
+    cut = times[min(len(times) - 1, round(len(times) * train_share))]
+    before = (frame["timestamp"] < cut).to_numpy()
+    if not before.any():
+        raise RecsysError(f"every row is at {pd.Timestamp(cut)}: no past to train on")
+    return frame.loc[before], frame.loc[~before]
+
+
 def write_udata(frame: pd.DataFrame, path: Path) -> None:
     """Write contract interactions in the u.data layout (ratings as values, unix seconds);
     whole values are written as integers, half stars as they are."""
@@ -159,24 +173,48 @@ def fit_static(
     label_share: float = 0.2,
     label_splits: int = 2,
     k: int = 10,
+    labels: str = "random",
 ) -> StaticModel:
-    """Train the pipeline on an unordered TRAIN set (see the module docstring); the ranker
-    learns from ``label_splits`` independent random label splits, stacked."""
+    """Train the pipeline on TRAIN (see the module docstring). ``labels="random"``: the ranker
+    learns from ``label_splits`` independent random label splits of each user's rows, stacked;
+    ``"time"``: from the last ``label_share`` of TRAIN's time, the sources fit on the rows
+    before it (the product's protocol, for a TEST that follows TRAIN in time)."""
     from recsys.pipeline import fit_ranker, training_set
 
     started = time.perf_counter()
     item_ids = np.unique(np.concatenate([catalog["item_id"].to_numpy(), train["item_id"]]))
     as_of = train["timestamp"].max() + pd.Timedelta(seconds=1)
+    if labels == "time":
+        rest, held = temporal_split(train, 1 - label_share)
+        splits = [(rest, held, held["timestamp"].min())]
+    else:
+        splits = [
+            (*split_per_user(train, label_share, params.ranker.seed + split), as_of)
+            for split in range(label_splits)
+        ]
     sets = []
-    for split in range(label_splits):
-        rest, held = split_per_user(train, label_share, params.ranker.seed + split)
+    for rest, held, label_as_of in splits:
         label_stage = fit_stage(
-            rest, catalog, item_ids, params, as_of=as_of, count_scale=len(train) / len(rest)
+            rest, catalog, item_ids, params, as_of=label_as_of, count_scale=len(train) / len(rest)
         )
         sets.append(training_set(label_stage, held, params)[:3])
     ranker, _ = fit_ranker(sets, params, k=k)
     stage = fit_stage(train, catalog, item_ids, params, as_of=as_of)
     return StaticModel(stage, ranker, params, time.perf_counter() - started)
+
+
+LABELS = ("auto", "random", "time")
+
+
+def label_protocol(train: pd.DataFrame, test: pd.DataFrame, labels: str) -> str:
+    """``random`` or ``time``: where the ranker's labels come from (``auto``: ``time`` when
+    TEST follows TRAIN in time)."""
+    if labels not in LABELS:
+        raise RecsysError(f"--labels must be one of {', '.join(LABELS)}, not {labels!r}")
+    if labels != "auto":
+        return labels
+    follows = len(test) and test["timestamp"].min() >= train["timestamp"].max()
+    return "time" if follows else "random"
 
 
 def benchmark_quality(
@@ -187,16 +225,21 @@ def benchmark_quality(
     recs_out: Path | None = None,
     items_path: Path | None = None,
     params: PipelineParams | None = None,
+    labels: str = "auto",
 ) -> dict:
     """Train on TRAIN, recommend ``k`` unseen items to every TEST user, score against TEST.
+
+    ``labels`` (:func:`fit_static`): ``random`` or ``time``; ``auto`` is ``time`` when every
+    TEST row is at or after the last TRAIN row (a split by time), else ``random``.
 
     Returns the metrics of the pipeline and of each single source (as JSON-able dict)."""
     params = params or PipelineParams()
     train = read_interactions_file(train_path)
     test = read_interactions_file(test_path)
+    labels = label_protocol(train, test, labels)
     item_ids = np.unique(np.concatenate([train.item_id, test.item_id]))
     catalog = read_items_file(items_path, item_ids, train)
-    model = fit_static(train, catalog, params, k=k)
+    model = fit_static(train, catalog, params, k=k, labels=labels)
     stage = model.stage
     test_users = np.unique(test["user_id"].to_numpy())
     known = stage.user_rows(test_users) >= 0
@@ -214,6 +257,7 @@ def benchmark_quality(
         "test_users": len(test_users),
         "test_users_unknown_to_train": int((~known).sum()),
         "train_seconds": round(model.seconds, 2),
+        "ranker_labels": labels,
         "metrics": metrics,
         "lift_over_als": round(lift_over(metrics), 4),
         "best_single_source": max(stage.sources, key=lambda name: metrics[name]["ndcg"]),

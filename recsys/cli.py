@@ -296,6 +296,13 @@ def benchmark_quality(
         Path | None, typer.Option("--items", help="Catalog: u.item, movies.dat/.csv or parquet.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 42,
+    labels: Annotated[
+        str,
+        typer.Option(
+            help="The ranker's labels: random (a random share of each user's TRAIN rows), time "
+            "(TRAIN's last 20% of time) or auto (time when TEST follows TRAIN in time)."
+        ),
+    ] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Train the full pipeline on TRAIN only and score its top-k on TEST (seen items removed).
@@ -314,6 +321,7 @@ def benchmark_quality(
             recs_out=recs_out,
             items_path=items_file,
             params=with_seed(PipelineParams(), seed),
+            labels=labels,
         )
     if as_json:
         print(to_json(report))
@@ -321,7 +329,9 @@ def benchmark_quality(
         names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage"]
         console.print(
             table(
-                f"Quality at k={k}: {report['test_users']} test users, trained in "
+                f"Quality at k={k}: {report['metrics']['pipeline']['users']} test users "
+                f"scored ({report['test_users_unknown_to_train']} unknown to TRAIN: not "
+                f"scored), ranker labels {report['ranker_labels']}, trained in "
                 f"{report['train_seconds']}s",
                 ["model", *names],
                 [[m, *(v[n] for n in names)] for m, v in report["metrics"].items()],
@@ -343,25 +353,33 @@ def benchmark_split(
         Path, typer.Option("--data", help="Interactions (as --train of quality).")
     ],
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where train.tsv/test.tsv go.")],
-    by: Annotated[str, typer.Option(help="Split each item's or each user's rows.")] = "item",
+    by: Annotated[
+        str,
+        typer.Option(
+            help="item or user: each item's or each user's rows at random; time: the past "
+            "(train) and the future (test) of one moment."
+        ),
+    ] = "item",
     train_share: Annotated[float, typer.Option(min=0.01, max=0.99)] = 0.75,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 42,
+    seed: Annotated[int, typer.Option(help="Seed (random splits).")] = 42,
 ) -> None:
-    """Random split for `benchmark quality`: each item's (or user's) rows, 75/25 by default."""
-    from recsys.benchmark import random_split, read_interactions_file, write_udata
+    """Split for `benchmark quality`: each item's (or user's) rows at random, or by time;
+    75/25 by default."""
+    from recsys.benchmark import random_split, read_interactions_file, temporal_split, write_udata
 
-    if by not in {"item", "user"}:
-        raise RecsysError(f"--by must be item or user, not {by!r}")
-    train_part, test_part = random_split(
-        read_interactions_file(data_file), f"{by}_id", train_share, seed
-    )
+    if by not in {"item", "user", "time"}:
+        raise RecsysError(f"--by must be item, user or time, not {by!r}")
+    frame = read_interactions_file(data_file)
+    if by == "time":
+        train_part, test_part = temporal_split(frame, train_share)
+        how = f"by time, test from {test_part['timestamp'].min():%Y-%m-%d %H:%M:%S}"
+    else:
+        train_part, test_part = random_split(frame, f"{by}_id", train_share, seed)
+        how = f"by {by}, seed {seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
     write_udata(train_part, out_dir / "train.tsv")
     write_udata(test_part, out_dir / "test.tsv")
-    console.print(
-        f"{len(train_part)} train and {len(test_part)} test rows (by {by}, seed {seed}) "
-        f"in {out_dir}"
-    )
+    console.print(f"{len(train_part)} train and {len(test_part)} test rows ({how}) in {out_dir}")
 
 
 @bench_app.command("train")

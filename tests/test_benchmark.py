@@ -48,6 +48,37 @@ def read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", header=None, names=["user", "item", "rating", "ts"])
 
 
+def test_a_split_by_time_trains_on_the_past_only(ml100k, tmp_path):
+    args = ["benchmark", "split", "--data", str(ml100k / "u.data"), "--out-dir", str(tmp_path)]
+    proc = run(*args, "--by", "time", "--train-share", "0.8", data_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    train, test = read(tmp_path / "train.tsv"), read(tmp_path / "test.tsv")
+    assert len(train) + len(test) == 100_000
+    assert train["ts"].max() < test["ts"].min()
+    assert abs(len(train) / 100_000 - 0.8) < 0.01
+    proc = run(*args, "--by", "day", data_dir=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "recsys: error: --by must be item, user or time, not 'day'"
+    )
+
+    # TEST follows TRAIN: the ranker learns from TRAIN's last days, as `recsys train` does
+    files = ["--train", str(tmp_path / "train.tsv"), "--test", str(tmp_path / "test.tsv")]
+    proc = run("benchmark", "quality", *files, "--json", data_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ranker_labels"] == "time"
+    scored = report["metrics"]["pipeline"]["users"]
+    assert (
+        scored + report["test_users_unknown_to_train"]
+        == report["test_users"]
+        == test["user"].nunique()
+    )
+    proc = run("benchmark", "quality", *files, "--labels", "later", data_dir=tmp_path)
+    assert proc.returncode == 2
+    assert "--labels must be one of auto, random, time, not 'later'" in proc.stderr
+
+
 def test_split_keeps_every_row_and_three_quarters_of_each_item(split):
     train, test = read(split / "train.tsv"), read(split / "test.tsv")
     assert len(train) + len(test) == 100_000
@@ -79,6 +110,7 @@ def test_quality_benchmark_writes_unseen_top_k_for_every_test_user(split, tmp_pa
     assert set(metrics) >= {"pipeline", "als", "itemknn", "popularity", "trending"}
     assert metrics["pipeline"]["ndcg"] > metrics["popularity"]["ndcg"]
     assert 0 < metrics["pipeline"]["ndcg"] <= 1
+    assert report["ranker_labels"] == "random"  # a random split: no time order to learn from
     als = metrics["als"]["ndcg"]
     lift = (metrics["pipeline"]["ndcg"] - als) / als
     assert report["lift_over_als"] == pytest.approx(lift, abs=5.1e-5)  # rounded to 4 decimals
