@@ -7,7 +7,8 @@ Quality trains the full pipeline on TRAIN only. With no time order to exploit (a
 split), the ranker's labels come from a random share of each user's TRAIN interactions: the
 sources are fit on the rest, the ranker learns which candidates the held-back share contains,
 then the sources are refit on all of TRAIN and the ranker ranks their candidates. When TEST
-follows TRAIN in time, the labels are TRAIN's last days instead, as in ``recsys train``.
+follows TRAIN in time, the labels are TRAIN's last days instead, as in ``recsys train``; when
+TEST holds each user's latest rows, the labels are each user's latest TRAIN rows.
 """
 
 from __future__ import annotations
@@ -142,6 +143,16 @@ def temporal_split(frame: pd.DataFrame, train_share: float) -> tuple[pd.DataFram
     return frame.loc[before], frame.loc[~before]
 
 
+def latest_per_user(frame: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rest, latest): each user's latest ``share`` of rows (rounded; ties in time keep the
+    file's order) and the rows before them."""
+    ordered = frame.sort_values(["user_id", "timestamp"], kind="stable")
+    rank = ordered.groupby("user_id").cumcount().to_numpy()
+    size = ordered.groupby("user_id")["user_id"].transform("size").to_numpy()
+    latest = rank >= size - np.round(size * share)
+    return ordered.loc[~latest].sort_index(), ordered.loc[latest].sort_index()
+
+
 def write_udata(frame: pd.DataFrame, path: Path) -> None:
     """Write contract interactions in the u.data layout (ratings as values, unix seconds);
     whole values are written as integers, half stars as they are."""
@@ -178,7 +189,8 @@ def fit_static(
     """Train the pipeline on TRAIN (see the module docstring). ``labels="random"``: the ranker
     learns from ``label_splits`` independent random label splits of each user's rows, stacked;
     ``"time"``: from the last ``label_share`` of TRAIN's time, the sources fit on the rows
-    before it (the product's protocol, for a TEST that follows TRAIN in time)."""
+    before it (the product's protocol, for a TEST that follows TRAIN in time); ``"user-time"``:
+    from each user's latest ``label_share`` of rows (for a TEST of each user's latest rows)."""
     from recsys.pipeline import fit_ranker, training_set
 
     started = time.perf_counter()
@@ -187,6 +199,8 @@ def fit_static(
     if labels == "time":
         rest, held = temporal_split(train, 1 - label_share)
         splits = [(rest, held, held["timestamp"].min())]
+    elif labels == "user-time":
+        splits = [(*latest_per_user(train, label_share), as_of)]
     else:
         splits = [
             (*split_per_user(train, label_share, params.ranker.seed + split), as_of)
@@ -203,18 +217,25 @@ def fit_static(
     return StaticModel(stage, ranker, params, time.perf_counter() - started)
 
 
-LABELS = ("auto", "random", "time")
+LABELS = ("auto", "random", "time", "user-time")
 
 
 def label_protocol(train: pd.DataFrame, test: pd.DataFrame, labels: str) -> str:
-    """``random`` or ``time``: where the ranker's labels come from (``auto``: ``time`` when
-    TEST follows TRAIN in time)."""
+    """Where the ranker's labels come from (:func:`fit_static`). ``auto`` mimics the split:
+    ``time`` when TEST follows TRAIN in time, ``user-time`` when each user's TEST rows follow
+    their TRAIN rows, else ``random``."""
     if labels not in LABELS:
         raise RecsysError(f"--labels must be one of {', '.join(LABELS)}, not {labels!r}")
-    if labels != "auto":
-        return labels
-    follows = len(test) and test["timestamp"].min() >= train["timestamp"].max()
-    return "time" if follows else "random"
+    if labels != "auto" or test.empty or train.empty:
+        return "random" if labels == "auto" else labels
+    if test["timestamp"].min() >= train["timestamp"].max():
+        return "time"
+    last = train.groupby("user_id")["timestamp"].max()
+    first = test.groupby("user_id")["timestamp"].min()
+    both = first.index.intersection(last.index)
+    if len(both) and (first[both] >= last[both]).all():
+        return "user-time"
+    return "random"
 
 
 def benchmark_quality(
@@ -229,8 +250,8 @@ def benchmark_quality(
 ) -> dict:
     """Train on TRAIN, recommend ``k`` unseen items to every TEST user, score against TEST.
 
-    ``labels`` (:func:`fit_static`): ``random`` or ``time``; ``auto`` is ``time`` when every
-    TEST row is at or after the last TRAIN row (a split by time), else ``random``.
+    ``labels`` (:func:`fit_static`): ``random``, ``time`` or ``user-time``; ``auto`` picks the
+    one that mimics the split (:func:`label_protocol`).
 
     Returns the metrics of the pipeline and of each single source (as JSON-able dict)."""
     params = params or PipelineParams()

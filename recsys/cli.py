@@ -299,8 +299,9 @@ def benchmark_quality(
     labels: Annotated[
         str,
         typer.Option(
-            help="The ranker's labels: random (a random share of each user's TRAIN rows), time "
-            "(TRAIN's last 20% of time) or auto (time when TEST follows TRAIN in time)."
+            help="The ranker's labels: random (a random 20% of each user's TRAIN rows), time "
+            "(TRAIN's last 20% of time), user-time (each user's latest 20% of TRAIN rows) or "
+            "auto (the one that mimics how TEST was split off)."
         ),
     ] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
@@ -357,7 +358,8 @@ def benchmark_split(
         str,
         typer.Option(
             help="item or user: each item's or each user's rows at random; time: the past "
-            "(train) and the future (test) of one moment."
+            "(train) and the future (test) of one moment; user-time: each user's latest rows "
+            "to test."
         ),
     ] = "item",
     train_share: Annotated[float, typer.Option(min=0.01, max=0.99)] = 0.75,
@@ -365,20 +367,23 @@ def benchmark_split(
 ) -> None:
     """Split for `benchmark quality`: each item's (or user's) rows at random, or by time;
     75/25 by default."""
-    from recsys.benchmark import random_split, read_interactions_file, temporal_split, write_udata
+    from recsys import benchmark as bench
 
-    if by not in {"item", "user", "time"}:
-        raise RecsysError(f"--by must be item, user or time, not {by!r}")
-    frame = read_interactions_file(data_file)
+    if by not in {"item", "user", "time", "user-time"}:
+        raise RecsysError(f"--by must be item, user, time or user-time, not {by!r}")
+    frame = bench.read_interactions_file(data_file)
     if by == "time":
-        train_part, test_part = temporal_split(frame, train_share)
+        train_part, test_part = bench.temporal_split(frame, train_share)
         how = f"by time, test from {test_part['timestamp'].min():%Y-%m-%d %H:%M:%S}"
+    elif by == "user-time":
+        train_part, test_part = bench.latest_per_user(frame, 1 - train_share)
+        how = "each user's latest rows to test"
     else:
-        train_part, test_part = random_split(frame, f"{by}_id", train_share, seed)
+        train_part, test_part = bench.random_split(frame, f"{by}_id", train_share, seed)
         how = f"by {by}, seed {seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_udata(train_part, out_dir / "train.tsv")
-    write_udata(test_part, out_dir / "test.tsv")
+    bench.write_udata(train_part, out_dir / "train.tsv")
+    bench.write_udata(test_part, out_dir / "test.tsv")
     console.print(f"{len(train_part)} train and {len(test_part)} test rows ({how}) in {out_dir}")
 
 

@@ -59,7 +59,7 @@ def test_a_split_by_time_trains_on_the_past_only(ml100k, tmp_path):
     proc = run(*args, "--by", "day", data_dir=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        "recsys: error: --by must be item, user or time, not 'day'"
+        "recsys: error: --by must be item, user, time or user-time, not 'day'"
     )
 
     # TEST follows TRAIN: the ranker learns from TRAIN's last days, as `recsys train` does
@@ -76,7 +76,33 @@ def test_a_split_by_time_trains_on_the_past_only(ml100k, tmp_path):
     )
     proc = run("benchmark", "quality", *files, "--labels", "later", data_dir=tmp_path)
     assert proc.returncode == 2
-    assert "--labels must be one of auto, random, time, not 'later'" in proc.stderr
+    assert "--labels must be one of auto, random, time, user-time, not 'later'" in proc.stderr
+
+
+def test_a_split_of_each_users_latest_rows_and_the_labels_that_mimic_each_split(ml100k, tmp_path):
+    from recsys.benchmark import label_protocol, random_split, read_interactions_file
+
+    args = ["benchmark", "split", "--data", str(ml100k / "u.data"), "--out-dir", str(tmp_path)]
+    proc = run(*args, "--by", "user-time", data_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    train, test = read(tmp_path / "train.tsv"), read(tmp_path / "test.tsv")
+    assert len(train) + len(test) == 100_000
+    assert (test.groupby("user")["ts"].min() >= train.groupby("user")["ts"].max()).all()
+    sizes = pd.concat([train, test]).groupby("user").size()
+    assert (test.groupby("user").size() == (sizes * 0.25).round().astype(int)).all()
+
+    frame = read_interactions_file(ml100k / "u.data")
+    by_user = (
+        read_interactions_file(tmp_path / "train.tsv"),
+        read_interactions_file(tmp_path / "test.tsv"),
+    )
+    cut = frame["timestamp"].quantile(0.75)
+    by_time = frame[frame["timestamp"] < cut], frame[frame["timestamp"] >= cut]
+    by_item = random_split(frame, "item_id", 0.75, seed=1)
+    assert label_protocol(*by_time, "auto") == "time"
+    assert label_protocol(*by_user, "auto") == "user-time"
+    assert label_protocol(*by_item, "auto") == "random"
+    assert label_protocol(*by_item, "time") == "time"  # asked for: not second-guessed
 
 
 def test_split_keeps_every_row_and_three_quarters_of_each_item(split):
