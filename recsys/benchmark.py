@@ -153,19 +153,26 @@ def latest_per_user(frame: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd
     return ordered.loc[~latest].sort_index(), ordered.loc[latest].sort_index()
 
 
-def write_udata(frame: pd.DataFrame, path: Path) -> None:
-    """Write contract interactions in the u.data layout (ratings as values, unix seconds);
-    whole values are written as integers, half stars as they are."""
+def write_split(frame: pd.DataFrame, path: Path) -> None:
+    """Write contract interactions as a split file that reads back the same: ratings alone in
+    the u.data layout (stars as values, unix seconds), anything else (clicks, purchases...)
+    tab-separated with a header of the contract columns, so no event becomes a rating. Whole
+    values are written as integers, half stars as they are."""
     value = frame["value"]
+    seconds = frame["timestamp"].astype("int64") / 10**6
     out = pd.DataFrame(
         {
             "user_id": frame["user_id"],
             "item_id": frame["item_id"],
             "value": value.astype("int64") if (value % 1 == 0).all() else value,
-            "ts": frame["timestamp"].astype("int64") // 10**6,
+            "timestamp": seconds.astype("int64") if (seconds % 1 == 0).all() else seconds,
         }
     )
-    out.to_csv(path, sep="\t", header=False, index=False)
+    if (frame["event_type"] == "rating").all():
+        out.to_csv(path, sep="\t", header=False, index=False)
+    else:
+        out.insert(2, "event_type", frame["event_type"])
+        out.to_csv(path, sep="\t", index=False)
 
 
 @dataclass

@@ -382,8 +382,8 @@ def benchmark_split(
         train_part, test_part = bench.random_split(frame, f"{by}_id", train_share, seed)
         how = f"by {by}, seed {seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    bench.write_udata(train_part, out_dir / "train.tsv")
-    bench.write_udata(test_part, out_dir / "test.tsv")
+    bench.write_split(train_part, out_dir / "train.tsv")
+    bench.write_split(test_part, out_dir / "test.tsv")
     console.print(f"{len(train_part)} train and {len(test_part)} test rows ({how}) in {out_dir}")
 
 

@@ -248,11 +248,35 @@ def test_the_verdict_names_a_simpler_model_that_wins():
 
 
 def test_half_stars_survive_a_split(tmp_path):
-    from recsys.benchmark import read_interactions_file, write_udata
+    from recsys.benchmark import read_interactions_file, write_split
 
     ratings = pd.DataFrame(
         {"userId": [1, 2], "movieId": [3, 3], "rating": [3.5, 4.0], "timestamp": [1, 2]}
     )
     ratings.assign(timestamp=[881250949, 881250950]).to_csv(tmp_path / "r.csv", index=False)
-    write_udata(read_interactions_file(tmp_path / "r.csv"), tmp_path / "train.tsv")
+    write_split(read_interactions_file(tmp_path / "r.csv"), tmp_path / "train.tsv")
     assert list(read_interactions_file(tmp_path / "train.tsv")["value"]) == [3.5, 4.0]
+
+
+def test_events_other_than_ratings_survive_a_split(tmp_path):
+    """Clicks are not written as one-star ratings; a whole file of them neither."""
+    from recsys.benchmark import read_interactions_file, write_split
+
+    events = pd.DataFrame(
+        {
+            "user_id": [1, 1, 2],
+            "item_id": [3, 4, 3],
+            "event_type": ["click", "purchase", "rating"],
+            "value": [1.0, 2.0, 4.5],
+            "timestamp": [881250949.25, 881250950, 881250951],
+        }
+    )
+    events.to_csv(tmp_path / "events.csv", index=False)
+    clicks = events[["user_id", "item_id", "timestamp"]]
+    clicks.to_csv(tmp_path / "clicks.csv", index=False)
+    for name in ("events", "clicks"):
+        before = read_interactions_file(tmp_path / f"{name}.csv")
+        write_split(before, tmp_path / f"{name}.tsv")
+        after = read_interactions_file(tmp_path / f"{name}.tsv")
+        pd.testing.assert_frame_equal(after, before)
+    assert set(after["event_type"]) == {"click"}
