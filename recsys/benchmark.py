@@ -102,15 +102,18 @@ def read_items_file(path: Path | None, item_ids: np.ndarray, train: pd.DataFrame
     return read_catalog(path, train)
 
 
+def _rank_in_group(ordered: pd.DataFrame, by: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's position in its ``by`` group, in ``ordered``'s order, and its group's size."""
+    groups = ordered.groupby(by)
+    return groups.cumcount().to_numpy(), groups[by].transform("size").to_numpy()
+
+
 def split_per_user(
     frame: pd.DataFrame, share: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Random (rest, held) split of each user's rows; users with one row keep it in ``rest``."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(frame))
-    shuffled = frame.iloc[order]
-    rank = shuffled.groupby("user_id").cumcount().to_numpy()
-    size = shuffled.groupby("user_id")["user_id"].transform("size").to_numpy()
+    shuffled = frame.iloc[np.random.default_rng(seed).permutation(len(frame))]
+    rank, size = _rank_in_group(shuffled, "user_id")
     held = rank < np.floor(size * share)
     return shuffled.loc[~held].sort_index(), shuffled.loc[held].sort_index()
 
@@ -122,10 +125,8 @@ def random_split(
     ``train_share`` to train (rounded), the rest to test."""
     if by not in {"user_id", "item_id"}:
         raise RecsysError(f"split by user or item, not {by!r}")
-    rng = np.random.default_rng(seed)
-    shuffled = frame.iloc[rng.permutation(len(frame))]
-    rank = shuffled.groupby(by).cumcount().to_numpy()
-    size = shuffled.groupby(by)[by].transform("size").to_numpy()
+    shuffled = frame.iloc[np.random.default_rng(seed).permutation(len(frame))]
+    rank, size = _rank_in_group(shuffled, by)
     in_test = rank < np.round(size * (1 - train_share))
     return shuffled.loc[~in_test].sort_index(), shuffled.loc[in_test].sort_index()
 
@@ -147,8 +148,7 @@ def latest_per_user(frame: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd
     """(rest, latest): each user's latest ``share`` of rows (rounded; ties in time keep the
     file's order) and the rows before them."""
     ordered = frame.sort_values(["user_id", "timestamp"], kind="stable")
-    rank = ordered.groupby("user_id").cumcount().to_numpy()
-    size = ordered.groupby("user_id")["user_id"].transform("size").to_numpy()
+    rank, size = _rank_in_group(ordered, "user_id")
     latest = rank >= size - np.round(size * share)
     return ordered.loc[~latest].sort_index(), ordered.loc[latest].sort_index()
 
@@ -233,8 +233,10 @@ def label_protocol(train: pd.DataFrame, test: pd.DataFrame, labels: str) -> str:
     their TRAIN rows, else ``random``."""
     if labels not in LABELS:
         raise RecsysError(f"--labels must be one of {', '.join(LABELS)}, not {labels!r}")
-    if labels != "auto" or test.empty or train.empty:
-        return "random" if labels == "auto" else labels
+    if labels != "auto":
+        return labels
+    if test.empty or train.empty:
+        return "random"
     if test["timestamp"].min() >= train["timestamp"].max():
         return "time"
     last = train.groupby("user_id")["timestamp"].max()
