@@ -22,7 +22,7 @@ from features.compute import ITEM_NUMERIC, USER_NUMERIC, category_vocabulary
 from features.compute import item_features as compute_item_features
 from features.compute import user_features as compute_user_features
 from recsys.models.als import ALSCandidates, ALSParams
-from recsys.models.base import CandidateSource, top_k_per_row
+from recsys.models.base import CandidateSource, one_blas_thread, top_k_per_row
 from recsys.models.ease import EASECandidates, EASEParams
 from recsys.models.itemknn import ItemKNNCandidates, ItemKNNParams
 from recsys.models.popularity import PopularityCandidates
@@ -265,6 +265,7 @@ def _merge(i: int, tops: list[np.ndarray], mats: list[np.ndarray], n: int) -> Ca
     return CandidateList(items.astype(np.int64), scores, ranks, best_scores)
 
 
+@one_blas_thread()
 def fit_stage(
     history: pd.DataFrame,
     catalog: pd.DataFrame,
@@ -327,6 +328,7 @@ def relevant_rows(stage: Stage, future: pd.DataFrame, user_rows: np.ndarray) -> 
     return [matrix.indices[matrix.indptr[i] : matrix.indptr[i + 1]] for i in range(len(user_rows))]
 
 
+@one_blas_thread()
 def training_set(
     stage: Stage, future: pd.DataFrame, params: PipelineParams
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
@@ -374,6 +376,7 @@ def _subset(cands: CandidateList, pick: np.ndarray) -> CandidateList:
     return CandidateList(cands.items[pick], cands.scores[pick], cands.ranks[pick], cands.top)
 
 
+@one_blas_thread()
 def rank_users(
     stage: Stage,
     ranker: Ranker | None,

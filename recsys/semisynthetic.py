@@ -49,6 +49,7 @@ import scipy.sparse as sp
 from scipy.special import expit, logsumexp
 
 from recsys.errors import RecsysError
+from recsys.models.base import one_blas_thread
 from recsys.movielens import Dataset, load_movielens
 from recsys.synthetic import (
     CHOICE_SCALE,
@@ -112,10 +113,8 @@ def movielens_world(
         RecsysError: the data is missing or malformed, or rates users or items its user or
             movie file does not list.
     """
-    from threadpoolctl import threadpool_limits
-
     dataset = load_movielens(data_path)
-    with threadpool_limits(1, "blas"):
+    with one_blas_thread():
         return _build(
             dataset,
             n_days=n_days,

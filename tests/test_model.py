@@ -263,3 +263,32 @@ def test_a_broken_release_is_a_readable_error(tmp_path, trained_world):
         Release.load(folder)
     with pytest.raises(RecsysError, match="not a release"):
         Release.load(tmp_path)
+
+
+def test_same_seed_same_model_whatever_the_blas_thread_count(trained_world):
+    """A threaded matrix product splits its work by the thread count, and its last bits with it
+    (ALS scores of a block of users); a ranker trained on those features diverges. Fitting runs
+    BLAS on one thread, so the machine's core count does not change the model."""
+    from threadpoolctl import threadpool_limits
+
+    from recsys.pipeline import fit_ranker, training_set
+
+    settings, _, result = trained_world
+    frame = settings.lake.read_clean_interactions()
+    catalog = settings.lake.read_clean_catalog("items")
+    cut = frame["timestamp"].quantile(0.8)
+    past, future = frame.loc[frame["timestamp"] < cut], frame.loc[frame["timestamp"] >= cut]
+    params = replace(PipelineParams(), ranker=replace(PipelineParams().ranker, max_epochs=3))
+    models = []
+    for threads in (1, 2):
+        with threadpool_limits(threads, "blas"):
+            stage = fit_stage(past, catalog, result.release.item_ids, params, as_of=cut)
+            x, y, groups, _ = training_set(stage, future, params)
+            ranker, _ = fit_ranker([(x, y, groups)], params)
+            rows = np.arange(len(stage.user_ids))
+            models.append((x, ranker.state_bytes(), rank_users(stage, ranker, rows, 10, 200)[0]))
+    (x1, state1, recs1), (x2, state2, recs2) = models
+    assert len(x1) > 1000
+    assert np.array_equal(x1, x2)
+    assert state1 == state2
+    assert np.array_equal(recs1, recs2)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import CandidateSource
+from recsys.models.base import CandidateSource, one_blas_thread
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,8 @@ class ALSCandidates(CandidateSource):
         """Fit ALS on a (users x items) matrix of implicit weights; deterministic for a seed."""
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         from implicit.cpu.als import AlternatingLeastSquares
-        from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(1, "blas"):  # BLAS threads would fight implicit's own loop
+        with one_blas_thread():  # BLAS threads would fight implicit's own loop
             model = AlternatingLeastSquares(
                 factors=params.factors,
                 regularization=params.regularization,
