@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.contract import INTERACTION_COLUMNS, validate_interactions
+from recsys.contract import INTERACTION_COLUMNS, as_int_ids, to_utc, validate_interactions
 from recsys.errors import RecsysError
 from recsys.evaluation import top_k_unseen
 from recsys.models.ranker import Ranker
@@ -82,8 +82,8 @@ def read_interactions_file(path: Path) -> pd.DataFrame:
 
 def read_items_file(path: Path | None, item_ids: np.ndarray, train: pd.DataFrame) -> pd.DataFrame:
     """The catalog from a GroupLens movie file (``u.item``, ``movies.dat``, ``movies.csv``)
-    dated by the ``train`` rows only (never by TEST), or a parquet file, or a one-category
-    stand-in."""
+    dated by the ``train`` rows only (never by TEST), or from a table of the contract's item
+    columns (:func:`read_catalog_table`), or a one-category stand-in."""
     if path is None:
         return pd.DataFrame(
             {
@@ -95,11 +95,99 @@ def read_items_file(path: Path | None, item_ids: np.ndarray, train: pd.DataFrame
             }
         )
     path = Path(path)
+    if not path.is_file():
+        raise RecsysError(f"{path} not found")
     if path.suffix == ".parquet":
-        return pd.read_parquet(path)
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises many types for a bad file
+            raise RecsysError(f"{path} is not a readable parquet file: {exc}") from None
+        return read_catalog_table(frame, path, train)
+    with path.open("r", errors="replace") as handle:
+        head = handle.readline()
+    if "item_id" in head:
+        frame = pd.read_csv(path, sep="\t" if "\t" in head else ",", dtype={"title": "string"})
+        return read_catalog_table(frame, path, train)
     from recsys.movielens import read_catalog
 
     return read_catalog(path, train)
+
+
+def read_catalog_table(frame: pd.DataFrame, path: Path, train: pd.DataFrame) -> pd.DataFrame:
+    """A catalog given in the contract's item columns. ``item_id`` and ``category`` or
+    ``genres`` (``|``-separated) are needed: a missing category is the first genre, missing
+    genres the category, a missing title ``item <id>``. ``created_at`` (ISO text, or epoch
+    seconds) is the item's first TRAIN row when the column is absent, and when a value is
+    empty.
+
+    Raises:
+        RecsysError: a needed column is missing, or an id or date is malformed or repeated.
+    """
+    missing = [c for c in ("item_id",) if c not in frame]
+    if "category" not in frame and "genres" not in frame:
+        missing.append("category or genres")
+    if missing:
+        raise RecsysError(
+            f"{path}: the catalog needs the column(s) {', '.join(missing)}; "
+            f"it has {', '.join(map(str, frame.columns))}"
+        )
+    ids, bad = as_int_ids(frame["item_id"])
+    bad |= ids.isna()
+    if bad.any():
+        raise RecsysError(
+            f"{path}: {int(bad.sum())} item_id value(s) are not non-negative integers, "
+            f"e.g. {frame.loc[bad, 'item_id'].iloc[0]!r}"
+        )
+    repeated = ids.duplicated(keep=False)
+    if repeated.any():
+        raise RecsysError(
+            f"{path}: {int(ids[repeated].nunique())} item_id value(s) are listed more than once, "
+            f"e.g. {int(ids[repeated].iloc[0])}"
+        )
+    ids = ids.astype("int64")
+
+    def text(column: str) -> pd.Series | None:
+        if column not in frame:
+            return None
+        values = frame[column].astype("string").str.strip()
+        return values.where(values.notna() & (values != ""))
+
+    category, genres = text("category"), text("genres")
+    if category is None:
+        category = genres.str.split("|").str[0]
+    if genres is None:
+        genres = category
+    category = category.fillna("unknown")
+    genres = genres.fillna(category)
+    title = text("title")
+    title = ids.map("item {}".format) if title is None else title.fillna(ids.map("item {}".format))
+    first_seen = ids.map(train.groupby("item_id")["timestamp"].min())
+    fallback = train["timestamp"].min() if len(train) else pd.Timestamp("1990-01-01", tz="UTC")
+    if "created_at" in frame:
+        raw = frame["created_at"]
+        created = (
+            pd.to_datetime(raw, unit="s", utc=True, errors="coerce")
+            if pd.api.types.is_numeric_dtype(raw)
+            else to_utc(raw)
+        )
+        unparsed = created.isna() & raw.notna() & (raw.astype("string").str.strip() != "")
+        if unparsed.any():
+            raise RecsysError(
+                f"{path}: {int(unparsed.sum())} created_at value(s) are not dates, "
+                f"e.g. {raw[unparsed].iloc[0]!r}"
+            )
+        created = created.fillna(first_seen)
+    else:
+        created = first_seen
+    return pd.DataFrame(
+        {
+            "item_id": ids,
+            "title": title.astype(str),
+            "category": category.astype(str),
+            "genres": genres.astype(str),
+            "created_at": created.fillna(fallback).astype("datetime64[us, UTC]"),
+        }
+    ).reset_index(drop=True)
 
 
 def _rank_in_group(ordered: pd.DataFrame, by: str) -> tuple[np.ndarray, np.ndarray]:

@@ -103,7 +103,7 @@ def to_utc(series: pd.Series) -> pd.Series:
     return pd.to_datetime(series, utc=True, errors="coerce", format="ISO8601")
 
 
-def _as_int_ids(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+def as_int_ids(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Return (ids as Int64, mask of values that are present but not non-negative integers)."""
     numeric = pd.to_numeric(series, errors="coerce")
     present = series.notna()
@@ -155,8 +155,8 @@ def validate_interactions(
     for col in INTERACTION_COLUMNS:
         flag(f"null:{col}", frame[col].isna())
 
-    user_id, bad_user = _as_int_ids(frame["user_id"])
-    item_id, bad_item = _as_int_ids(frame["item_id"])
+    user_id, bad_user = as_int_ids(frame["user_id"])
+    item_id, bad_item = as_int_ids(frame["item_id"])
     flag("type:user_id", bad_user)
     flag("type:item_id", bad_item)
 

@@ -280,3 +280,62 @@ def test_events_other_than_ratings_survive_a_split(tmp_path):
         after = read_interactions_file(tmp_path / f"{name}.tsv")
         pd.testing.assert_frame_equal(after, before)
     assert set(after["event_type"]) == {"click"}
+
+
+def test_a_catalog_table_fills_what_it_lacks_from_train_only(tmp_path):
+    from recsys.benchmark import read_interactions_file, read_items_file
+
+    pd.DataFrame(
+        {
+            "user_id": [1, 2, 3],
+            "item_id": [10, 10, 11],
+            "timestamp": [881250949, 882250949, 883250949],
+        }
+    ).to_csv(tmp_path / "train.csv", index=False)
+    train = read_interactions_file(tmp_path / "train.csv")
+    pd.DataFrame({"item_id": [10, 11, 12], "genres": ["Drama|Comedy", None, "Action"]}).to_parquet(
+        tmp_path / "items.parquet"
+    )
+    catalog = read_items_file(tmp_path / "items.parquet", None, train).set_index("item_id")
+    assert list(catalog["category"]) == ["Drama", "unknown", "Action"]
+    assert list(catalog["genres"]) == ["Drama|Comedy", "unknown", "Action"]
+    assert catalog.loc[12, "title"] == "item 12"
+    created = catalog["created_at"].map(pd.Timestamp.timestamp)
+    # each item's first TRAIN row; an item TRAIN never saw: TRAIN's first row
+    assert list(created) == [881250949, 883250949, 881250949]
+
+    pd.DataFrame(
+        {"item_id": [10, 11], "category": ["a", "b"], "created_at": ["1999-01-02", ""]}
+    ).to_csv(tmp_path / "items.tsv", sep="\t", index=False)
+    catalog = read_items_file(tmp_path / "items.tsv", None, train)
+    assert list(catalog["created_at"].dt.strftime("%Y-%m-%d")) == ["1999-01-02", "1997-12-27"]
+    assert list(catalog["genres"]) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"item_id": [1], "title": ["x"]}, "needs the column(s) category or genres"),
+        ({"item_id": [1, 1], "category": ["a", "b"]}, "listed more than once, e.g. 1"),
+        ({"item_id": ["b7"], "category": ["a"]}, "not non-negative integers, e.g. 'b7'"),
+        ({"item_id": [1], "category": ["a"], "created_at": ["2020-13-01"]}, "are not dates"),
+    ],
+)
+def test_a_malformed_catalog_is_a_one_line_error(tmp_path, table, message):
+    pd.DataFrame(
+        {
+            "user_id": [1, 2],
+            "item_id": [1, 1],
+            "rating": [4, 5],
+            "timestamp": [881250949, 881250950],
+        }
+    ).to_csv(tmp_path / "ratings.csv", index=False)
+    pd.DataFrame(table).to_parquet(tmp_path / "items.parquet")
+    proc = run(
+        *("benchmark", "quality", "--train", str(tmp_path / "ratings.csv")),
+        *("--test", str(tmp_path / "ratings.csv"), "--items", str(tmp_path / "items.parquet")),
+        data_dir=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"recsys: error: {tmp_path / 'items.parquet'}: ") and message in last
