@@ -197,7 +197,9 @@ def validate_interactions(
             "timestamp": timestamp,
         }
     )
-    flag("duplicate", normalized.duplicated(keep="first"))
+    # a row with a field that did not parse is not known to repeat another: two different
+    # malformed ids both read as missing
+    flag("duplicate", normalized.duplicated(keep="first") & normalized.notna().all(axis=1))
 
     bad = np.zeros(len(frame), dtype=bool)
     reason = np.full(len(frame), "", dtype=object)

@@ -113,3 +113,12 @@ def test_implicit_weight_grows_with_event_strength_and_ratings_are_binary():
         ]
         == 1.0
     )
+
+
+def test_rows_whose_ids_did_not_parse_are_not_called_duplicates():
+    """Two different malformed ids both read as missing: they are type errors, not repeats."""
+    frame = batch(user_id=["u1", "u2", 7], item_id=[10, 10, 10], event_type=["click"] * 3)
+    frame["value"] = 1.0
+    result = validate_interactions(frame, now=NOW)
+    assert result.reason_counts() == {"type:user_id": 2}
+    assert list(result.clean["user_id"]) == [7]
