@@ -293,7 +293,12 @@ def benchmark_quality(
         Path | None, typer.Option("--recs-out", help="Write user<TAB>rank<TAB>item here.")
     ] = None,
     items_file: Annotated[
-        Path | None, typer.Option("--items", help="Catalog: u.item, movies.dat/.csv or parquet.")
+        Path | None,
+        typer.Option(
+            "--items",
+            help="Catalog: u.item, movies.dat/.csv, or parquet/CSV/TSV with item_id and "
+            "category or genres (title, created_at optional).",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 42,
     labels: Annotated[
