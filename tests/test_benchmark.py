@@ -337,5 +337,7 @@ def test_a_malformed_catalog_is_a_one_line_error(tmp_path, table, message):
         data_dir=tmp_path,
     )
     assert proc.returncode == 2, proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"recsys: error: {tmp_path / 'items.parquet'}: ") and message in last
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("recsys: error:")]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith(f"recsys: error: {tmp_path / 'items.parquet'}: "), proc.stderr
+    assert message in errors[0], proc.stderr
