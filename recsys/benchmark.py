@@ -24,7 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.contract import INTERACTION_COLUMNS, as_int_ids, to_utc, validate_interactions
+from recsys.contract import (
+    INTERACTION_COLUMNS,
+    as_int_ids,
+    describe_reason,
+    to_utc,
+    validate_interactions,
+)
 from recsys.errors import RecsysError
 from recsys.evaluation import top_k_unseen
 from recsys.models.ranker import Ranker
@@ -73,9 +79,12 @@ def read_interactions_file(path: Path) -> pd.DataFrame:
             frame = read_udata(path)
     result = validate_interactions(frame)
     if not result.rejected.empty:
+        reasons = "; ".join(
+            f"{count} {describe_reason(code)} ({code})"
+            for code, count in result.reason_counts().items()
+        )
         raise RecsysError(
-            f"{path}: {len(result.rejected)} row(s) break the data contract: "
-            f"{result.reason_counts()}"
+            f"{path}: {len(result.rejected)} row(s) break the data contract: {reasons}"
         )
     return result.clean
 

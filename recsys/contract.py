@@ -113,6 +113,32 @@ def as_int_ids(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     return ids, bad
 
 
+def describe_reason(code: str) -> str:
+    """A rejection code (``kind:detail``, see :class:`ContractResult`) in words."""
+    kind, _, detail = code.partition(":")
+    lo, hi = RATING_RANGE
+    words = {
+        "type:user_id": "user_id is not a non-negative integer",
+        "type:item_id": "item_id is not a non-negative integer",
+        "type:value": "value is not a number",
+        "type:timestamp": "timestamp is not a date",
+        "range:value": f"a rating outside {lo:g}-{hi:g} or an event value outside "
+        f"0-{MAX_EVENT_VALUE:g}",
+        "range:timestamp": f"timestamp before {EARLIEST_TIMESTAMP:%Y-%m-%d} or in the future",
+        "domain:event_type": f"event_type is not one of {', '.join(EVENT_TYPES)}",
+        "duplicate": "repeats an earlier row exactly",
+        "unknown_item": "item_id is not in the catalog",
+    }
+    if code in words:
+        return words[code]
+    if kind == "null":
+        return f"{detail} is empty"
+    if kind == "schema":
+        what, _, column = detail.partition(":")
+        return f"the batch's columns changed ({what.replace('_', ' ')} {column})"
+    return code
+
+
 def validate_interactions(
     frame: pd.DataFrame,
     *,

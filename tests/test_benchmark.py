@@ -341,3 +341,19 @@ def test_a_malformed_catalog_is_a_one_line_error(tmp_path, table, message):
     assert len(errors) == 1, proc.stderr
     assert errors[0].startswith(f"recsys: error: {tmp_path / 'items.parquet'}: "), proc.stderr
     assert message in errors[0], proc.stderr
+
+
+def test_string_ids_are_a_one_line_error_that_says_so(tmp_path):
+    pd.DataFrame(
+        {"user_id": ["ann", "bob"], "item_id": ["B0001", "B0002"], "timestamp": [881250949] * 2}
+    ).to_csv(tmp_path / "events.csv", index=False)
+    proc = run(
+        *("benchmark", "quality", "--train", str(tmp_path / "events.csv")),
+        *("--test", str(tmp_path / "events.csv")),
+        data_dir=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("recsys: error:")]
+    assert len(errors) == 1, proc.stderr
+    assert "2 user_id is not a non-negative integer (type:user_id)" in errors[0]
+    assert "duplicate" not in errors[0]

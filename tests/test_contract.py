@@ -122,3 +122,29 @@ def test_rows_whose_ids_did_not_parse_are_not_called_duplicates():
     result = validate_interactions(frame, now=NOW)
     assert result.reason_counts() == {"type:user_id": 2}
     assert list(result.clean["user_id"]) == [7]
+
+
+def test_every_rejection_reason_reads_as_words():
+    from recsys.contract import describe_reason
+
+    frame = pd.DataFrame(
+        {
+            "user_id": ["u1", None, 3, 4, 5, 5, 6],
+            "item_id": [10, "x", 999, 11, 12, 12, 10],
+            "event_type": ["click", "view", "rating", "teleport", "click", "click", "rating"],
+            "value": [1.0, "many", 4.0, 1.0, 1.0, 1.0, 9.0],
+            "timestamp": ["2026-05-01T10:00:00Z"] * 4 + ["2026-05-01T10:00:01Z"] * 2 + ["soon"],
+        }
+    )
+    codes = validate_interactions(frame, known_items={10, 11, 12}, now=NOW).reason_counts()
+    assert {"type:user_id", "null:user_id", "type:item_id", "type:value", "unknown_item"} <= set(
+        codes
+    )
+    assert {"domain:event_type", "duplicate", "range:value", "type:timestamp"} <= set(codes)
+    schema = validate_interactions(frame.rename(columns={"value": "v"}), now=NOW).schema_errors
+    for code in [*codes, *schema, "range:timestamp"]:
+        words = describe_reason(code)
+        assert words != code and " " in words, code
+    assert (
+        describe_reason("range:value") == "a rating outside 0.5-5 or an event value outside 0-1e+06"
+    )
