@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from recsys.config import get_settings
-from recsys.console import console, ingest_table, table
+from recsys.console import console, ingest_table, quarantine_table, table
 from recsys.errors import RecsysError
 
 flows_app = typer.Typer(help="Prefect deployments of the flows.", no_args_is_help=True)
@@ -73,6 +73,9 @@ def ingest_command(
         print(json.dumps(payload, indent=2, default=str))
     else:
         console.print(ingest_table([IngestReport(**report)]))
+        if report["quarantined_rows"]:
+            console.print(quarantine_table(report["reasons"], report["schema_errors"]))
+            console.print(f"kept in {settings.lake.quarantine_dir(report['delivery'])}")
         rows = result["row_count"]
         if rows["anomalous"]:
             baseline = rows["baseline_rows"]

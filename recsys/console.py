@@ -88,6 +88,20 @@ def table(
     return out
 
 
+def quarantine_table(reasons: dict[str, int], schema_errors: Sequence[str] = ()) -> Table:
+    """Why rows were quarantined: each reason code, in words, with its row count (a row may
+    carry several reasons); a changed schema first, since it rejects the whole batch."""
+    from recsys.contract import describe_reason
+
+    rows = [[code, describe_reason(code), "whole batch"] for code in schema_errors]
+    rows += [
+        [code, describe_reason(code), count]
+        for code, count in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        if code not in schema_errors
+    ]
+    return table("Quarantined", ["reason", "meaning", "rows"], rows)
+
+
 def ingest_table(reports: Sequence[Any]) -> Table:
     """Totals of a list of IngestReport: batches, raw, clean and quarantined rows."""
     raw = sum(r.raw_rows for r in reports)

@@ -128,6 +128,7 @@ def describe_reason(code: str) -> str:
         "domain:event_type": f"event_type is not one of {', '.join(EVENT_TYPES)}",
         "duplicate": "repeats an earlier row exactly",
         "unknown_item": "item_id is not in the catalog",
+        "unreadable": "the file cannot be read as a table",
     }
     if code in words:
         return words[code]

@@ -56,6 +56,11 @@ def test_recsys_ingest_exit_codes_and_nothing_lost(small_world, tmp_path, capsys
     assert payload["accepted"] + payload["quarantined"] == payload["raw_rows"] == len(bad)
     kept = pd.read_parquet(settings.lake.quarantine_dir("2026-02-11") / "rows.parquet")
     assert len(kept) == payload["quarantined"] and kept["reason"].notna().all()
+    # the terminal says why, in words, and where the rows are kept
+    code, out, _ = _run(["ingest", str(path), "--batch", "2026-02-15"], capsys)
+    assert code == 3
+    assert "user_id is empty" in out and "repeats an earlier row exactly" in out
+    assert str(settings.lake.quarantine_dir("2026-02-15")) in out.replace("\n", "")
 
     # a header-only delivery: nothing to quarantine, but a scheduler must see it
     empty = tmp_path / "2026-02-13.csv"
