@@ -29,7 +29,14 @@ from typer._click import exceptions as cli_errors  # typer vendors click since 0
 from features.cli import features_app
 from flows import cli as flows_cli
 from recsys.config import Settings, get_settings
-from recsys.console import console, err_console, ingest_table, quiet_libraries, table
+from recsys.console import (
+    console,
+    err_console,
+    ingest_table,
+    quarantine_table,
+    quiet_libraries,
+    table,
+)
 from recsys.errors import RecsysError
 
 app = typer.Typer(
@@ -85,8 +92,18 @@ def config_schema() -> None:
 
 def _print_ingest(reports) -> None:
     console.print(ingest_table(reports))
-    for r in [r for r in reports if r.quarantined_rows][:10]:
-        console.print(f"  quarantined {r.quarantined_rows} row(s) of {r.batch}: {r.reasons}")
+    hit = [r for r in reports if r.quarantined_rows]
+    if not hit:
+        return
+    reasons: dict[str, int] = {}
+    for r in hit:
+        for code, count in r.reasons.items():
+            reasons[code] = reasons.get(code, 0) + count
+    console.print(quarantine_table(reasons))
+    for r in hit[:10]:
+        console.print(f"  quarantined {r.quarantined_rows} row(s) of {r.batch}")
+    if len(hit) > 10:
+        console.print(f"  and {len(hit) - 10} more batch(es)")
 
 
 @data_app.command("generate")

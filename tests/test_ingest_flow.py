@@ -61,6 +61,11 @@ def test_recsys_ingest_exit_codes_and_nothing_lost(small_world, tmp_path, capsys
     assert code == 3
     assert "user_id is empty" in out and "repeats an earlier row exactly" in out
     assert str(settings.lake.quarantine_dir("2026-02-15")) in out.replace("\n", "")
+    # and so does re-running the contract over the whole raw zone, summed over batches
+    code, out, _ = _run(["data", "ingest"], capsys)
+    assert code == 3
+    assert "user_id is empty" in out
+    assert f"quarantined {payload['quarantined']} row(s) of 2026-02-11" in out
 
     # a header-only delivery: nothing to quarantine, but a scheduler must see it
     empty = tmp_path / "2026-02-13.csv"
