@@ -386,7 +386,9 @@ def rank_users(
     exclude: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` item rows and scores per user row (-1 / -inf padded), ranked by ``ranker``
-    (or by the candidate order when ``ranker`` is None)."""
+    (or by the candidate order when ``ranker`` is None) among ``n_candidates`` candidates, or
+    ``k`` when that is more."""
+    n_candidates = max(n_candidates, k)
     recs = np.full((len(user_rows), k), -1, dtype=np.int64)
     scores = np.full((len(user_rows), k), -np.inf, dtype=np.float32)
     for i, (row, cands) in enumerate(

@@ -183,14 +183,15 @@ class Release:
         rows filtered out. When the filter would leave fewer than ``k`` candidates, the
         candidates are drawn again with ``excluded`` removed first. ``overrides(item_rows)``
         gives feature rows that replace the release's (see ``Stage.features``): serving passes
-        the online store's."""
+        the online store's. A ``k`` above the release's candidate count draws ``k`` candidates
+        (not memoised), so the list is never cut short by it."""
         started = time.perf_counter()
-        block = self.candidate_block(row)
+        block = self._block(row, n=k) if k > self.params.candidates else self.candidate_block(row)
         keep = None
         if len(excluded):
             keep = _not_in(block.cands.items, excluded)
             if keep.sum() < min(k, len(block.cands.items)):
-                block, keep = self._block(row, [excluded]), None
+                block, keep = self._block(row, [excluded], n=k), None
         items = block.cands.items
         fetched = time.perf_counter()
         if self.ranker is None or not len(items):
@@ -227,8 +228,12 @@ class Release:
         self._keep(row, block)
         return block
 
-    def _block(self, row: int, exclude: list[np.ndarray] | None = None) -> CandidateBlock:
-        cands = self.stage.candidate_lists(np.array([row]), self.params.candidates, exclude)[0]
+    def _block(
+        self, row: int, exclude: list[np.ndarray] | None = None, n: int = 0
+    ) -> CandidateBlock:
+        """``row``'s candidates: the release's count of them, or ``n`` when more."""
+        count = max(self.params.candidates, n)
+        cands = self.stage.candidate_lists(np.array([row]), count, exclude)[0]
         return CandidateBlock(cands, self.stage.source_features(cands))
 
     def _keep(self, row: int, block: CandidateBlock) -> None:

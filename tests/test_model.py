@@ -72,6 +72,28 @@ def test_recommendations_never_contain_seen_excluded_or_duplicate_items(trained_
         assert np.all(np.diff(rec.scores) <= 1e-6)  # best first
 
 
+def test_a_k_above_the_candidate_count_is_not_cut_short(trained_world, tmp_path):
+    """k = 50 from a release of 20 candidates: 50 unseen items, in the server's path and in
+    evaluation's (a benchmark at k = 1000 used to score 200-item lists)."""
+    _, _, result = trained_world
+    release = Release.load(result.release.save(tmp_path / "release"))
+    release.params = replace(release.params, candidates=20)
+    rows = np.arange(40)
+    recs, _ = rank_users(release.stage, release.ranker, rows, 50, release.params.candidates)
+    for i, row in enumerate(rows):
+        user_id = int(release.user_ids[row])
+        unseen = len(release.item_ids) - len(release.seen_rows(row))
+        expected = min(50, unseen)
+        assert (recs[i] >= 0).sum() == expected
+        banned = int(release.item_ids[0])
+        seen = set(release.item_ids[release.seen_rows(row)].tolist())
+        rec = release.recommend(user_id, 50, exclude=[banned])
+        assert len(rec.item_ids) == min(50, unseen - (banned not in seen))
+        assert len(set(rec.item_ids.tolist())) == len(rec.item_ids)
+        assert not (seen | {banned}) & set(rec.item_ids.tolist())
+    assert release.recommend(int(release.user_ids[0]), 10).item_ids.size == 10
+
+
 def test_candidate_memo_keeps_answers_and_its_memory_bound(trained_world, tmp_path):
     _, _, result = trained_world
     folder = result.release.save(tmp_path / "release")
