@@ -363,6 +363,15 @@ def benchmark_quality(
     params = params or PipelineParams()
     train = read_interactions_file(train_path)
     test = read_interactions_file(test_path)
+    for path, frame, what in ((train_path, train, "train on"), (test_path, test, "score")):
+        if frame.empty:
+            raise RecsysError(f"{path} has no rows: nothing to {what}")
+    unknown = ~np.isin(test["user_id"].unique(), train["user_id"].unique())
+    if unknown.all():
+        raise RecsysError(
+            f"none of the {len(unknown)} users of {test_path} is in {train_path}: "
+            "no user to score (is it the split of another file?)"
+        )
     labels = label_protocol(train, test, labels)
     item_ids = np.unique(np.concatenate([train.item_id, test.item_id]))
     catalog = read_items_file(items_path, item_ids, train)

@@ -113,7 +113,7 @@ def data_generate(
     days: Annotated[int, typer.Option(min=1, help="Number of daily batches.")] = 14,
     interactions: Annotated[int, typer.Option(min=0, help="Interactions over all days.")] = 60_000,
     categories: Annotated[int, typer.Option(min=1, help="Item categories.")] = 12,
-    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 42,
+    seed: Annotated[int, typer.Option(min=0, help="Same seed, same bytes.")] = 42,
     drift_day: Annotated[
         int | None, typer.Option(help="From this day (0-based) some users change tastes.")
     ] = None,
@@ -317,7 +317,7 @@ def benchmark_quality(
             "category or genres (title, created_at optional).",
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 42,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of every random choice.")] = 42,
     labels: Annotated[
         str,
         typer.Option(
@@ -385,7 +385,7 @@ def benchmark_split(
         ),
     ] = "item",
     train_share: Annotated[float, typer.Option(min=0.01, max=0.99)] = 0.75,
-    seed: Annotated[int, typer.Option(help="Seed (random splits).")] = 42,
+    seed: Annotated[int, typer.Option(min=0, help="Seed (random splits).")] = 42,
 ) -> None:
     """Split for `benchmark quality`: each item's (or user's) rows at random, or by time;
     75/25 by default."""
@@ -396,12 +396,22 @@ def benchmark_split(
     frame = bench.read_interactions_file(data_file)
     if by == "time":
         train_part, test_part = bench.temporal_split(frame, train_share)
-        how = f"by time, test from {test_part['timestamp'].min():%Y-%m-%d %H:%M:%S}"
     elif by == "user-time":
         train_part, test_part = bench.latest_per_user(frame, 1 - train_share)
-        how = "each user's latest rows to test"
     else:
         train_part, test_part = bench.random_split(frame, f"{by}_id", train_share, seed)
+    for name, part in (("train", train_part), ("test", test_part)):
+        if part.empty:
+            raise RecsysError(
+                f"--train-share {train_share} --by {by} leaves {name} empty "
+                f"({len(frame)} rows): nothing written, pick a share further from "
+                f"{'1' if name == 'test' else '0'}"
+            )
+    if by == "time":
+        how = f"by time, test from {test_part['timestamp'].min():%Y-%m-%d %H:%M:%S}"
+    elif by == "user-time":
+        how = "each user's latest rows to test"
+    else:
         how = f"by {by}, seed {seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
     bench.write_split(train_part, out_dir / "train.tsv")
@@ -415,7 +425,7 @@ def benchmark_train(
     items: Annotated[int, typer.Option(min=10, help="Synthetic items.")] = 20_000,
     interactions: Annotated[int, typer.Option(min=100, help="Interactions.")] = 5_000_000,
     days: Annotated[int, typer.Option(min=2, help="Days.")] = 30,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 42,
+    seed: Annotated[int, typer.Option(min=0, help="Seed.")] = 42,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Fit time and peak memory of ALS, item-kNN, features and the ranker on a synthetic world
@@ -631,7 +641,7 @@ def bench_serve(
     days: Annotated[int, typer.Option(min=3, help="Synthetic world: days.")] = 14,
     interactions: Annotated[int, typer.Option(min=1, help="Synthetic world: events.")] = 60_000,
     warmup: Annotated[int, typer.Option(min=0, help="Requests before measuring.")] = 200,
-    seed: Annotated[int, typer.Option(help="Seed of the world and the request mix.")] = 42,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the world and the request mix.")] = 42,
 ) -> None:
     """Drive the real service with locust (known, unknown and repeat users) beside a trivial
     BentoML endpoint; print latency, throughput, errors and the in-process stage split.

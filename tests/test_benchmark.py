@@ -357,3 +357,34 @@ def test_string_ids_are_a_one_line_error_that_says_so(tmp_path):
     assert len(errors) == 1, proc.stderr
     assert "2 user_id is not a non-negative integer (type:user_id)" in errors[0]
     assert "duplicate" not in errors[0]
+
+
+def test_splits_and_runs_that_cannot_score_anything_are_one_line_errors(tmp_path):
+    ratings = pd.DataFrame(
+        {
+            "user_id": [1, 1, 2, 2, 3, 3],
+            "item_id": [10, 11, 10, 12, 11, 12],
+            "rating": [4, 3, 5, 1, 2, 4],
+            "timestamp": [881250949 + i for i in range(6)],
+        }
+    )
+    data = tmp_path / "ratings.csv"
+    ratings.to_csv(data, index=False)
+    empty = tmp_path / "empty.csv"
+    ratings.head(0).to_csv(empty, index=False)
+    others = tmp_path / "others.csv"
+    ratings.assign(user_id=ratings["user_id"] + 100).to_csv(others, index=False)
+    split = ("benchmark", "split", "--data", str(data), "--out-dir", str(tmp_path / "out"))
+    quality = ("benchmark", "quality", "--train", str(data), "--test")
+    cases = [
+        ((*split, "--train-share", "0.99"), "leaves test empty (6 rows): nothing written"),
+        ((*split, "--seed", "-1"), "'--seed'"),
+        ((*quality, str(empty)), "empty.csv has no rows: nothing to score"),
+        ((*quality, str(others)), "none of the 3 users of"),
+    ]
+    for args, message in cases:
+        proc = run(*args, data_dir=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("recsys: error:")]
+        assert len(errors) == 1 and message in errors[0], (args, proc.stderr)
+    assert not (tmp_path / "out").exists()
