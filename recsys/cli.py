@@ -404,8 +404,8 @@ def benchmark_split(
         if part.empty:
             raise RecsysError(
                 f"--train-share {train_share} --by {by} leaves {name} empty "
-                f"({len(frame)} rows): nothing written, pick a share further from "
-                f"{'1' if name == 'test' else '0'}"
+                f"({len(frame)} rows): nothing written; "
+                f"{'lower' if name == 'test' else 'raise'} --train-share"
             )
     if by == "time":
         how = f"by time, test from {test_part['timestamp'].min():%Y-%m-%d %H:%M:%S}"
