@@ -24,6 +24,20 @@ def run(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
     )
 
 
+def one_error_line(argv: list[str], capsys) -> str:
+    """Run the CLI in-process (no interpreter start per case); it must exit 2 with exactly one
+    ``recsys: error:`` line on stderr, which is returned."""
+    from recsys.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, (argv, err)
+    errors = [line for line in err.splitlines() if line.startswith("recsys: error:")]
+    assert len(errors) == 1, (argv, err)
+    return errors[0]
+
+
 @pytest.fixture(scope="module")
 def split(ml100k, tmp_path_factory):
     out = tmp_path_factory.mktemp("split")
@@ -321,7 +335,7 @@ def test_a_catalog_table_fills_what_it_lacks_from_train_only(tmp_path):
         ({"item_id": [1], "category": ["a"], "created_at": ["2020-13-01"]}, "are not dates"),
     ],
 )
-def test_a_malformed_catalog_is_a_one_line_error(tmp_path, table, message):
+def test_a_malformed_catalog_is_a_one_line_error(tmp_path, data_dir, capsys, table, message):
     pd.DataFrame(
         {
             "user_id": [1, 2],
@@ -331,35 +345,24 @@ def test_a_malformed_catalog_is_a_one_line_error(tmp_path, table, message):
         }
     ).to_csv(tmp_path / "ratings.csv", index=False)
     pd.DataFrame(table).to_parquet(tmp_path / "items.parquet")
-    proc = run(
-        *("benchmark", "quality", "--train", str(tmp_path / "ratings.csv")),
-        *("--test", str(tmp_path / "ratings.csv"), "--items", str(tmp_path / "items.parquet")),
-        data_dir=tmp_path,
-    )
-    assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("recsys: error:")]
-    assert len(errors) == 1, proc.stderr
-    assert errors[0].startswith(f"recsys: error: {tmp_path / 'items.parquet'}: "), proc.stderr
-    assert message in errors[0], proc.stderr
+    ratings, items = str(tmp_path / "ratings.csv"), str(tmp_path / "items.parquet")
+    argv = ["benchmark", "quality", "--train", ratings, "--test", ratings, "--items", items]
+    error = one_error_line(argv, capsys)
+    assert error.startswith(f"recsys: error: {tmp_path / 'items.parquet'}: "), error
+    assert message in error, error
 
 
-def test_string_ids_are_a_one_line_error_that_says_so(tmp_path):
+def test_string_ids_are_a_one_line_error_that_says_so(tmp_path, data_dir, capsys):
     pd.DataFrame(
         {"user_id": ["ann", "bob"], "item_id": ["B0001", "B0002"], "timestamp": [881250949] * 2}
     ).to_csv(tmp_path / "events.csv", index=False)
-    proc = run(
-        *("benchmark", "quality", "--train", str(tmp_path / "events.csv")),
-        *("--test", str(tmp_path / "events.csv")),
-        data_dir=tmp_path,
-    )
-    assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("recsys: error:")]
-    assert len(errors) == 1, proc.stderr
-    assert "2 user_id is not a non-negative integer (type:user_id)" in errors[0]
-    assert "duplicate" not in errors[0]
+    events = str(tmp_path / "events.csv")
+    error = one_error_line(["benchmark", "quality", "--train", events, "--test", events], capsys)
+    assert "2 user_id is not a non-negative integer (type:user_id)" in error
+    assert "duplicate" not in error
 
 
-def test_splits_and_runs_that_cannot_score_anything_are_one_line_errors(tmp_path):
+def test_splits_and_runs_that_cannot_score_anything_are_one_line_errors(tmp_path, data_dir, capsys):
     ratings = pd.DataFrame(
         {
             "user_id": [1, 1, 2, 2, 3, 3],
@@ -374,17 +377,15 @@ def test_splits_and_runs_that_cannot_score_anything_are_one_line_errors(tmp_path
     ratings.head(0).to_csv(empty, index=False)
     others = tmp_path / "others.csv"
     ratings.assign(user_id=ratings["user_id"] + 100).to_csv(others, index=False)
-    split = ("benchmark", "split", "--data", str(data), "--out-dir", str(tmp_path / "out"))
-    quality = ("benchmark", "quality", "--train", str(data), "--test")
+    split = ["benchmark", "split", "--data", str(data), "--out-dir", str(tmp_path / "out")]
+    quality = ["benchmark", "quality", "--train", str(data), "--test"]
     cases = [
-        ((*split, "--train-share", "0.99"), "leaves test empty (6 rows): nothing written"),
-        ((*split, "--seed", "-1"), "'--seed'"),
-        ((*quality, str(empty)), "empty.csv has no rows: nothing to score"),
-        ((*quality, str(others)), "none of the 3 users of"),
+        ([*split, "--train-share", "0.99"], "leaves test empty (6 rows): nothing written"),
+        ([*split, "--seed", "-1"], "'--seed'"),
+        ([*quality, str(empty)], "empty.csv has no rows: nothing to score"),
+        ([*quality, str(others)], "none of the 3 users of"),
     ]
-    for args, message in cases:
-        proc = run(*args, data_dir=tmp_path)
-        assert proc.returncode == 2, (args, proc.stderr)
-        errors = [line for line in proc.stderr.splitlines() if line.startswith("recsys: error:")]
-        assert len(errors) == 1 and message in errors[0], (args, proc.stderr)
+    for argv, message in cases:
+        error = one_error_line(argv, capsys)
+        assert message in error, (argv, error)
     assert not (tmp_path / "out").exists()
