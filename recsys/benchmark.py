@@ -53,30 +53,45 @@ def _contract_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[[c for c in frame.columns if c in INTERACTION_COLUMNS]]
 
 
+def _open_table(path: Path) -> tuple[pd.DataFrame | None, str]:
+    """(the frame, "") of a parquet file, or (None, its first line) of a text file, for the
+    caller to tell its layout by.
+
+    Raises:
+        RecsysError: the file is missing, or a parquet file pyarrow cannot read.
+    """
+    if not path.is_file():
+        raise RecsysError(f"{path} not found")
+    if path.suffix == ".parquet":
+        try:
+            return pd.read_parquet(path), ""
+        except Exception as exc:  # pyarrow raises many types for a bad file
+            raise RecsysError(f"{path} is not a readable parquet file: {exc}") from None
+    with path.open("r", errors="replace") as handle:
+        return None, handle.readline()
+
+
+def _read_delimited(path: Path, head: str, **kwargs) -> pd.DataFrame:
+    """A CSV, or a TSV when its first line ``head`` holds a tab."""
+    return pd.read_csv(path, sep="\t" if "\t" in head else ",", **kwargs)
+
+
 def read_interactions_file(path: Path) -> pd.DataFrame:
     """Read interactions from a GroupLens ratings file (``u.data``, ``ratings.dat``, or
     ``ratings.csv`` with ``userId,movieId``), parquet, or CSV/TSV with the contract columns.
     Rows that break the contract make it a RecsysError naming the reasons."""
     path = Path(path)
-    if not path.is_file():
-        raise RecsysError(f"{path} not found")
-    if path.suffix == ".parquet":
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises many types for a bad file
-            raise RecsysError(f"{path} is not a readable parquet file: {exc}") from None
+    frame, head = _open_table(path)
+    if frame is not None:
         frame = _contract_columns(frame)
+    elif all(col in head for col in ("user_id", "item_id")):
+        frame = _contract_columns(_read_delimited(path, head))
+    elif all(col in head for col in ("userId", "movieId")):
+        frame = read_ratings_csv(path)
+    elif "::" in head:
+        frame = read_ratings_dat(path)
     else:
-        with path.open("r", errors="replace") as handle:
-            head = handle.readline()
-        if all(col in head for col in ("user_id", "item_id")):
-            frame = _contract_columns(pd.read_csv(path, sep="\t" if "\t" in head else ","))
-        elif all(col in head for col in ("userId", "movieId")):
-            frame = read_ratings_csv(path)
-        elif "::" in head:
-            frame = read_ratings_dat(path)
-        else:
-            frame = read_udata(path)
+        frame = read_udata(path)
     result = validate_interactions(frame)
     if not result.rejected.empty:
         reasons = "; ".join(
@@ -104,18 +119,10 @@ def read_items_file(path: Path | None, item_ids: np.ndarray, train: pd.DataFrame
             }
         )
     path = Path(path)
-    if not path.is_file():
-        raise RecsysError(f"{path} not found")
-    if path.suffix == ".parquet":
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises many types for a bad file
-            raise RecsysError(f"{path} is not a readable parquet file: {exc}") from None
-        return read_catalog_table(frame, path, train)
-    with path.open("r", errors="replace") as handle:
-        head = handle.readline()
-    if "item_id" in head:
-        frame = pd.read_csv(path, sep="\t" if "\t" in head else ",", dtype={"title": "string"})
+    frame, head = _open_table(path)
+    if frame is None and "item_id" in head:
+        frame = _read_delimited(path, head, dtype={"title": "string"})
+    if frame is not None:
         return read_catalog_table(frame, path, train)
     from recsys.movielens import read_catalog
 
@@ -132,7 +139,7 @@ def read_catalog_table(frame: pd.DataFrame, path: Path, train: pd.DataFrame) -> 
     Raises:
         RecsysError: a needed column is missing, or an id or date is malformed or repeated.
     """
-    missing = [c for c in ("item_id",) if c not in frame]
+    missing = [] if "item_id" in frame else ["item_id"]
     if "category" not in frame and "genres" not in frame:
         missing.append("category or genres")
     if missing:
