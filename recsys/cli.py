@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -95,11 +96,7 @@ def _print_ingest(reports) -> None:
     hit = [r for r in reports if r.quarantined_rows]
     if not hit:
         return
-    reasons: dict[str, int] = {}
-    for r in hit:
-        for code, count in r.reasons.items():
-            reasons[code] = reasons.get(code, 0) + count
-    console.print(quarantine_table(reasons))
+    console.print(quarantine_table(sum((Counter(r.reasons) for r in hit), Counter())))
     for r in hit[:10]:
         console.print(f"  quarantined {r.quarantined_rows} row(s) of {r.batch}")
     if len(hit) > 10:
@@ -396,10 +393,13 @@ def benchmark_split(
     frame = bench.read_interactions_file(data_file)
     if by == "time":
         train_part, test_part = bench.temporal_split(frame, train_share)
+        how = "by time, test from {first:%Y-%m-%d %H:%M:%S}"  # once test is known not empty
     elif by == "user-time":
         train_part, test_part = bench.latest_per_user(frame, 1 - train_share)
+        how = "each user's latest rows to test"
     else:
         train_part, test_part = bench.random_split(frame, f"{by}_id", train_share, seed)
+        how = f"by {by}, seed {seed}"
     for name, part in (("train", train_part), ("test", test_part)):
         if part.empty:
             raise RecsysError(
@@ -407,12 +407,7 @@ def benchmark_split(
                 f"({len(frame)} rows): nothing written; "
                 f"{'lower' if name == 'test' else 'raise'} --train-share"
             )
-    if by == "time":
-        how = f"by time, test from {test_part['timestamp'].min():%Y-%m-%d %H:%M:%S}"
-    elif by == "user-time":
-        how = "each user's latest rows to test"
-    else:
-        how = f"by {by}, seed {seed}"
+    how = how.format(first=test_part["timestamp"].min())
     out_dir.mkdir(parents=True, exist_ok=True)
     bench.write_split(train_part, out_dir / "train.tsv")
     bench.write_split(test_part, out_dir / "test.tsv")
