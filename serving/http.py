@@ -5,9 +5,12 @@ It does what BentoML's own request handling does not:
 * bounds the request body before anything parses it: a ``Content-Length`` above the limit is a
   413 without reading the body, and a body streamed without one is read up to the limit and
   refused the same way (BentoML would read and parse any size first);
+* refuses a ``POST`` body that is not JSON by its ``Content-Type`` with a 415 (BentoML would
+  parse a form or a multipart body into the same fields, past their strict types);
 * turns BentoML's validation answer (``"1 validation error for Input"``) into a 400 whose
   ``error`` names each field and what is wrong with it (``"k: Input should be less than or
   equal to 100"``), the pydantic details kept under ``detail``;
+* gives every other error answer the same JSON body (the router's plain-text 404 and 405);
 * publishes an OpenAPI document (``/docs.json``) that tells the truth about the answers: request
   bodies with required fields are required, every error status an endpoint can answer is listed
   with the one error body all of them share (``{"error": "...", "detail": ...}``), and the admin
@@ -17,7 +20,9 @@ It does what BentoML's own request handling does not:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 Scope = dict[str, Any]
@@ -40,6 +45,7 @@ BEARER = {"type": "http", "scheme": "bearer", "description": "RECSYS_ADMIN_TOKEN
 ERROR_STATUSES = {
     400: "Invalid request: the error names the field and the problem.",
     413: "The request body is larger than RECSYS_MAX_BODY_KB.",
+    415: "The body is not sent as Content-Type: application/json.",
     500: "Unexpected error (a defect: the server log has the traceback).",
     504: "The request took longer than the service's request timeout.",
 }
@@ -103,13 +109,16 @@ async def _answer(send: Send, status: int, payload: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _rewriting(send: Send, status: int, rewrite: Callable[[bytes], bytes | None]) -> Send:
-    """A ``send`` that buffers an answer with ``status`` and passes its body through
-    ``rewrite`` (None: keep it as it was); other answers go through untouched."""
+def _rewriting(
+    send: Send, when: Callable[[int], bool], rewrite: Callable[[int, bytes, bytes], bytes | None]
+) -> Send:
+    """A ``send`` that buffers an answer whose status passes ``when`` and passes its status,
+    content type and body through ``rewrite``: its JSON body, or None to keep the answer as it
+    was. Other answers go through untouched."""
     held: dict[str, Any] = {}
 
     async def wrapped(message: Message) -> None:
-        if message["type"] == "http.response.start" and message.get("status") == status:
+        if message["type"] == "http.response.start" and when(message.get("status", 200)):
             held["start"], held["body"] = message, b""
             return
         if "start" not in held or message["type"] != "http.response.body":
@@ -118,29 +127,63 @@ def _rewriting(send: Send, status: int, rewrite: Callable[[bytes], bytes | None]
         held["body"] += message.get("body", b"")
         if message.get("more_body"):
             return
-        body = rewrite(held["body"])
         start = held.pop("start")
+        content_type = dict(start.get("headers") or ()).get(b"content-type", b"")
+        body = rewrite(start["status"], content_type, held["body"])
         if body is not None:
-            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
-            start = {**start, "headers": [*headers, (b"content-length", b"%d" % len(body))]}
+            headers = [
+                (k, v)
+                for k, v in start["headers"]
+                if k.lower() not in (b"content-length", b"content-type")
+            ]
+            extra = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+            start = {**start, "headers": [*headers, *extra]}
         await send(start)
         await send({"type": "http.response.body", "body": held["body"] if body is None else body})
 
     return wrapped
 
 
-def _readable_400(body: bytes) -> bytes | None:
+def _is_json(content_type: bytes) -> bool:
+    """``application/json`` or a ``+json`` type, with or without parameters."""
+    media = content_type.split(b";")[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+def _is_error(status: int) -> bool:
+    return status >= 400
+
+
+def _json_error(status: int, content_type: bytes, body: bytes) -> bytes | None:
+    """The one error body, ``{"error": ..., "detail"?: ...}``, of an error answer: a plain-text
+    one (the router's 404 and 405) says its text under ``error``; BentoML's 400s name the
+    fields; BentoML's other 4xx (a one-element list) are unwrapped. None: already right."""
+    if not _is_json(content_type):
+        text = body.decode("utf-8", errors="replace").strip()
+        return json.dumps({"error": text or HTTPStatus(status).phrase}).encode()
     try:
         payload = json.loads(body)
     except ValueError:
-        return None
+        return json.dumps({"error": HTTPStatus(status).phrase}).encode()
+    if isinstance(payload, list) and len(payload) == 1 and isinstance(payload[0], dict):
+        payload = payload[0]
+        if "error" in payload:
+            return json.dumps(payload).encode()
+    if status == 400:
+        return _readable_400(payload)
+    return None
+
+
+def _readable_400(payload: Any) -> bytes | None:
     detail = payload.get("detail") if isinstance(payload, dict) else None
     if not isinstance(detail, list) or not all(isinstance(d, dict) for d in detail):
         return None
     return json.dumps({"error": readable_validation_error(detail), "detail": detail}).encode()
 
 
-def _truthful_spec(body: bytes) -> bytes | None:
+def _truthful_spec(status: int, content_type: bytes, body: bytes) -> bytes | None:
     try:
         return json.dumps(publishable_spec(json.loads(body))).encode()
     except (ValueError, AttributeError, TypeError):
@@ -164,19 +207,28 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         if scope["method"] == "GET" and scope["path"].endswith("/docs.json"):
-            await self.app(scope, receive, _rewriting(send, 200, _truthful_spec))
+            await self.app(scope, receive, _rewriting(send, lambda s: s == 200, _truthful_spec))
             return
-        if scope["method"] != "POST":
+        if scope["method"] == "HEAD":  # no body to rewrite
             await self.app(scope, receive, send)
             return
+        errors = _rewriting(send, _is_error, _json_error)
+        if scope["method"] != "POST":
+            await self.app(scope, receive, errors)
+            return
+        headers = dict(scope.get("headers") or ())
+        content_type = headers.get(b"content-type")
+        if content_type is not None and not _is_json(content_type):
+            await _answer(send, 415, self._not_json(content_type))
+            return
         # the HTTP server refuses a malformed Content-Length itself; the read below bounds the rest
-        declared = dict(scope.get("headers") or ()).get(b"content-length", b"").strip()
+        declared = headers.get(b"content-length", b"").strip()
         if declared.isdigit():
             if int(declared) > self.max_body_bytes:
                 await _answer(send, 413, self._too_big(int(declared)))
                 return
             # the server reads exactly Content-Length bytes as this body: nothing to count
-            await self.app(scope, receive, _rewriting(send, 400, _readable_400))
+            await self.app(scope, receive, errors)
             return
         chunks: list[bytes] = []
         size = 0
@@ -201,7 +253,12 @@ class RequestGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, _rewriting(send, 400, _readable_400))
+        await self.app(scope, replay, errors)
+
+    @staticmethod
+    def _not_json(content_type: bytes) -> dict[str, Any]:
+        sent = content_type.decode("latin-1").strip() or "an empty Content-Type"
+        return {"error": f"send the body as JSON with Content-Type: application/json, not {sent}"}
 
     def _too_big(self, size: int, *, streamed: bool = False) -> dict[str, Any]:
         sent = f"more than {self.max_body_bytes}" if streamed else str(size)
@@ -209,3 +266,38 @@ class RequestGuard:
             "error": f"request body of {sent} bytes exceeds the limit of "
             f"{self.max_body_bytes} bytes (RECSYS_MAX_BODY_KB)"
         }
+
+
+class QuietClientErrors(logging.Filter):
+    """BentoML logs every refused request (``Exception on /recommend [POST]``) at ERROR with
+    its traceback, the client's bad input included: any client could fill the log with them
+    and trip log-based alerts. On the logger of ``bentoml._internal.server.http_app``, this
+    makes a 4xx of that kind one INFO line without the traceback (the access log has its
+    status too); real failures (5xx) keep their ERROR and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.msg == "Exception on %s [%s]" and _client_error(exc):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = "refused %s [%s]: %s"
+            record.args = (*(record.args or ()), _what_was_refused(exc))
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _what_was_refused(exc: BaseException) -> str:
+    """The fields and problems of a refused request, without the values the client sent."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        return readable_validation_error(errors(include_context=False, include_input=False))
+    return " ".join(str(exc).split())[:300]
+
+
+def _client_error(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is BentoML's answer to a bad request (validation, or a 4xx)."""
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return True
+    return isinstance(exc, BentoMLException) and int(exc.error_code) < 500

@@ -21,7 +21,8 @@ STAGES = ("candidates", "features", "ranking")
 @dataclass(frozen=True)
 class RankedList:
     """A ranked answer. ``fallback`` is ``cold_start`` for users the release does not know;
-    ``features`` says where the ranker's features came from (None when no ranker ran)."""
+    ``features`` says where the ranker's features came from (None when no ranker ran, or it had
+    no candidate left to rank)."""
 
     item_ids: np.ndarray
     scores: np.ndarray
@@ -57,12 +58,13 @@ def rank_for_user(
             return rows.overrides()
 
     ranked = release.rank_row(row, k, release.item_rows(exclude or []), overrides)
+    ranker_ran = release.ranker is not None and len(ranked.rows) > 0
     return RankedList(
         release.item_ids[ranked.rows],
         ranked.scores,
         None,
-        rows.source if release.ranker is not None else None,
-        rows.reasons,
+        rows.source if ranker_ran else None,
+        rows.reasons if ranker_ran else (),
         {
             "candidates": ranked.candidates_s,
             "features": ranked.features_s,

@@ -10,7 +10,10 @@ MAX_ID = 2**63 - 1
 """Ids are int64 in every array, file and table: a larger one is refused at the door, not left
 to overflow inside the model (where it would read as a model failure)."""
 ItemId = Annotated[int, Field(ge=0, le=MAX_ID, strict=True)]
-ContextValue = str | int | float | bool | None
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+"""NaN and infinities are not JSON: Python's parser takes them, the request log would carry them
+to readers that do not."""
+ContextValue = str | int | FiniteFloat | bool | None
 NULLABLE = {"nullable": True}
 """BentoML's OpenAPI document keeps only the first branch of ``X | None`` (``X``): a field that
 can be null says so with OpenAPI 3.0's ``nullable``, or clients are told it is never null."""
@@ -37,7 +40,9 @@ class RecommendResponse(BaseModel):
         None,
         json_schema_extra=NULLABLE,
         description="Set when a degraded path answered: cold_start (unknown user), cache (the "
-        "model failed; the user's last good answer), degraded (popularity).",
+        "model failed; the user's last good answer, topped up to k with popular items when "
+        "shorter, each item with the score of the list it came from), degraded (popularity). "
+        "Items the user has seen are left out of both.",
     )
     features: str | None = Field(
         None,

@@ -62,13 +62,14 @@ from recsys.release import Release
 from serving.batching import Coalescer
 from serving.cache import CachedAnswer, RecommendationCache
 from serving.features import RELEASE_FALLBACK, ServingFeatures
-from serving.http import RequestGuard
+from serving.http import QuietClientErrors, RequestGuard
 from serving.logs import FeedbackLog, RequestLog, ServedRequests
 from serving.metrics import ServingMetrics
 from serving.ranking import RankedList, rank_for_user
 from serving.router import CHALLENGER, CHAMPION, route
 from serving.schemas import (
     MAX_ID,
+    NULLABLE,
     ContextValue,
     FeedbackResponse,
     ItemId,
@@ -85,6 +86,8 @@ _SETTINGS = get_settings()
 # coming back) never reach the log. They go through BentoML's handler, in its format.
 for _package in ("recsys", "features"):
     logging.getLogger(_package).setLevel(_SETTINGS.log_level)
+# a client's bad input is an INFO line, not an ERROR with a traceback (serving.http)
+logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietClientErrors())
 MAX_K = _SETTINGS.max_k
 MAX_EXCLUDE = _SETTINGS.max_exclude
 ALIASES = (CHAMPION, CHALLENGER)
@@ -449,23 +452,40 @@ class RecommenderService:
     def _degraded(
         self, user_id: int, k: int, exclude: list[int], models: dict[str, LoadedModel]
     ) -> tuple | None:
-        """The answer when the routed model is missing or failed: the user's last cached
-        answer, else a loaded release's popularity list, else the lake's; None if nothing."""
+        """The answer when the routed model is missing or failed: the user's last good answer
+        (``cache``), topped up to ``k`` with popular items when it is shorter, else a loaded
+        release's popularity list, else the lake's (``degraded``); None if nothing can answer.
+        Items the user has seen (when a loaded release knows the user) and excluded items are
+        never in it."""
+        avoid = [*exclude, *_seen_items(models, user_id)]
         last = self.cache.last_good(user_id)
         if last is not None:
-            items, scores = _filtered(last.item_ids, last.scores, exclude, k)
+            items, scores = _filtered(last.item_ids, last.scores, avoid, k)
             if items:
+                if len(items) < k:
+                    more = self._popular(k - len(items), [*avoid, *items], models)
+                    if more is not None:
+                        items, scores = items + more[1], scores + more[2]
                 return (last.variant, last.version, items, scores, "cache", last.features)
+        popular = self._popular(k, avoid, models)
+        if popular is None:
+            return None
+        version, items, scores = popular
+        return (None, version, items, scores, "degraded", None)
+
+    def _popular(
+        self, k: int, avoid: list[int], models: dict[str, LoadedModel]
+    ) -> tuple[str | None, tuple[int, ...], tuple[float, ...]] | None:
+        """(version, items, scores): the top ``k`` items not in ``avoid`` of a loaded release's
+        cold-start list, else of the lake's popularity; None when neither exists."""
         for model in models.values():
             try:
-                rec = model.release.cold_start(k, exclude)
+                rec = model.release.cold_start(k, avoid)
             except Exception:
                 continue
-            items, scores = _filtered(rec.item_ids, rec.scores, exclude, k)
-            return (None, model.version, items, scores, "degraded", None)
+            return (model.version, *_filtered(rec.item_ids, rec.scores, avoid, k))
         if self.popularity is not None:
-            items, scores = _filtered(*self.popularity, exclude, k)
-            return (None, None, items, scores, "degraded", None)
+            return (None, *_filtered(*self.popularity, avoid, k))
         return None
 
     def _stage(self, stage: str, since: float) -> float:
@@ -528,7 +548,8 @@ class RecommenderService:
         item_id: ItemId,
         event: Literal[EVENT_TYPES],  # type: ignore[valid-type]
         value: Annotated[
-            float | None, Field(ge=0, le=1e6, strict=True, json_schema_extra={"nullable": True})
+            float | None,
+            Field(ge=0, le=1e6, strict=True, allow_inf_nan=False, json_schema_extra=NULLABLE),
         ] = None,
     ) -> FeedbackResponse:
         """Durably record a user's reaction to an item of a /recommend answer.
@@ -649,7 +670,14 @@ class RecommenderService:
         self,
         ctx: bentoml.Context,
         share: Annotated[
-            float, Field(ge=0.0, le=1.0, strict=True, description="Challenger share of users.")
+            float,
+            Field(
+                ge=0.0,
+                le=1.0,
+                strict=True,
+                allow_inf_nan=False,
+                description="Challenger share of users.",
+            ),
         ],
     ) -> dict:
         """Set the share of users the challenger serves (0 stops the canary)."""
@@ -762,6 +790,18 @@ def _filtered(
         if len(items) == k:
             break
     return tuple(items), tuple(kept)
+
+
+def _seen_items(models: dict[str, LoadedModel], user_id: int) -> list[int]:
+    """The items ``user_id`` has seen, by the first loaded release that can tell (none: [])."""
+    for model in models.values():
+        try:
+            row = model.release.user_row(user_id)
+            if row is not None:
+                return model.release.item_ids[model.release.seen_rows(row)].tolist()
+        except Exception:  # a broken release says nothing; the next may
+            continue
+    return []
 
 
 def _cold_or_none(model: LoadedModel, user_id: int) -> str | None:

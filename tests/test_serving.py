@@ -97,6 +97,64 @@ def test_without_a_model_the_service_is_live_but_not_ready(tmp_path):
     assert proc.process.returncode is not None
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body", "status", "needle"),
+    [
+        # a form or multipart body would be parsed into the same fields, past their strict types
+        ("POST", "/recommend", {"content-type": "application/x-www-form-urlencoded"},
+         b"user_id=12&k=3", 415, "Content-Type: application/json"),
+        ("POST", "/feedback", {"content-type": "multipart/form-data; boundary=x"},
+         b"--x--", 415, "multipart/form-data"),
+        ("POST", "/recommend", {"content-type": "text/plain"}, b'{"user_id": 1}', 415,
+         "text/plain"),
+        # the router's own answers, plain text in BentoML, get the same JSON body
+        ("GET", "/recommend", {}, b"", 405, "Method Not Allowed"),
+        ("POST", "/no-such-route", {"content-type": "application/json"}, b"{}", 404, "Not Found"),
+        # NaN is not JSON: Python's parser takes it, the request log's readers would not
+        ("POST", "/recommend", {"content-type": "application/json"},
+         b'{"user_id": 1, "context": {"score": NaN}}', 400, "finite number"),
+    ],
+)  # fmt: skip
+def test_every_error_answer_is_json_that_says_what_is_wrong(
+    service, method, path, headers, body, status, needle
+):
+    proc, _, _ = service
+    reply = httpx.request(method, f"{proc.url}{path}", headers=headers, content=body)
+    assert reply.status_code == status, reply.text
+    assert reply.headers["content-type"] == "application/json"
+    assert needle in reply.json()["error"], reply.text
+
+
+def test_a_refused_request_is_one_info_line_in_the_log_not_an_error_with_a_traceback(service):
+    proc, _, _ = service
+    marker = "k-of-a-log-test"
+    reply = httpx.post(f"{proc.url}/recommend", json={"user_id": 1, "k": marker})
+    assert reply.status_code == 400
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = proc.log_path.read_text(errors="replace").splitlines()
+        refused = [line for line in lines if "refused /recommend [POST]" in line]
+        if refused:
+            break
+        time.sleep(0.2)
+    assert refused, proc.log_tail(20)
+    assert "[INFO]" in refused[-1] and "k: Input should be a valid integer" in refused[-1]
+    assert marker not in "\n".join(lines)  # the client's values stay out of the log
+    assert not [line for line in lines if "Exception on /recommend" in line]
+    assert "Traceback" not in "\n".join(lines)
+
+
+def test_an_answer_with_nothing_left_to_rank_says_no_features(service):
+    proc, _, result = service
+    user = int(result.release.user_ids[3])
+    every_item = [int(i) for i in result.release.item_ids]
+    body = httpx.post(
+        f"{proc.url}/recommend", json={"user_id": user, "k": 5, "exclude": every_item}
+    ).json()
+    assert body["items"] == [] and body["fallback"] is None
+    assert body["features"] is None  # no ranker ran on any row: not "release"
+
+
 def test_exclude_removes_items_and_answers_have_no_duplicates(service):
     proc, _, result = service
     user = int(result.release.user_ids[5])

@@ -126,16 +126,28 @@ def test_a_model_failing_mid_request_answers_degraded_never_a_5xx(live):
     assert broken.status_code == 200 and "champion" in broken.json()["models"]
     try:
         from_cache = recommend(proc, seen, k=4)  # another k: not a cache hit, the model runs
+        topped_up = recommend(proc, seen, k=9, exclude=[last_good["items"][0]["item_id"]])
         popular = recommend(proc, fresh, k=5)
         cold = recommend(proc, 10**12, k=3)
     finally:
         assert admin(proc, "/admin/fault", {"name": "clear"}).json()["models"]
+    cached = [it["item_id"] for it in last_good["items"]]
     assert from_cache["fallback"] == "cache"
-    assert [it["item_id"] for it in from_cache["items"]] == [
-        it["item_id"] for it in last_good["items"][:4]
-    ]
+    assert [it["item_id"] for it in from_cache["items"]] == cached[:4]
+    # a last good answer shorter than k is topped up with popular unseen items, not cut short
+    items = [it["item_id"] for it in topped_up["items"]]
+    assert topped_up["fallback"] == "cache" and len(items) == 9 == len(set(items))
+    assert items[:4] == cached[1:] and cached[0] not in items
+    seen_items = {int(i) for i in release.item_ids[release.seen_rows(release.user_row(seen))]}
+    assert not seen_items & set(items)
+    assert items[4:] == [int(i) for i in release.cold_start(5, [*seen_items, *cached]).item_ids]
+    # the popular list leaves out what the user has seen, as the model's answers do
+    fresh_seen = [int(i) for i in release.item_ids[release.seen_rows(release.user_row(fresh))]]
+    assert set(fresh_seen) & set(release.cold_start(5).item_ids.tolist())  # or nothing to see
     assert popular["fallback"] == "degraded" and popular["variant"] is None
-    assert [it["item_id"] for it in popular["items"]] == release.cold_start(5).item_ids.tolist()
+    assert [it["item_id"] for it in popular["items"]] == (
+        release.cold_start(5, fresh_seen).item_ids.tolist()
+    )
     assert cold["fallback"] == "cold_start"  # the cold-start list needs no ranker
     text = httpx.get(f"{proc.url}/metrics").text
     for series in (
