@@ -33,7 +33,10 @@ def _prefect(quiet: bool = True):
 def ingest_command(
     path: Annotated[Path, typer.Argument(help="A batch file: parquet, CSV/TSV, or u.data.")],
     batch: Annotated[
-        str | None, typer.Option(help="Batch name (default: the file name without suffix).")
+        str | None,
+        typer.Option(
+            help="The batch's delivery day, YYYY-MM-DD (default: the file name without suffix)."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
 ) -> None:
@@ -43,9 +46,14 @@ def ingest_command(
     4: every row accepted, but the batch has no rows or far fewer or more than the trailing
     batches (row-count anomaly); 2: the file cannot be read at all (kept in the quarantine).
     """
+    from recsys.ingest import IngestReport, delivery_batch
+
+    delivery_batch(path, batch)  # a bad path or name is said before any flow run
     settings = _prefect()
     from flows.ingest import ingest_flow
-    from recsys.ingest import IngestReport
+    from flows.runtime import user_errors_off_the_console
+
+    user_errors_off_the_console()
 
     try:
         results = ingest_flow(settings, path=str(path), batch_name=batch)
@@ -73,6 +81,12 @@ def ingest_command(
         print(json.dumps(payload, indent=2, default=str))
     else:
         console.print(ingest_table([IngestReport(**report)]))
+        if report["delivery"] != report["batch"]:
+            console.print(
+                f"[bold yellow]redelivery[/]: batch {report['batch']} was already delivered; "
+                f"this file landed beside it as {report['delivery']} and its rows now replace "
+                "the batch's clean rows (earlier deliveries stay in the raw zone)"
+            )
         if report["quarantined_rows"]:
             console.print(quarantine_table(report["reasons"], report["schema_errors"]))
             console.print(f"kept in {settings.lake.quarantine_dir(report['delivery'])}")

@@ -7,6 +7,7 @@ from the environment when it is imported. Local profile: an ephemeral API with i
 
 from __future__ import annotations
 
+import logging
 import os
 
 from recsys.config import Settings
@@ -57,3 +58,28 @@ def artifact_key(*parts: object) -> str:
     """A valid Prefect artifact key (lowercase letters, digits, dashes) from ``parts``."""
     text = "-".join(str(p) for p in parts if p is not None).lower()
     return "".join(c if c.isalnum() else "-" for c in text).strip("-")[:100] or "artifact"
+
+
+class _UserErrorsOffTheConsole(logging.Filter):
+    """Drops Prefect's terminal lines about a run that failed on a user error (RecsysError):
+    the command ends with that error in one ``recsys: error:`` line, and the run's own log
+    (the API handler) keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or not record.name.startswith("prefect."):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        from recsys.errors import RecsysError
+
+        return not isinstance(exc, RecsysError) and "RecsysError" not in record.getMessage()
+
+
+def user_errors_off_the_console() -> None:
+    """Install :class:`_UserErrorsOffTheConsole` on the terminal's log handlers (the root
+    logger's stream handlers: the CLI's, or Prefect's console handler). Idempotent."""
+    for handler in logging.getLogger().handlers:
+        terminal = isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        )
+        if terminal and not any(isinstance(f, _UserErrorsOffTheConsole) for f in handler.filters):
+            handler.addFilter(_UserErrorsOffTheConsole())

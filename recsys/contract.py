@@ -136,8 +136,17 @@ def describe_reason(code: str) -> str:
         return f"{detail} is empty"
     if kind == "schema":
         what, _, column = detail.partition(":")
-        return f"the batch's columns changed ({what.replace('_', ' ')} {column})"
+        column = column.replace("%3B", ";").replace("%25", "%")
+        hint = "; a ;-separated file? the contract's CSV is comma-separated"
+        hint = hint if ";" in column else ""
+        return f"the batch's columns changed ({what.replace('_', ' ')} {column}{hint})"
     return code
+
+
+def _code_safe(column: str) -> str:
+    """A column name fit for a reason code: ``;`` separates a row's codes, so it is escaped
+    (``%3B``, and ``%`` as ``%25``); :func:`describe_reason` shows it as it was."""
+    return column.replace("%", "%25").replace(";", "%3B")
 
 
 def validate_interactions(
@@ -164,7 +173,7 @@ def validate_interactions(
     missing = [c for c in INTERACTION_COLUMNS if c not in columns]
     unknown = [c for c in columns if c not in INTERACTION_COLUMNS]
     schema_errors = [f"schema:missing_column:{c}" for c in missing]
-    schema_errors += [f"schema:unknown_column:{c}" for c in unknown]
+    schema_errors += [f"schema:unknown_column:{_code_safe(c)}" for c in unknown]
     if schema_errors:
         rejected = frame.copy()
         rejected.columns = columns

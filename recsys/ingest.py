@@ -27,7 +27,7 @@ from recsys.contract import (
     validate_interactions,
 )
 from recsys.errors import RecsysError
-from recsys.lake import Lake, atomic_write_bytes, batch_of, check_batch_name
+from recsys.lake import Lake, atomic_write_bytes, batch_of, check_batch_day
 from recsys.movielens import Dataset
 
 
@@ -214,18 +214,40 @@ def quarantine_unreadable(lake: Lake, batch: str, path: Path, reason: str) -> Pa
     return folder
 
 
-def land_file(lake: Lake, path: Path, batch: str | None = None) -> str:
-    """Land a delivered batch file in the raw zone; returns the batch name (default: the file
-    stem). A second, different delivery of the same batch lands as a redelivery.
+def delivery_batch(path: Path, batch: str | None = None) -> str:
+    """The batch a delivered file lands as: ``batch``, else the file name's stem; it must be a
+    delivery day ``YYYY-MM-DD``.
 
     Raises:
-        RecsysError: an invalid batch name, or the file cannot be read (it is then kept in the
-            quarantine with the reason before the error is raised).
+        RecsysError: ``path`` is not a file, or the name is not a day.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise RecsysError(f"{path} is a folder: pass one batch file")
+    if not path.is_file():
+        raise RecsysError(f"no such file: {path}")
+    try:
+        return check_batch_day(path.name.split(".")[0] if batch is None else batch)
+    except RecsysError as exc:
+        where = "--batch" if batch is not None else f"the file name {path.name}"
+        raise RecsysError(
+            f"{exc} ({where}): batches are days; pass --batch YYYY-MM-DD, the day it delivers"
+        ) from None
+
+
+def land_file(lake: Lake, path: Path, batch: str | None = None) -> str:
+    """Land a delivered batch file in the raw zone; returns the batch name: its delivery day
+    ``YYYY-MM-DD`` (default: the file name's stem). A second, different delivery of the same
+    batch lands as a redelivery, whose rows replace the batch's at ingest.
+
+    Raises:
+        RecsysError: no such file, a batch name that is not a day, or a file that cannot be
+            read (it is then kept in the quarantine with the reason before the error is raised).
     """
     import pyarrow as pa
 
     path = Path(path)
-    name = check_batch_name(batch or path.name.split(".")[0])
+    name = delivery_batch(path, batch)
     lake.init()
     try:
         frame = read_batch_file(path)

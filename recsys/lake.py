@@ -27,10 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +42,19 @@ from recsys.errors import RecsysError
 from recsys.pausepoints import pause_point
 
 ZONES = ("raw", "clean", "quarantine", "features", "logs", "reports", "world")
-_BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _REDELIVERY = "@r"
 
 
-def check_batch_name(name: str) -> str:
-    """Return ``name`` if it is a valid batch name (letters, digits, ``._-``), else raise."""
-    if not _BATCH_NAME.match(name):
-        raise RecsysError(
-            f"invalid batch name {name!r}: use letters, digits, '.', '_' and '-' (at most 128)"
-        )
-    return name
+def check_batch_day(name: str) -> str:
+    """Return ``name`` if it is a delivery day (``YYYY-MM-DD``), the name every batch of
+    interactions has (``raw/interactions/<YYYY-MM-DD>.parquet``: features, row-count baselines
+    and re-ingest windows go by it), else raise."""
+    try:
+        if len(name) == 10 and date.fromisoformat(name).isoformat() == name:
+            return name
+    except ValueError:
+        pass
+    raise RecsysError(f"batch name {name!r} is not a delivery day YYYY-MM-DD")
 
 
 def batch_of(delivery: str) -> str:

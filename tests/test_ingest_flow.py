@@ -81,7 +81,9 @@ def test_recsys_ingest_exit_codes_and_nothing_lost(small_world, tmp_path, capsys
     garbage.write_bytes(b"this is not parquet at all")
     code, _, err = _run(["ingest", str(garbage)], capsys)
     assert code == 2
-    assert err.strip().splitlines()[-1].startswith("recsys: error: cannot read 2026-02-12.parquet")
+    # one line: not Prefect's two ERROR lines about the failed run before it
+    assert err.strip().splitlines() == [err.strip()], err
+    assert err.strip().startswith("recsys: error: cannot read 2026-02-12.parquet")
     kept_dir = settings.lake.quarantine_dir("2026-02-12")
     assert (kept_dir / "unreadable.parquet").read_bytes() == garbage.read_bytes()
     assert json.loads((kept_dir / "report.json").read_text())["reasons"] == {"unreadable": 1}
@@ -130,3 +132,53 @@ def test_an_empty_batch_is_flagged_without_any_history(small_world):
     lake.write_clean_batch(first, lake.read_clean_interactions([first]).head(0))
     check = row_count_check(lake, first)
     assert check.anomalous and check.clean_rows == 0 and check.rule == "no clean rows in the batch"
+
+
+def test_a_batch_is_a_delivery_day_and_a_bad_path_keeps_nothing(small_world, tmp_path, capsys):
+    # a batch named after any file used to land, then broke `recsys features` (batches are
+    # days: raw/interactions/<YYYY-MM-DD>.parquet)
+    settings, world = small_world
+    lake = settings.lake
+    raw_before = lake.raw_batches()
+    frame = next(iter(world.batches()))[1].copy()
+    plain = tmp_path / "plain.csv"
+    frame.to_csv(plain, index=False)
+    for argv, needle in [
+        (["ingest", str(plain)], "'plain' is not a delivery day"),
+        (["ingest", str(plain), "--batch", ""], "'' is not a delivery day"),
+        (["ingest", str(plain), "--batch", "2026-02-30"], "--batch YYYY-MM-DD"),
+        (["ingest", str(tmp_path)], "is a folder"),
+        (["ingest", str(tmp_path / "2026-03-01.csv")], "no such file"),
+    ]:
+        code, _, err = _run(argv, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and lines[-1].startswith("recsys: error: ") and needle in lines[-1], err
+    # nothing landed, and no quarantine entry claims to keep a file that was never read
+    assert lake.raw_batches() == raw_before
+    assert not [p.name for p in lake.zone("quarantine").iterdir() if not p.name[:4].isdigit()]
+    assert not lake.quarantine_dir("2026-03-01").exists()
+
+    # a second delivery of a day says that its rows replace the day's
+    day = raw_before[-1]
+    shorter = frame.head(20).assign(timestamp=pd.Timestamp(f"{day}T12:00:00Z"))
+    again = tmp_path / f"{day}.csv"
+    shorter.to_csv(again, index=False)
+    code, out, _ = _run(["ingest", str(again)], capsys)
+    assert code == 4 and "redelivery" in out and f"{day}@r1" in out.replace("\n", "")
+    assert len(lake.read_clean_interactions([day])) == 20
+
+
+def test_a_semicolon_separated_file_reads_as_one_unknown_column(small_world, tmp_path, capsys):
+    _, world = small_world
+    frame = next(iter(world.batches()))[1].copy()
+    path = tmp_path / "2026-02-20.csv"
+    frame.to_csv(path, index=False, sep=";")
+    code, out, _ = _run(["ingest", str(path), "--json"], capsys)
+    assert code == 3
+    reasons = json.loads(out)["reasons"]
+    # the header is one column whose name holds ';', the separator of a row's reason codes
+    unknown = [r for r in reasons if r.startswith("schema:unknown_column:")]
+    assert len(unknown) == 1 and reasons[unknown[0]] == len(frame)
+    assert set(reasons) == {unknown[0], *(f"schema:missing_column:{c}" for c in frame.columns)}
+    code, out, _ = _run(["data", "ingest"], capsys)
+    assert code == 3 and "a ;-separated file?" in out
