@@ -134,6 +134,8 @@ def describe_reason(code: str) -> str:
         return words[code]
     if kind == "null":
         return f"{detail} is empty"
+    if kind == "duplicate":
+        return f"repeats a row already accepted in batch {detail}"
     if kind == "schema":
         what, _, column = detail.partition(":")
         column = column.replace("%3B", ";").replace("%25", "%")
@@ -154,6 +156,7 @@ def validate_interactions(
     *,
     known_items: set[int] | np.ndarray | None = None,
     now: datetime | None = None,
+    elsewhere: pd.DataFrame | None = None,
 ) -> ContractResult:
     """Check a batch of interactions against the contract.
 
@@ -166,7 +169,9 @@ def validate_interactions(
         A :class:`ContractResult`. Schema problems (a missing, renamed or unknown column) reject
         every row with a ``schema:`` reason, because a changed schema means the producer changed.
         Row problems reject only that row: ``null:<col>``, ``type:<col>``, ``range:<col>``,
-        ``domain:event_type``, ``unknown_item``, ``duplicate`` (an exact copy of an earlier row).
+        ``domain:event_type``, ``unknown_item``, ``duplicate`` (an exact copy of an earlier row),
+        ``duplicate:<batch>`` (an exact copy of a row of ``elsewhere``, the clean rows of other
+        batches with their ``batch``: the same events delivered again under another day).
     """
     now = now or datetime.now(UTC)
     columns = [str(c) for c in frame.columns]
@@ -235,7 +240,14 @@ def validate_interactions(
     )
     # a row with a field that did not parse is not known to repeat another: two different
     # malformed ids both read as missing
-    flag("duplicate", normalized.duplicated(keep="first") & normalized.notna().all(axis=1))
+    complete = normalized.notna().all(axis=1).to_numpy()
+    flag("duplicate", normalized.duplicated(keep="first").to_numpy() & complete)
+    if elsewhere is not None and len(elsewhere) and complete.any():
+        # the same file delivered again as another day: its rows are in that day's clean rows
+        holder = pd.Series(elsewhere["batch"].to_numpy(), index=_row_keys(elsewhere).to_numpy())
+        found = _row_keys(normalized).map(holder[~holder.index.duplicated()])
+        for other in sorted(found.dropna().unique()):
+            flag(f"duplicate:{other}", complete & (found == other).to_numpy())
 
     bad = np.zeros(len(frame), dtype=bool)
     reason = np.full(len(frame), "", dtype=object)
@@ -249,6 +261,21 @@ def validate_interactions(
     rejected = frame.loc[bad].copy()
     rejected["reason"] = reason[bad]
     return ContractResult(clean, rejected.reset_index(drop=True), [])
+
+
+def _row_keys(frame: pd.DataFrame) -> pd.Series:
+    """A 64-bit hash per row of its five contract fields, the same for a raw row once parsed
+    and for that row read back from the clean zone."""
+    canonical = pd.DataFrame(
+        {
+            "user_id": frame["user_id"].astype("Int64"),
+            "item_id": frame["item_id"].astype("Int64"),
+            "event_type": frame["event_type"].astype("string"),
+            "value": frame["value"].astype("Float64"),
+            "timestamp": frame["timestamp"].astype("datetime64[ns, UTC]"),
+        }
+    )
+    return pd.util.hash_pandas_object(canonical, index=False)
 
 
 def _empty_interactions() -> pd.DataFrame:

@@ -24,6 +24,7 @@ from recsys.contract import (
     ITEMS_SCHEMA,
     USERS_SCHEMA,
     conform,
+    to_utc,
     validate_interactions,
 )
 from recsys.errors import RecsysError
@@ -95,7 +96,12 @@ def ingest_batch(
     and the quarantine of that delivery."""
     delivery = lake.deliveries(batch)[-1] if frame is None else batch
     raw = lake.read_raw_delivery(delivery) if frame is None else frame
-    result = validate_interactions(raw, known_items=known_items, now=now or datetime.now(UTC))
+    result = validate_interactions(
+        raw,
+        known_items=known_items,
+        now=now or datetime.now(UTC),
+        elsewhere=accepted_elsewhere(lake, batch, raw),
+    )
     lake.write_clean_batch(batch, result.clean)
     counts = result.reason_counts()
     lake.quarantine_batch(delivery, result.rejected, counts, raw_rows=len(raw), delivery_of=batch)
@@ -108,6 +114,23 @@ def ingest_batch(
         schema_errors=result.schema_errors,
         delivery=delivery,
     )
+
+
+def accepted_elsewhere(lake: Lake, batch: str, raw: pd.DataFrame) -> pd.DataFrame | None:
+    """The clean rows, with their ``batch``, of the other batches whose day is within a day of
+    ``raw``'s events: where an event delivered again as another day already is (the contract
+    quarantines such a row as ``duplicate:<batch>``). None when there is none to compare."""
+    if "timestamp" not in raw:
+        return None
+    when = to_utc(raw["timestamp"]).dropna()
+    if when.empty:
+        return None
+    first = (when.min() - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    last = (when.max() + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    others = [b for b in lake.clean_batches() if b != batch and first <= b <= last]
+    frames = [lake.read_clean_interactions([b]).assign(batch=b) for b in others]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def known_items(lake: Lake) -> set[int]:

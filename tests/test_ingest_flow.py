@@ -182,3 +182,33 @@ def test_a_semicolon_separated_file_reads_as_one_unknown_column(small_world, tmp
     assert set(reasons) == {unknown[0], *(f"schema:missing_column:{c}" for c in frame.columns)}
     code, out, _ = _run(["data", "ingest"], capsys)
     assert code == 3 and "a ;-separated file?" in out
+
+
+def test_the_same_events_delivered_again_as_another_day_are_not_counted_twice(
+    small_world, tmp_path, capsys
+):
+    settings, _ = small_world
+    lake = settings.lake
+    day = lake.clean_batches()[2]
+    accepted = lake.read_clean_interactions([day])
+    total = len(lake.read_clean_interactions())
+    # the producer re-sends that day's file under the next day's name, with two new events
+    fresh = accepted.head(2).assign(timestamp=accepted["timestamp"].max() + pd.Timedelta("1h"))
+    resent = pd.concat([accepted, fresh], ignore_index=True)
+    path = tmp_path / "2030-01-01.csv"
+    resent.to_csv(path, index=False)
+    code, out, _ = _run(["ingest", str(path), "--batch", "2026-12-31", "--json"], capsys)
+    assert code == 3
+    payload = json.loads(out)
+    assert payload["reasons"] == {f"duplicate:{day}": len(accepted)}
+    assert payload["accepted"] == 2 and payload["quarantined"] == len(accepted)
+    assert len(lake.read_clean_interactions()) == total + 2  # not total + len(resent)
+    kept = pd.read_parquet(lake.quarantine_dir("2026-12-31") / "rows.parquet")
+    assert len(kept) == len(accepted) and set(kept["reason"]) == {f"duplicate:{day}"}
+    # the first delivery keeps its rows on a re-ingest of everything, in any order
+    ingest_all(lake)
+    reingest_window(lake, ["2026-12-31", day])
+    assert len(lake.read_clean_interactions([day])) == len(accepted)
+    assert len(lake.read_clean_interactions()) == total + 2
+    code, out, _ = _run(["data", "ingest"], capsys)
+    assert code == 3 and f"repeats a row already accepted in batch {day}" in out
