@@ -10,6 +10,7 @@ Only the factories in this module (and the store/client builders that call them)
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from functools import cached_property
@@ -183,12 +184,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = os.environ.get("RECSYS_CONFIG_FILE")
         if config_file:
-            if not Path(config_file).is_file():
-                raise RecsysError(
-                    f"RECSYS_CONFIG_FILE={config_file} does not exist; "
-                    "point it at a YAML file or unset it"
-                )
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            sources.append(_StrictYamlSource(settings_cls, yaml_file=_config_path(config_file)))
         return tuple(sources)
 
     # ---- factories: the only places that look at the profile -------------------------------
@@ -239,6 +235,101 @@ class Settings(BaseSettings):
             return f"<unset: {exc}>"
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _config_path(config_file: str) -> Path:
+    """The file RECSYS_CONFIG_FILE names, or a RecsysError saying why it cannot be read."""
+    path = Path(config_file).expanduser()
+    where = f"RECSYS_CONFIG_FILE={config_file}"
+    if path.is_dir():
+        raise RecsysError(f"{where} is a directory; point it at a YAML file or unset it")
+    if not path.exists():
+        raise RecsysError(f"{where} does not exist; point it at a YAML file or unset it")
+    if not path.is_file():
+        raise RecsysError(f"{where} is not a regular file; point it at a YAML file or unset it")
+    return path
+
+
+_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The settings in the YAML file at ``path``: a mapping of known setting names.
+
+    Unlike the environment (where unknown ``RECSYS_*`` variables are ignored), the file is
+    strict: a key that names no setting is most likely a typo, so it is an error.
+    """
+    import yaml
+
+    where = f"RECSYS_CONFIG_FILE={path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecsysError(
+            f"{where} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); it must be a YAML file"
+        ) from None
+    except OSError as exc:
+        raise RecsysError(f"{where} cannot be read ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = _one_line(exc.problem or exc.context or "")
+        raise RecsysError(f"{where} is not valid YAML ({at}{what})") from None
+    except yaml.YAMLError as exc:  # ReaderError (control characters) and the like
+        position = getattr(exc, "position", None)
+        at = f"offset {position}: " if position is not None else ""
+        detail = _one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise RecsysError(f"{where} is not valid YAML ({at}{detail})") from None
+    if data is None:  # empty, or only comments
+        return {}
+    if not isinstance(data, dict):
+        kind = _KINDS.get(type(data), type(data).__name__)
+        raise RecsysError(f"{where} must hold a mapping of settings (name: value), not {kind}")
+    known = {name.lower(): name for name in Settings.model_fields}
+    unknown = [key for key in data if not (isinstance(key, str) and key.lower() in known)]
+    if unknown:
+        described = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key).lower(), list(known), n=1)
+            hint = f" (did you mean {known[close[0]]}?)" if close else ""
+            described.append(f"{_one_line(repr(key))}{hint}")
+        noun = "setting" if len(unknown) == 1 else "settings"
+        raise RecsysError(
+            f"{where} has unknown {noun} {', '.join(described)}; "
+            "`recsys config schema` lists the names"
+        )
+    return data
+
+
+class _StrictYamlSource(YamlConfigSettingsSource):
+    """The YAML file source, with every problem in the file reported as one RecsysError."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        return _read_config_file(Path(file_path))
+
+
+def _where_from(field: str, overrides: dict[str, Any]) -> str | None:
+    """Which source gave ``field`` its (bad) value: "env", "file" or None (caller/default)."""
+    if field.lower() in {name.lower() for name in overrides}:
+        return None
+    if f"recsys_{field.lower()}" in {name.lower() for name in os.environ}:
+        return "env"
+    config_file = os.environ.get("RECSYS_CONFIG_FILE")
+    if config_file:
+        try:
+            in_file = {str(key).lower() for key in _read_config_file(_config_path(config_file))}
+        except RecsysError:
+            return None
+        if field.lower() in in_file:
+            return "file"
+    return None
+
+
 def get_settings(**overrides: Any) -> Settings:
     """Build the settings, turning validation problems into one readable RecsysError."""
     from pydantic import ValidationError
@@ -246,8 +337,17 @@ def get_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
+        errors = exc.errors()
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {_one_line(err['msg'])}"
+            for err in errors
         )
-        raise RecsysError(f"invalid settings ({problems}); check RECSYS_* variables") from None
+        sources = {_where_from(str(err["loc"][0]), overrides) for err in errors if err["loc"]}
+        config_file = os.environ.get("RECSYS_CONFIG_FILE")
+        if "file" in sources and "env" in sources:
+            check = f"check RECSYS_* variables and RECSYS_CONFIG_FILE={config_file}"
+        elif "file" in sources:
+            check = f"check RECSYS_CONFIG_FILE={config_file}"
+        else:
+            check = "check RECSYS_* variables"
+        raise RecsysError(f"invalid settings ({problems}); {check}") from None

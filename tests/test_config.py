@@ -59,6 +59,68 @@ def test_invalid_value_is_one_readable_error(monkeypatch, data_dir):
         get_settings()
 
 
+def _config_file_error(monkeypatch, path: Path) -> str:
+    monkeypatch.setenv("RECSYS_CONFIG_FILE", str(path))
+    with pytest.raises(RecsysError) as caught:
+        get_settings()
+    message = str(caught.value)
+    assert "\n" not in message and f"RECSYS_CONFIG_FILE={path}" in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"a: [1, 2", "is not valid YAML (line 1, column 9: expected ',' or ']'"),
+        (b"a: \x00\n", "is not valid YAML (offset 3: unacceptable character #x0000"),
+        (b"- 1\n- 2\n", "must hold a mapping of settings (name: value), not a list"),
+        (b"just text\n", "not a string"),
+        (b"\x89PNG\r\n\x1a\n\x00", "is not UTF-8 text (byte 0x89 at offset 0)"),
+    ],
+    ids=["unclosed-list", "control-character", "top-level-list", "top-level-string", "binary"],
+)
+def test_malformed_yaml_file_is_one_readable_error(
+    tmp_path, monkeypatch, data_dir, content, expected
+):
+    config = tmp_path / "bad.yaml"
+    config.write_bytes(content)
+    assert expected in _config_file_error(monkeypatch, config)
+
+
+def test_a_directory_as_yaml_file_is_named_as_such(tmp_path, monkeypatch, data_dir):
+    assert "is a directory" in _config_file_error(monkeypatch, tmp_path)
+
+
+def test_unknown_key_in_yaml_file_is_an_error_with_a_suggestion(tmp_path, monkeypatch, data_dir):
+    config = tmp_path / "recsys.yaml"
+    config.write_text("model_name: from-yaml\nserve_prot: 3000\n")
+    message = _config_file_error(monkeypatch, config)
+    assert "unknown setting 'serve_prot' (did you mean serve_port?)" in message
+    config.write_text("foo: 1\nzzzzqq: 2\n")
+    assert "unknown settings 'foo', 'zzzzqq';" in _config_file_error(monkeypatch, config)
+    # The environment stays lenient, and keys match settings case-insensitively as env does.
+    monkeypatch.setenv("RECSYS_SERVE_PROT", "3000")
+    config.write_text("SERVE_PORT: 4000\n")
+    assert get_settings().serve_port == 4000
+    config.write_text("")
+    assert get_settings().serve_port == 3000
+
+
+def test_invalid_value_from_yaml_file_points_at_the_file(tmp_path, monkeypatch, data_dir):
+    config = tmp_path / "recsys.yaml"
+    config.write_text("serve_port: not-a-port\n")
+    message = _config_file_error(monkeypatch, config)
+    assert "serve_port" in message and message.endswith(f"check RECSYS_CONFIG_FILE={config}")
+    monkeypatch.setenv("RECSYS_MAX_K", "many")
+    message = _config_file_error(monkeypatch, config)
+    assert message.endswith(f"check RECSYS_* variables and RECSYS_CONFIG_FILE={config}")
+    # A value from the environment wins over the file, and the message says so.
+    monkeypatch.delenv("RECSYS_MAX_K")
+    monkeypatch.setenv("RECSYS_SERVE_PORT", "also-bad")
+    with pytest.raises(RecsysError, match=r"check RECSYS_\* variables$"):
+        get_settings()
+
+
 def test_secrets_and_url_passwords_are_masked(data_dir):
     settings = Settings(
         admin_token="s3cret-token",
