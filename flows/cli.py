@@ -258,15 +258,22 @@ def doctor_command(
                 action = f"{f.fix} (not applied: --fix)"
             else:
                 action = f"{done.action}: {'verified' if done.verified else 'NOT verified'}"
-            rows.append([f.layer, f.check, "ok" if f.ok else "FAIL", f.seen[:90], action])
+            status = "FAIL" if not f.ok else "ok" if f.checked else "skipped"
+            rows.append([f.layer, f.check, status, f.seen[:90], action])
         console.print(
             table("recsys doctor", ["layer", "check", "status", "evidence", "action"], rows)
         )
         failing = sum(not f.ok for f in findings)
+        skipped = [f.check for f in findings if not f.checked]
         console.print(
-            "healthy"
-            if healthy and not failing
-            else f"{failing} check(s) failed" + ("; fixed and verified" if healthy else "")
+            ("healthy" if healthy and not failing else f"{failing} check(s) failed")
+            + ("; fixed and verified" if failing and healthy else "")
+            + (
+                f"; {len(skipped)} not checked ({', '.join(skipped)}): the service is checked "
+                "only with RECSYS_ADMIN_TOKEN set"
+                if skipped
+                else ""
+            )
         )
     if not healthy:
         raise typer.Exit(1)

@@ -53,7 +53,9 @@ BatchSource = Callable[[str], pd.DataFrame | None]
 
 @dataclass
 class Finding:
-    """One check's verdict. ``fix`` names the fix for a failing check (None: nothing to do)."""
+    """One check's verdict. ``fix`` names the fix for a failing check (None: nothing to do);
+    ``checked`` is False when there was nothing it could look at (no service to ask): it is
+    ``ok`` for the healing, but a report must not call it healthy."""
 
     layer: str
     check: str
@@ -61,6 +63,7 @@ class Finding:
     seen: str
     evidence: dict[str, Any] = field(default_factory=dict)
     fix: str | None = None
+    checked: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,9 +197,15 @@ def _status(cycle: Cycle) -> dict[str, Any]:
     return cycle.cache["status"]
 
 
+def _no_service(check: str) -> Finding:
+    return Finding(
+        "serving", check, True, "not checked: no service (set RECSYS_ADMIN_TOKEN)", checked=False
+    )
+
+
 def check_readiness(cycle: Cycle) -> Finding:
     if cycle.admin is None:
-        return Finding("serving", "readiness", True, "no service to check")
+        return _no_service("readiness")
     ready = cycle.admin.ready()
     if ready:
         return Finding("serving", "readiness", True, "the service is ready")
@@ -215,7 +224,7 @@ def check_model_version(cycle: Cycle) -> Finding:
     from recsys.registry import CHALLENGER, CHAMPION, version_for_alias
 
     if cycle.admin is None:
-        return Finding("serving", "model_version", True, "no service to check")
+        return _no_service("model_version")
     served = {a: m["version"] for a, m in _status(cycle).get("models", {}).items()}
     wanted = {a: version_for_alias(cycle.settings, a) for a in (CHAMPION, CHALLENGER)}
     wrong = {
@@ -348,7 +357,7 @@ def _replace_broken_champion(cycle: Cycle, bad: dict[str, str], reason: str, det
 def check_cache_version(cycle: Cycle) -> Finding:
     """No cache entry carries a model version the service does not serve."""
     if cycle.admin is None:
-        return Finding("serving", "cache_version", True, "no service to check")
+        return _no_service("cache_version")
     cache = _status(cycle).get("cache", {})
     stale = int(cache.get("stale_entries", 0))
     requests = _requests_frame(cycle)

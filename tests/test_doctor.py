@@ -100,6 +100,25 @@ def test_a_healthy_system_exits_0(live):
     checks = [f["check"] for f in report["findings"]]
     assert checks[:4] == ["delivery", "readiness", "model_version", "cache_version"]
     assert {"latency", "feature_freshness", "feature_skew", "drift"} <= set(checks)
+    assert all(f["checked"] for f in report["findings"])
+
+
+def test_without_an_admin_token_the_service_checks_say_skipped_not_ok(live):
+    # the service is asked only with the token: a doctor run without it must not read as if the
+    # service had been found healthy (it said "ok: no service to check")
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+
+    settings, *_, admin = live
+    env = {"RECSYS_DATA_DIR": str(settings.data_dir), "RECSYS_ADMIN_TOKEN": ""}
+    result = CliRunner().invoke(app, ["doctor", "--url", admin.url], env=env)
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[2].strip(): line for line in result.stdout.splitlines() if "│" in line}
+    for check in ("readiness", "model_version", "cache_version"):
+        assert "skipped" in rows[check] and " ok " not in rows[check], result.stdout
+    assert "ok" in rows["delivery"]
+    assert "3 not checked (readiness, model_version, cache_version)" in result.stdout
 
 
 def test_wrong_model_version_served(live):
