@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from recsys.config import get_settings
-from recsys.console import console, err_console, table
+from recsys.console import console, err_console, float_option, table
 
 features_app = typer.Typer(
     help="Feast feature store: apply, materialize, status, skew check, backfill, bench.",
@@ -234,7 +234,7 @@ def skew_command(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="Point in time (default: newest snapshot).")
     ] = None,
-    tolerance: Annotated[float, typer.Option(min=0.0, help="Relative tolerance.")] = 1e-5,
+    tolerance: Annotated[float, float_option(min=0.0, help="Relative tolerance.")] = 1e-5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Compare online values with offline point-in-time values; exit 3 if they differ."""

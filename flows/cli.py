@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from recsys.config import get_settings
-from recsys.console import console, ingest_table, quarantine_table, table
+from recsys.console import console, float_option, ingest_table, quarantine_table, table
 from recsys.errors import RecsysError
 
 flows_app = typer.Typer(help="Prefect deployments of the flows.", no_args_is_help=True)
@@ -217,10 +217,11 @@ def doctor_command(
         str | None, typer.Option(help="Service URL (default http://SERVE_HOST:SERVE_PORT).")
     ] = None,
     window_minutes: Annotated[
-        float, typer.Option(min=1, help="Traffic judged: the last N minutes of the logs.")
+        float, float_option(min=1, help="Traffic judged: the last N minutes of the logs.")
     ] = 120.0,
     baseline_hours: Annotated[
-        float, typer.Option(min=0.1, help="Baseline traffic: the N hours before that window.")
+        float,
+        float_option(min=0.1, help="Baseline traffic: the N hours before that window."),
     ] = 24.0,
 ) -> None:
     """Run every guardian check once, in the triage order, against the running system.

@@ -33,6 +33,7 @@ from recsys.config import Settings, get_settings
 from recsys.console import (
     console,
     err_console,
+    float_option,
     ingest_table,
     quarantine_table,
     quiet_libraries,
@@ -103,19 +104,23 @@ def _print_ingest(reports) -> None:
         console.print(f"  and {len(hit) - 10} more batch(es)")
 
 
+MAX_DAYS = 3650
+"""Most daily batches ``data generate`` writes: ten years, one file per day."""
+
+
 @data_app.command("generate")
 def data_generate(
     users: Annotated[int, typer.Option(min=1, help="Number of users.")] = 2000,
     items: Annotated[int, typer.Option(min=1, help="Number of items.")] = 500,
-    days: Annotated[int, typer.Option(min=1, help="Number of daily batches.")] = 14,
+    days: Annotated[int, typer.Option(min=1, max=MAX_DAYS, help="Number of daily batches.")] = 14,
     interactions: Annotated[int, typer.Option(min=0, help="Interactions over all days.")] = 60_000,
     categories: Annotated[int, typer.Option(min=1, help="Item categories.")] = 12,
     seed: Annotated[int, typer.Option(min=0, help="Same seed, same bytes.")] = 42,
     drift_day: Annotated[
         int | None, typer.Option(help="From this day (0-based) some users change tastes.")
     ] = None,
-    drift_share: Annotated[float, typer.Option(help="Share of users that drift.")] = 0.3,
-    new_item_share: Annotated[float, typer.Option(help="Share of items created later.")] = 0.1,
+    drift_share: Annotated[float, float_option(help="Share of users that drift.")] = 0.3,
+    new_item_share: Annotated[float, float_option(help="Share of items created later.")] = 0.1,
     start_date: Annotated[str, typer.Option(help="First day, YYYY-MM-DD (UTC).")] = "2026-01-01",
     ingest: Annotated[bool, typer.Option(help="Also contract-check into the clean zone.")] = True,
 ) -> None:
@@ -123,7 +128,7 @@ def data_generate(
     import time
 
     from recsys.ingest import ingest_all
-    from recsys.synthetic import WorldConfig, write_world
+    from recsys.synthetic import WorldConfig, refuse_future_days, write_world
 
     settings = _settings()
     cfg = WorldConfig(
@@ -138,6 +143,7 @@ def data_generate(
         new_item_share=new_item_share,
         start_date=start_date,
     )
+    refuse_future_days(cfg)
     started = time.perf_counter()
     manifest = write_world(cfg, settings.lake.init(), show_progress=True)
     elapsed = time.perf_counter() - started
@@ -202,11 +208,11 @@ def train(
         int | None, typer.Option(min=1, help="Days held out for evaluation (default 15%).")
     ] = None,
     budget_s: Annotated[
-        float, typer.Option(min=0, help="Seconds for the hyperparameter search (0: none).")
+        float, float_option(min=0, help="Seconds for the hyperparameter search (0: none).")
     ] = 30.0,
     k: Annotated[int, typer.Option(min=1, max=1000, help="Cut-off of the metrics.")] = 10,
     tolerance: Annotated[
-        float, typer.Option(min=0, max=1, help="Gate: allowed relative nDCG loss vs champion.")
+        float, float_option(min=0, max=1, help="Gate: allowed relative nDCG loss vs champion.")
     ] = 0.02,
 ) -> None:
     """Search, train ALS + item-kNN + ranker, evaluate on a temporal holdout, gate, register."""
@@ -256,7 +262,9 @@ def _print_training(result) -> None:
 
 @app.command("evaluate")
 def evaluate(
-    alias: Annotated[str, typer.Option(help="Registry alias (or version number).")] = "champion",
+    alias: Annotated[
+        str, typer.Option(help="Registry alias, or version number (3 or v3).")
+    ] = "champion",
     test_days: Annotated[
         int | None, typer.Option(min=1, help="Days held out (default 15% of the data).")
     ] = None,
@@ -268,13 +276,12 @@ def evaluate(
     never measured on data the model has seen."""
     from recsys.pipeline import fit_stage
     from recsys.registry import load_release
-    from recsys.train import evaluate_stage, holdout_start
+    from recsys.train import evaluate_stage, holdout_days, holdout_start
 
     settings = _settings()
-    version, release = load_release(settings, alias)
     frame = settings.lake.read_clean_interactions()
-    n_days = int(frame["timestamp"].dt.floor("D").nunique())
-    test_days = test_days or max(1, round(n_days * 0.15))
+    _, test_days = holdout_days(frame, test_days, for_training=False)
+    version, release = load_release(settings, alias)
     cut = holdout_start(frame, test_days)
     catalog = settings.lake.read_clean_catalog("items")
     item_ids = np.unique(np.concatenate([catalog["item_id"].to_numpy(), frame["item_id"]]))
@@ -286,9 +293,10 @@ def evaluate(
             stage, release.ranker, frame[frame["timestamp"] >= cut], k, release.params.candidates
         )
     names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage", "novelty"]
+    named = "" if alias.strip().lstrip("vV") == version else f" ({alias})"
     console.print(
         table(
-            f"{settings.model_name} v{version} ({alias}) at k={k}: holdout from {cut.date()}",
+            f"{settings.model_name} v{version}{named} at k={k}: holdout from {cut.date()}",
             ["model", *names],
             [[m, *(v[n] for n in names)] for m, v in metrics.items()],
         )
@@ -381,7 +389,7 @@ def benchmark_split(
             "to test."
         ),
     ] = "item",
-    train_share: Annotated[float, typer.Option(min=0.01, max=0.99)] = 0.75,
+    train_share: Annotated[float, float_option(min=0.01, max=0.99)] = 0.75,
     seed: Annotated[int, typer.Option(min=0, help="Seed (random splits).")] = 42,
 ) -> None:
     """Split for `benchmark quality`: each item's (or user's) rows at random, or by time;
@@ -620,7 +628,7 @@ app.add_typer(serve_bench_app, name="bench")
 
 @serve_bench_app.command("serve")
 def bench_serve(
-    duration: Annotated[float, typer.Option(min=1, help="Seconds of load per endpoint.")] = 20.0,
+    duration: Annotated[float, float_option(min=1, help="Seconds of load per endpoint.")] = 20.0,
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="Concurrent clients.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     dataset: Annotated[

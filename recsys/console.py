@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -112,3 +114,15 @@ def ingest_table(reports: Sequence[Any]) -> Table:
         ["batches", "raw rows", "clean rows", "quarantined rows"],
         [[len(reports), raw, clean, quarantined]],
     )
+
+
+def _finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def float_option(**kwargs: Any) -> Any:
+    """``typer.Option`` of a float option: refuses inf and nan, which bounds let through (inf
+    passes a minimum; without bounds nan passes too) and which no command can use."""
+    return typer.Option(callback=_finite, **kwargs)

@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import socket
 import tempfile
 import time
@@ -298,19 +299,51 @@ def version_for_alias(settings: Settings, alias: str) -> str | None:
         return None
 
 
-def download_release(settings: Settings, alias: str, dest: Path) -> tuple[str, Path]:
-    """Download the release behind ``alias`` into ``dest``; returns (version, release folder).
+def resolve_version(settings: Settings, alias: str) -> str:
+    """The version number ``alias`` names: an alias (``champion``) or a version number (``3``
+    or ``v3``; MLflow reserves ``v<number>`` for versions, so no alias reads as one).
 
     Raises:
-        RecsysError: no model or no such alias in the registry.
+        RecsysError: no version has that alias, or no such version exists.
+    """
+    number = re.fullmatch(r"[vV]?([0-9]+)", alias.strip())
+    if number is None:
+        version = version_for_alias(settings, alias)
+        if version is None:
+            raise RecsysError(
+                f"no model version has alias {alias!r} in {settings.model_name!r} at "
+                f"{settings.tracking_uri}; run `recsys train` first"
+            )
+        return version
+    from mlflow.exceptions import MlflowException
+
+    client = configure_mlflow(settings)
+    version = str(int(number.group(1)))
+    try:
+        client.get_model_version(settings.model_name, version)
+    except MlflowException:
+        try:
+            found = client.search_model_versions(f"name = '{settings.model_name}'")
+        except MlflowException:
+            found = []
+        latest = max((int(v.version) for v in found), default=None)
+        have = f"the latest is version {latest}" if latest else "run `recsys train` first"
+        raise RecsysError(
+            f"model version {version} of {settings.model_name!r} does not exist at "
+            f"{settings.tracking_uri}; {have}"
+        ) from None
+    return version
+
+
+def download_release(settings: Settings, alias: str, dest: Path) -> tuple[str, Path]:
+    """Download the release behind ``alias`` (or a version number, see :func:`resolve_version`)
+    into ``dest``; returns (version, release folder).
+
+    Raises:
+        RecsysError: no model, no such alias or no such version in the registry.
         UnreadableRelease: the version's artifacts hold no release folder.
     """
-    version = version_for_alias(settings, alias)
-    if version is None:
-        raise RecsysError(
-            f"no model version has alias {alias!r} in {settings.model_name!r} at "
-            f"{settings.tracking_uri}; run `recsys train` first"
-        )
+    version = resolve_version(settings, alias)
     return version, download_version(settings, version, dest)
 
 
@@ -344,7 +377,7 @@ def unreadable_reason(settings: Settings, version: str) -> str | None:
 
 
 def load_release(settings: Settings, alias: str = CHAMPION) -> tuple[str, Release]:
-    """(version, Release) behind ``alias``, read without pickle."""
+    """(version, Release) behind ``alias`` (or a version number), read without pickle."""
     dest = Path(tempfile.mkdtemp(prefix=f"recsys-{alias}-"))
     version, folder = download_release(settings, alias, dest)
     return version, Release.load(folder)

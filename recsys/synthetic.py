@@ -181,6 +181,31 @@ class WorldConfig:
         return cls(**dict(payload))
 
 
+def refuse_future_days(cfg: WorldConfig, today: date | None = None) -> None:
+    """Refuse a world whose last day is after ``today`` (UTC): the ingest contract quarantines
+    rows from the future (``range:timestamp``), so those days would land only to be rejected.
+
+    Raises:
+        RecsysError: naming the latest start date for ``cfg.n_days`` days and the most days
+            from ``cfg.start_date``.
+    """
+    today = today or datetime.now(UTC).date()
+    first = date.fromisoformat(cfg.start_date)
+    last = first + timedelta(days=cfg.n_days - 1)
+    if last <= today:
+        return
+    latest_start = (today - timedelta(days=cfg.n_days - 1)).isoformat()
+    if first > today:
+        fix = f"use --start-date {latest_start} or earlier for {cfg.n_days} day(s)"
+    else:
+        most = (today - first).days + 1
+        fix = f"use --days {most} or fewer, or --start-date {latest_start} or earlier"
+    raise RecsysError(
+        f"{cfg.n_days} day(s) from {cfg.start_date} end on {last.isoformat()}, after today "
+        f"({today.isoformat()} UTC): the ingest contract would quarantine the future days; {fix}"
+    )
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 

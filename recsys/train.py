@@ -134,6 +134,26 @@ def temporal_split(frame: pd.DataFrame, test_days: int) -> tuple[pd.DataFrame, p
     return train, test
 
 
+def holdout_days(
+    frame: pd.DataFrame, test_days: int | None, *, for_training: bool = True
+) -> tuple[int, int]:
+    """(days of data in ``frame``, days to hold out: ``test_days`` or 15% of them).
+
+    Raises:
+        RecsysError: too few days are left before the holdout: training needs a label window
+            and a day before it; evaluation (``for_training=False``) one day to fit on.
+    """
+    n_days = int(frame["timestamp"].dt.floor("D").nunique())
+    test_days = test_days or max(1, round(n_days * 0.15))
+    if n_days < test_days + (2 if for_training else 1):
+        data, keep = ("the window", "a label window") if for_training else ("the lake", "a day")
+        raise RecsysError(
+            f"{data} has {n_days} day(s) of data: too few to hold out {test_days} day(s) and "
+            f"keep {keep} before them; generate more days or lower --test-days"
+        )
+    return n_days, test_days
+
+
 def holdout_start(frame: pd.DataFrame, test_days: int) -> pd.Timestamp:
     return frame["timestamp"].max().floor("D") - timedelta(days=test_days - 1)
 
@@ -306,13 +326,7 @@ def train_and_evaluate(
     frame = select_window(lake.read_clean_interactions(batches), window_days)
     if frame.empty:
         raise RecsysError("the training window holds no interactions")
-    n_days = int(frame["timestamp"].dt.floor("D").nunique())
-    test_days = test_days or max(1, round(n_days * 0.15))
-    if n_days < test_days + 2:
-        raise RecsysError(
-            f"the window has {n_days} day(s) of data: too few to hold out {test_days} day(s) and "
-            "keep a label window; generate more days or lower --test-days"
-        )
+    n_days, test_days = holdout_days(frame, test_days)
     catalog = lake.read_clean_catalog("items")
     item_ids = np.unique(np.concatenate([catalog["item_id"].to_numpy(), frame["item_id"]]))
     start_of_test = holdout_start(frame, test_days)

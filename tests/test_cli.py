@@ -134,3 +134,57 @@ def test_make_help_lists_every_target(target):
     assert proc.returncode == 0
     for name in ("install", "demo", "test", "lint", "clean"):
         assert f"  {name} " in proc.stdout
+
+
+def test_evaluate_takes_a_version_number_for_its_alias(trained_world):
+    settings, registered, _ = trained_world
+    assert registered.version == "1"
+    proc = run(["evaluate", "--alias", "1", "--k", "5"], settings.data_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "recsys-recommender v1 at k=5" in proc.stdout and "pipeline" in proc.stdout
+    missing = run(["evaluate", "--alias", "v9"], settings.data_dir)
+    assert_one_line_error(missing, 2, "model version 9 of 'recsys-recommender' does not exist")
+    assert "the latest is version 1" in missing.stderr
+
+    from recsys.registry import resolve_version
+
+    assert [resolve_version(settings, ref) for ref in ("1", "v1", " V1 ", "champion")] == ["1"] * 4
+
+
+def test_evaluate_refuses_a_holdout_that_leaves_no_day_to_fit_on(trained_world):
+    settings, _, _ = trained_world
+    assert settings.lake.read_clean_interactions()["timestamp"].dt.floor("D").nunique() == 12
+    proc = run(["evaluate", "--test-days", "12"], settings.data_dir)
+    assert_one_line_error(proc, 2, "the lake has 12 day(s) of data: too few to hold out 12 day(s)")
+    assert "lower --test-days" in proc.stderr
+
+
+def test_float_options_refuse_inf_and_nan(data_dir):
+    # a search budget of inf never ended; bounds let inf through a minimum, nan through none
+    proc = run(["train", "--budget-s", "inf"], data_dir)
+    assert_one_line_error(proc, 2, "'--budget-s': inf is not a finite number")
+    proc = run(["data", "generate", "--new-item-share", "nan"], data_dir)
+    assert_one_line_error(proc, 2, "'--new-item-share': nan is not a finite number")
+    assert not data_dir.exists()
+
+
+def test_generate_refuses_days_in_the_future_before_writing_anything(data_dir):
+    from datetime import UTC, date, datetime, timedelta
+
+    today = datetime.now(UTC).date()
+    start = (today - timedelta(days=5)).isoformat()
+    proc = run(["data", "generate", "--start-date", start, "--days", "7"], data_dir)
+    assert_one_line_error(proc, 2, f"7 day(s) from {start} end on")
+    assert "use --days 6 or fewer, or --start-date" in proc.stderr
+    proc = run(["data", "generate", "--start-date", "2999-01-01"], data_dir)
+    assert_one_line_error(proc, 2, "after today")
+    assert_one_line_error(run(["data", "generate", "--days", "100000"], data_dir), 2, "--days")
+    assert not data_dir.exists()
+
+    from recsys.errors import RecsysError
+    from recsys.synthetic import WorldConfig, refuse_future_days
+
+    ten_days = WorldConfig(n_days=10, start_date="2026-03-01")
+    refuse_future_days(ten_days, today=date(2026, 3, 10))  # the last day is today: fine
+    with pytest.raises(RecsysError, match="use --days 9 or fewer, or --start-date 2026-02-28 or"):
+        refuse_future_days(ten_days, today=date(2026, 3, 9))
