@@ -49,9 +49,45 @@ def configure_mlflow(settings: Settings) -> Any:
 
     if settings.profile == "local":
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+    check_reachable(settings.tracking_uri)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     return MlflowClient(settings.tracking_uri, settings.tracking_uri)
+
+
+_ANSWERED: set[str] = set()
+PROBES = (0.0, 1.0, 2.0)
+"""Waits before each probe of a tracking server that has not answered yet (3 tries, ~3 s)."""
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Ask an HTTP tracking server's ``/health`` until it answers (any status will do: it is
+    up), once per process. Without this, MLflow's own client retries a server that is down 7
+    times with exponential backoff: a command said nothing for about 4 minutes.
+
+    Raises:
+        RecsysError: nothing answered at ``uri`` after :data:`PROBES`.
+    """
+    if not uri.startswith(("http://", "https://")) or uri in _ANSWERED:
+        return
+    import httpx
+
+    from recsys.config import mask_url
+
+    problem = ""
+    for wait in PROBES:
+        time.sleep(wait)
+        try:
+            httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+        except httpx.TransportError as exc:  # refused, unresolvable, timed out: nobody answered
+            problem = f"{type(exc).__name__}: {exc}"
+            continue
+        _ANSWERED.add(uri)
+        return
+    raise RecsysError(
+        f"the MLflow tracking server at {mask_url(uri)} does not answer ({problem}); start it "
+        "or fix RECSYS_MLFLOW_TRACKING_URI"
+    )
 
 
 RUN_HOST_TAG = "recsys.host"
@@ -377,7 +413,8 @@ def unreadable_reason(settings: Settings, version: str) -> str | None:
 
 
 def load_release(settings: Settings, alias: str = CHAMPION) -> tuple[str, Release]:
-    """(version, Release) behind ``alias`` (or a version number), read without pickle."""
-    dest = Path(tempfile.mkdtemp(prefix=f"recsys-{alias}-"))
-    version, folder = download_release(settings, alias, dest)
-    return version, Release.load(folder)
+    """(version, Release) behind ``alias`` (or a version number), read without pickle. The
+    download is removed once read: a release holds its arrays in memory."""
+    with tempfile.TemporaryDirectory(prefix="recsys-release-") as dest:
+        version, folder = download_release(settings, alias, Path(dest))
+        return version, Release.load(folder)

@@ -188,3 +188,20 @@ def test_generate_refuses_days_in_the_future_before_writing_anything(data_dir):
     refuse_future_days(ten_days, today=date(2026, 3, 10))  # the last day is today: fine
     with pytest.raises(RecsysError, match="use --days 9 or fewer, or --start-date 2026-02-28 or"):
         refuse_future_days(ten_days, today=date(2026, 3, 9))
+
+
+def test_an_unreachable_mlflow_server_is_one_line_not_minutes_of_silence(data_dir):
+    # MLflow's client retries a server that is down 7 times with backoff: `recsys status` said
+    # nothing for about 4 minutes before this check
+    import time
+
+    started = time.monotonic()
+    proc = run(
+        ["status"],
+        data_dir,
+        RECSYS_PROFILE="prod",
+        RECSYS_MLFLOW_TRACKING_URI="http://someone:pw@127.0.0.1:9",
+    )
+    assert_one_line_error(proc, 2, "MLflow tracking server at http://someone:***@127.0.0.1:9")
+    assert "pw@" not in proc.stderr + proc.stdout
+    assert time.monotonic() - started < 60

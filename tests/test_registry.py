@@ -124,3 +124,17 @@ def test_a_broken_release_and_one_of_another_format_fail_to_load_differently(
     (folder / "release.json").write_text("{not json")
     with pytest.raises(UnreadableRelease, match=r"corrupt release\.json"):
         Release.load(folder)
+
+
+def test_load_release_leaves_no_download_behind(trained_world, tmp_path, monkeypatch):
+    # every evaluate, gate and drift check used to leave a /tmp/recsys-<alias>-* copy
+    import tempfile
+
+    settings, registered, result = trained_world
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    version, release = load_release(settings, "champion")
+    assert version == registered.version
+    assert release.recommend(int(result.release.user_ids[0]), 5).item_ids.tolist() == (
+        result.release.recommend(int(result.release.user_ids[0]), 5).item_ids.tolist()
+    )
+    assert list(tmp_path.iterdir()) == []
