@@ -377,5 +377,12 @@ def test_publishable_spec_leaves_operations_it_does_not_own_alone():
     }
     out = publishable_spec(spec)
     assert out["paths"]["/livez"] == {"get": {"responses": {"200": {"description": "ok"}}}}
-    assert set(out["paths"]["/x"]["post"]["responses"]) == {"200", "400", "413", "415", "500", "504"}
+    assert set(out["paths"]["/x"]["post"]["responses"]) == {
+        "200",
+        "400",
+        "413",
+        "415",
+        "500",
+        "504",
+    }
     assert "security" not in out["paths"]["/x"]["post"]
