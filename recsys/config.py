@@ -313,21 +313,25 @@ class _StrictYamlSource(YamlConfigSettingsSource):
         return _read_config_file(Path(file_path))
 
 
-def _where_from(field: str, overrides: dict[str, Any]) -> str | None:
+def _file_keys() -> set[str]:
+    """The setting names the RECSYS_CONFIG_FILE sets, lowercased (none when it is unset or
+    unreadable: its own error is said elsewhere)."""
+    config_file = os.environ.get("RECSYS_CONFIG_FILE")
+    if not config_file:
+        return set()
+    try:
+        return {str(key).lower() for key in _read_config_file(_config_path(config_file))}
+    except RecsysError:
+        return set()
+
+
+def _where_from(field: str, overrides: dict[str, Any], file_keys: set[str]) -> str | None:
     """Which source gave ``field`` its (bad) value: "env", "file" or None (caller/default)."""
     if field.lower() in {name.lower() for name in overrides}:
         return None
     if f"recsys_{field.lower()}" in {name.lower() for name in os.environ}:
         return "env"
-    config_file = os.environ.get("RECSYS_CONFIG_FILE")
-    if config_file:
-        try:
-            in_file = {str(key).lower() for key in _read_config_file(_config_path(config_file))}
-        except RecsysError:
-            return None
-        if field.lower() in in_file:
-            return "file"
-    return None
+    return "file" if field.lower() in file_keys else None
 
 
 def get_settings(**overrides: Any) -> Settings:
@@ -342,7 +346,10 @@ def get_settings(**overrides: Any) -> Settings:
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {_one_line(err['msg'])}"
             for err in errors
         )
-        sources = {_where_from(str(err["loc"][0]), overrides) for err in errors if err["loc"]}
+        file_keys = _file_keys()  # read once, not once per bad field
+        sources = {
+            _where_from(str(err["loc"][0]), overrides, file_keys) for err in errors if err["loc"]
+        }
         config_file = os.environ.get("RECSYS_CONFIG_FILE")
         if "file" in sources and "env" in sources:
             check = f"check RECSYS_* variables and RECSYS_CONFIG_FILE={config_file}"
