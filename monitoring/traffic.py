@@ -194,8 +194,10 @@ def traffic_by_arm(
     """One :class:`ArmTraffic` per distinct value of ``by`` among the logged requests with
     ``since <= logged_at < until``, largest arm first.
 
-    Feedback counts when its request_id is one of those requests, whenever it arrived after
-    ``since`` (a click a second after ``until`` still belongs to its request). ``coverage`` is
+    Feedback counts when its request_id is one of those requests and that answer showed its
+    item, whenever it arrived after ``since`` (a click a second after ``until`` still belongs to
+    its request); a click on an item the answer did not show is a client quoting the wrong
+    request, not a click on the recommendation. ``coverage`` is
     distinct items served / ``catalog_size``, or the distinct count itself when it is None.
     ``by`` may name any logged request fields; fields not in ``by`` are None on the arm.
 
@@ -215,7 +217,9 @@ def traffic_by_arm(
             requests[column] = None
     requests = requests.drop_duplicates("request_id", keep="first")
     feedback = read_feedback(settings, since=since)
-    feedback = feedback[feedback["request_id"].isin(set(requests["request_id"]))]
+    feedback = _on_shown_items(
+        feedback[feedback["request_id"].isin(set(requests["request_id"]))], requests
+    )
     tallies = (
         feedback.assign(
             clicks=feedback["event"].isin(CLICK_EVENTS).astype(int),
@@ -233,6 +237,23 @@ def traffic_by_arm(
         arms.append(_arm(group, labels, catalog_size))
     arms.sort(key=lambda a: (-a.requests, str(a.variant), str(a.model_version)))
     return arms
+
+
+def _on_shown_items(feedback: pd.DataFrame, requests: pd.DataFrame) -> pd.DataFrame:
+    """The feedback rows whose item was in their request's logged ``items`` (a request logged
+    without its items keeps all its feedback: nothing to check against)."""
+    if feedback.empty:
+        return feedback
+    listed = requests[requests["items"].map(lambda items: isinstance(items, list))]
+    pairs = listed[["request_id", "items"]].explode("items").dropna()
+    shown = set(zip(pairs["request_id"], pairs["items"].astype("int64"), strict=True))
+    checked = set(listed["request_id"])
+    item = pd.to_numeric(feedback["item_id"], errors="coerce")
+    keep = [
+        request not in checked or (item_id == item_id and (request, int(item_id)) in shown)
+        for request, item_id in zip(feedback["request_id"], item, strict=True)
+    ]
+    return feedback.loc[keep]
 
 
 def _arm(group: pd.DataFrame, labels: dict[str, Any], catalog_size: int | None) -> ArmTraffic:

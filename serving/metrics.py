@@ -8,7 +8,9 @@ What the alert rules (``infra/prometheus/alerts.yml``) and the dashboards read:
 
     recsys_serving_requests_total{variant,version,fallback}   answered /recommend calls
     recsys_serving_impressions_total{variant,version}         items shown in those answers
-    recsys_serving_feedback_total{event,variant,version}      /feedback events
+    recsys_serving_feedback_total{event,variant,version,shown}  /feedback events (shown: the
+                                                              answer showed the item: true,
+                                                              false, unknown if unattributed)
     recsys_serving_clicked_requests_total{variant,version}    answers with at least one click
     recsys_serving_converted_requests_total{variant,version}  answers with at least one purchase
     recsys_serving_fallbacks_total{kind}                      degraded answers (cold_start, ...)
@@ -19,9 +21,10 @@ What the alert rules (``infra/prometheus/alerts.yml``) and the dashboards read:
     recsys_serving_ready                                      1 once the champion is served
 
 CTR is ``clicked_requests / requests`` (the share of answers with a click, as
-``monitoring.traffic`` and the canary rule count it); item CTR is ``feedback{event="click"} /
-impressions``. The counters of every served (variant, version) start at 0 when it is loaded, so
-a ratio exists from its first request.
+``monitoring.traffic`` and the canary rule count it); item CTR is
+``feedback{event="click",shown="true"} / impressions``. A click on an item its answer did not
+show counts in neither. The counters of every served (variant, version) start at 0 when it is
+loaded, so a ratio exists from its first request.
 """
 
 from __future__ import annotations
@@ -64,7 +67,10 @@ CONVERSION_EVENT = "purchase"
 COUNTER_HELP: dict[str, str] = {
     "requests_total": "Answered /recommend calls by variant, model version and fallback.",
     "impressions_total": "Items shown in /recommend answers by variant and model version.",
-    "feedback_total": "Feedback events by event type, variant and model version.",
+    "feedback_total": (
+        "Feedback events by event type, variant, model version and whether the answer showed "
+        "the item (true, false; unknown when unattributed)."
+    ),
     "clicked_requests_total": (
         "Answers with at least one click (counted at the first click) by variant and version."
     ),
@@ -135,19 +141,22 @@ class ServingMetrics:
         if fallback:
             self.inc("fallbacks_total", kind=fallback)
 
-    def record_feedback(self, event: str, served: dict | None) -> None:
+    def record_feedback(self, event: str, served: dict | None, shown: bool | None = None) -> None:
         """Count one /feedback event. ``served`` is what served its request (``variant``,
-        ``model_version``; None: unattributed). An attributed click or purchase also counts
-        its request as clicked or converted, once per request: the set of outcomes already
-        counted is kept on ``served`` and forgotten with it."""
+        ``model_version``; None: unattributed), ``shown`` whether that answer showed the item
+        (None: unattributed). A click or purchase on a shown item also counts its request as
+        clicked or converted, once per request: the set of outcomes already counted is kept on
+        ``served`` and forgotten with it. An event on an item the answer did not show (a client
+        quoting the wrong request_id) is counted with ``shown="false"`` and nowhere else."""
         variant = str(served["variant"]) if served else "None"
         version = str(served["model_version"]) if served else "None"
-        self.inc("feedback_total", event=event, variant=variant, version=version)
+        label = "unknown" if served is None or shown is None else str(bool(shown)).lower()
+        self.inc("feedback_total", event=event, variant=variant, version=version, shown=label)
         outcome = {
             CLICK_EVENT: "clicked_requests_total",
             CONVERSION_EVENT: "converted_requests_total",
         }
-        if served is None or event not in outcome:
+        if served is None or not shown or event not in outcome:
             return
         with self._lock:
             counted = served.setdefault("_counted_outcomes", set())

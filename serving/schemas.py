@@ -61,5 +61,11 @@ class FeedbackResponse(BaseModel):
         description="False when the request_id is unknown to this process (too old, or served "
         "before a restart): the event is kept with variant and model_version null."
     )
+    shown: bool | None = Field(
+        description="Whether the answer of request_id showed item_id (null when unattributed). "
+        "An event on an item it did not show is kept, but a click or purchase on it does not "
+        "count toward the variant's CTR or conversion.",
+        json_schema_extra=NULLABLE,
+    )
     variant: str | None = Field(json_schema_extra=NULLABLE)
     model_version: str | None = Field(json_schema_extra=NULLABLE)

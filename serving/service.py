@@ -45,6 +45,7 @@ import tempfile
 import threading
 import time
 import uuid
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -508,6 +509,8 @@ class RecommenderService:
                 "variant": response.variant,
                 "model_version": response.model_version,
                 "user_id": response.user_id,
+                # 8 bytes an item: what /feedback checks a click against
+                "items": array("q", (item.item_id for item in response.items)),
             },
         )
         self.metrics.record_answer(
@@ -556,8 +559,10 @@ class RecommenderService:
 
         The event is tied to the variant and model version that served ``request_id``. An
         unknown request_id (older than this process remembers) is still kept, unattributed:
-        losing real feedback is worse than an event without a variant. A request_id that served
-        another user is a 409.
+        losing real feedback is worse than an event without a variant. An event on an item the
+        answer did not show is kept too, with ``shown: false``, but a click or purchase on it
+        does not count toward the variant's CTR or conversion: the canary's verdict rests on
+        them. A request_id that served another user is a 409.
         """
         if event == "rating" and (value is None or not 0.5 <= value <= 5):
             return _error(None, 400, "a rating event needs a value between 0.5 and 5 stars")
@@ -570,6 +575,7 @@ class RecommenderService:
             )
         variant = served["variant"] if served else None
         version = served["model_version"] if served else None
+        shown = item_id in served["items"] if served else None
         self.feedback_log.append(
             {
                 "request_id": request_id,
@@ -580,12 +586,14 @@ class RecommenderService:
                 "variant": variant,
                 "model_version": version,
                 "attributed": served is not None,
+                "shown": shown,
             }
         )
-        self.metrics.record_feedback(event, served)
+        self.metrics.record_feedback(event, served, shown)
         return FeedbackResponse(
             request_id=request_id,
             attributed=served is not None,
+            shown=shown,
             variant=variant,
             model_version=version,
         )

@@ -545,7 +545,7 @@ def test_every_metric_the_rules_and_dashboards_use_is_served(scrape):
     assert grew(f"recsys_serving_clicked_requests_total{champion}") == 1  # 2 clicks, 1 request
     assert grew(f"recsys_serving_converted_requests_total{champion}") == 1
     for event, count in (("view", 1), ("click", 2), ("purchase", 1)):
-        labels = f'{{event="{event}",variant="champion",version="{version}"}}'
+        labels = f'{{event="{event}",shown="true",variant="champion",version="{version}"}}'
         assert grew(f"recsys_serving_feedback_total{labels}") == count
     trained = float(samples[f"recsys_serving_model_trained_timestamp_seconds{champion}"])
     loaded = float(samples[f"recsys_serving_model_loaded_timestamp_seconds{champion}"])

@@ -120,6 +120,7 @@ def _write_logs(settings) -> tuple[float, float]:
         ("r2", 3, "click"),
         ("r2", 3, "purchase"),
         ("r3", 4, "view"),
+        ("r3", 9, "click"),  # an item r3 did not show: kept, not a click on r3's answer
         ("r5", 7, "click"),
         ("r0", 1, "click"),  # its request is outside the window
         ("r99", 1, "click"),  # its request was not sampled into the log
@@ -135,7 +136,7 @@ def test_traffic_by_arm_counts_exactly_what_the_logs_hold(settings):
     assert list(read_requests(settings, since, until)["request_id"]) == [
         f"r{i}" for i in range(1, 7)
     ]
-    assert len(read_feedback(settings, since, until)) == 8
+    assert len(read_feedback(settings, since, until)) == 9
     champion, challenger = traffic_by_arm(settings, since, until, catalog_size=10)
     assert (champion.variant, champion.model_version) == ("champion", "1")
     assert (champion.requests, champion.clicked_requests, champion.clicks) == (4, 2, 3)

@@ -103,6 +103,39 @@ def test_feedback_is_durable_and_tied_to_the_serving_variant(live):
     assert 400 <= bad.status_code < 500 and "event" in bad.text
 
 
+def _series_sum(text: str, prefix: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_a_click_on_an_item_the_answer_did_not_show_is_kept_but_not_a_click(live):
+    proc, settings, registered, result = live
+    user = int(result.release.user_ids[3])
+    served = recommend(proc, user, k=3)
+    shown = {it["item_id"] for it in served["items"]}
+    elsewhere = next(int(i) for i in result.release.item_ids if int(i) not in shown)
+    labels = f'variant="champion",version="{registered.version}"'
+    clicked = f"recsys_serving_clicked_requests_total{{{labels}}}"
+    before = _series_sum(httpx.get(f"{proc.url}/metrics").text, clicked)
+    event = {"request_id": served["request_id"], "user_id": user, "event": "click"}
+    reply = httpx.post(f"{proc.url}/feedback", json={**event, "item_id": elsewhere})
+    assert reply.status_code == 200
+    assert reply.json()["attributed"] is True and reply.json()["shown"] is False
+    text = httpx.get(f"{proc.url}/metrics").text
+    assert _series_sum(text, clicked) == before  # the canary's CTR is not moved by it
+    assert 'shown="false"' in text
+    kept = [
+        json.loads(line)
+        for path in sorted((settings.data_dir / "logs" / "feedback").glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    mine = [r for r in kept if r["request_id"] == served["request_id"]]
+    assert [(r["item_id"], r["shown"]) for r in mine] == [(elsewhere, False)]  # nothing lost
+
+    on_answer = httpx.post(f"{proc.url}/feedback", json={**event, "item_id": min(shown)})
+    assert on_answer.json()["shown"] is True
+    assert _series_sum(httpx.get(f"{proc.url}/metrics").text, clicked) == before + 1
+
+
 def test_cache_serves_repeats_and_flushes(live):
     proc, _, _, result = live
     user = int(result.release.user_ids[2])
