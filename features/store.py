@@ -291,6 +291,13 @@ def materialize_window(
         raise RecsysError(f"unknown feature views {unknown}; the views are {list(VIEWS)}")
     newest = _require_offline(settings)
     end_at = _as_utc(end) or newest.to_pydatetime()
+    asked = _as_utc(start)
+    if asked is not None and asked > end_at:
+        bound = "end" if end is not None else "the newest offline snapshot"
+        raise RecsysError(
+            f"start {asked.isoformat()} is after {bound} {end_at.isoformat()}: nothing to "
+            "materialize; omit --start to continue where the last materialization stopped"
+        )
     store = feature_store(settings, overwrite=overwrite)
     _require_applied(store, settings)
     done: dict[str, dict[str, Any]] = {}

@@ -521,6 +521,9 @@ def test_recsys_features_cli_and_feast_cli_inside_features(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Materialized" in proc.stdout and "user_features" in proc.stdout
     assert (data / "features" / "online.db").is_file()
+    proc = run([recsys, "features", "materialize", "--start", "2999-01-01"], repo, env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # not the newest day copied again
+    assert "after the newest offline snapshot" in proc.stderr and "Traceback" not in proc.stderr
 
     from feast.protos.feast.types.Value_pb2 import Value
 
