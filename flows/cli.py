@@ -228,7 +228,8 @@ def doctor_command(
 
     Prints layer, check, status, evidence and the fix each failing check asks for; with --fix,
     applies the fixes (writing incidents) and shows what each did. The service is checked when
-    RECSYS_ADMIN_TOKEN is set. Exit 0: healthy (with --fix: every fix verified); 1: not.
+    RECSYS_ADMIN_TOKEN is set. Exit 0: healthy (with --fix: every failing check fixed and
+    verified); 1: not (a check whose only remedy is an alert to a person counts as not fixed).
     """
     settings = _prefect()
     from flows.guardian import heal_flow, live_cycle, monitor_flow
@@ -239,7 +240,11 @@ def doctor_command(
     findings = monitor_flow(cycle)
     incidents = heal_flow(cycle, findings) if fix else []
     outcome = {i.check: i for i in incidents}
-    healthy = all(f.ok for f in findings) if not fix else all(i.verified for i in incidents)
+    # an "alert" outcome heals nothing: its "verified" says only that the page was delivered, so
+    # a check that can only page a person keeps the doctor unhealthy even with --fix
+    paged = [i for i in incidents if i.action == "alert"]
+    healed = [i for i in incidents if i.action != "alert" and i.verified]
+    healthy = all(f.ok for f in findings) if not fix else len(healed) == len(incidents)
     if as_json:
         payload = {
             "healthy": healthy,
@@ -247,6 +252,7 @@ def doctor_command(
             "fixes": [
                 {"check": i.check, "action": i.action, "verified": i.verified} for i in incidents
             ],
+            "needs_a_person": [i.check for i in paged],
         }
         print(json.dumps(payload, indent=2, default=str))
     else:
@@ -257,6 +263,10 @@ def doctor_command(
                 action = "-"
             elif done is None:
                 action = f"{f.fix} (not applied: --fix)"
+            elif done.action == "alert":
+                action = "alert: " + (
+                    "delivered, needs a person" if done.verified else "NOT delivered"
+                )
             else:
                 action = f"{done.action}: {'verified' if done.verified else 'NOT verified'}"
             status = "FAIL" if not f.ok else "ok" if f.checked else "skipped"
@@ -269,6 +279,12 @@ def doctor_command(
         console.print(
             ("healthy" if healthy and not failing else f"{failing} check(s) failed")
             + ("; fixed and verified" if failing and healthy else "")
+            + (f"; {len(healed)} fixed and verified" if healed and not healthy else "")
+            + (
+                f"; {len(paged)} need a person (alerted: {', '.join(i.check for i in paged)})"
+                if paged
+                else ""
+            )
             + (
                 f"; {len(skipped)} not checked ({', '.join(skipped)}): the service is checked "
                 "only with RECSYS_ADMIN_TOKEN set"

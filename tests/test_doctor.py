@@ -199,6 +199,23 @@ def test_corrupt_batch_delivery(live):
     assert len(lake.read_clean_interactions([batch])) == len(source(batch))
 
 
+def test_a_check_that_can_only_page_a_person_is_not_called_fixed(live, monkeypatch):
+    # a check that crashes asks for "alert"; the alert is delivered, but nothing was healed:
+    # `doctor --fix` said "fixed and verified" and exited 0
+    import recsys.guardian as guardian
+
+    def broken(cycle):
+        raise RuntimeError("the drift reference is unreadable")
+
+    checks = tuple((n, broken if n == "drift" else c) for n, c in guardian.CHECKS)
+    monkeypatch.setattr(guardian, "CHECKS", checks)
+    code, report = doctor(live, "--fix")
+    assert failing(report) == [("model", "drift", "alert")]
+    assert report["fixes"] == [{"check": "drift", "action": "alert", "verified": True}]
+    assert code == 1 and report["healthy"] is False
+    assert report["needs_a_person"] == ["drift"]
+
+
 def test_latency_and_degraded_answers(live):
     *_, admin = live
     admin.flush_cache()  # every answer below goes to the broken model, none to the cache
