@@ -108,6 +108,14 @@ def test_flows_serve_registers_scheduled_deployments_and_runs_one(tmp_path):
             state = _wait(finished, 180, "the triggered guardian run finishes", serve, serve_log)
             assert state["type"] == "COMPLETED", (state, serve_log.read_text()[-3000:])
             assert auth.password.get_secret_value() not in serve_log.read_text()
+            # every check ran: Prefect loaded `flows/guardian.py` as a script with `flows/` first
+            # on sys.path, so `import features.store` found `flows/features.py`, and 7 checks
+            # "failed themselves" (ModuleNotFoundError) inside a run that still said COMPLETED
+            from monitoring.incidents import IncidentLog
+
+            incidents = IncidentLog(tmp_path / "data" / "logs" / "incidents.jsonl").read()
+            crashed = [(i.check, i.seen) for i in incidents if "check itself failed" in i.seen]
+            assert crashed == [], crashed
         finally:
             _stop(serve)
             client.close()
