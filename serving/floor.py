@@ -27,7 +27,9 @@ MAX_EXCLUDE = _SETTINGS.max_exclude
 FLOOR_ITEMS = [ScoredItem(item_id=i, score=1.0 / (i + 1)) for i in range(1000)]
 
 
-@bentoml.service(name="recsys-floor", traffic={"timeout": 10}, workers=1)
+@bentoml.service(
+    name="recsys-floor", traffic={"timeout": 10}, workers=1, http={"host": "127.0.0.1"}
+)  # BentoML's own default host is 0.0.0.0
 class FloorService:
     """Answers /recommend with the first ``k`` of a fixed list: no model, no cache, no logs."""
 

@@ -192,7 +192,14 @@ def lake_popularity(settings, limit: int = 1000) -> tuple[np.ndarray, np.ndarray
     return counts.index.to_numpy(dtype=np.int64), counts.to_numpy(dtype=np.float64)
 
 
-@bentoml.service(name="recsys", traffic={"timeout": 10}, workers=1)
+# bound to RECSYS_SERVE_HOST (127.0.0.1 by default) when `bentoml serve` is run without --host;
+# BentoML's own default is 0.0.0.0, every interface of the machine
+@bentoml.service(
+    name="recsys",
+    traffic={"timeout": 10},
+    workers=1,
+    http={"host": _SETTINGS.serve_host, "port": _SETTINGS.serve_port},
+)
 class RecommenderService:
     """Serves the champion (and a canary challenger) over HTTP, reloading them by alias."""
 

@@ -488,3 +488,46 @@ def test_an_unreachable_online_store_gives_flagged_answers_with_release_features
         time.sleep(0.5)  # the store is retried a few seconds after the failure
     assert _ask(proc, users[1], k=7)["features"] == "online"
     assert _status(proc)["features"]["source"] == "online"
+
+
+def test_bentoml_serve_without_host_binds_loopback(tmp_path):
+    # `bentoml serve serving.service:RecommenderService` as the README shows it, without --host:
+    # BentoML's own default is 0.0.0.0, every interface (the docs said 127.0.0.1)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import psutil
+
+    from recsys.server import PROJECT_ROOT, free_port
+
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    env = os.environ | {"RECSYS_DATA_DIR": str(tmp_path / "data")}
+    env.pop("RECSYS_SERVE_HOST", None)
+    procs = {}
+    for target in ("serving.service:RecommenderService", "serving.floor:FloorService"):
+        port = free_port()
+        procs[port] = subprocess.Popen(
+            [bentoml, "serve", target, "--port", str(port)],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        bound: dict[int, set[str]] = {}
+        while time.monotonic() < deadline and len(bound) < len(procs):
+            for c in psutil.net_connections(kind="tcp"):
+                if c.status == psutil.CONN_LISTEN and c.laddr.port in procs:
+                    bound.setdefault(c.laddr.port, set()).add(c.laddr.ip)
+            for port, proc in procs.items():
+                assert proc.poll() is None, f"bentoml serve on {port} exited {proc.returncode}"
+            time.sleep(0.5)
+        assert bound == {port: {"127.0.0.1"} for port in procs}, bound
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            proc.wait(timeout=30)
