@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from recsys.config import Settings
 from recsys.errors import RecsysError
@@ -20,8 +21,18 @@ class ServiceAdmin:
 
     def __init__(self, url: str, token: str | None, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
-        self.token = token
+        # kept as a SecretStr: a guardian cycle is a Prefect flow parameter, and Prefect stores
+        # its parameters on the server (JSON-encoded from the attributes); SecretStr encodes
+        # as "**********"
+        self._token = SecretStr(token) if token else None
         self.timeout = timeout
+
+    @property
+    def token(self) -> str | None:
+        return self._token.get_secret_value() if self._token else None
+
+    def __repr__(self) -> str:
+        return f"ServiceAdmin({self.url!r}, token={'***' if self._token else None})"
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str | None = None) -> ServiceAdmin:

@@ -183,3 +183,27 @@ def test_an_unreachable_webhook_is_an_unverified_alert(data_dir, caplog):
         result = deliver_alert(settings, layer="serving", check="latency", seen="slow")
     assert not result["ok"] and result["webhook"]["error"] == "ConnectError"
     assert "ALERT [recsys] serving/latency: slow" in caplog.text
+
+
+def test_the_admin_token_never_reaches_the_prefect_api_in_a_flow_runs_parameters(data_dir):
+    # a guardian cycle is a flow parameter, which Prefect stores on its server: the token was in
+    # clear there (`recsys doctor` and the scheduled guardian pass cycles without a batch source,
+    # which Prefect encodes field by field)
+    from prefect.client.orchestration import get_client
+
+    from flows.guardian import monitor_flow
+    from recsys.admin import ServiceAdmin
+
+    token = "adm-" + "k" * 24
+    settings = Settings(data_dir=data_dir)
+    admin = ServiceAdmin("http://127.0.0.1:9", token, timeout=1.0)
+    cycle = Cycle(settings, admin, (0.0, 1.0), None, day=7)
+    findings = monitor_flow(cycle, ["delivery"])
+    assert [f.check for f in findings] == ["delivery"] and admin.token == token
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs(limit=50) if r.parameters.get("cycle")]
+    stored = [r.parameters["cycle"] for r in runs if isinstance(r.parameters["cycle"], dict)]
+    mine = [c for c in stored if c.get("day") == 7 and c["settings"]["data_dir"] == str(data_dir)]
+    assert len(mine) == 1, stored  # the cycle was stored, field by field
+    assert mine[0]["admin"]["url"] == "http://127.0.0.1:9"
+    assert token not in repr(runs)
