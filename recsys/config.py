@@ -30,13 +30,20 @@ from recsys.errors import RecsysError
 Profile = Literal["local", "prod"]
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*:)(?P<pw>[^@]+)(?P<tail>@)")
+# a password given as a query parameter (libpq's ``?password=``, redis-py's ``?password=``)
+_QUERY_SECRET = re.compile(
+    r"(?P<head>[?&](?:password|passwd|pwd|sslpassword|secret|token|access_token|api_key)=)"
+    r"(?P<pw>[^&#]+)",
+    re.IGNORECASE,
+)
 
 
 def mask_url(url: str | None) -> str | None:
-    """Return ``url`` with any password replaced by ``***`` (``redis://:pw@h`` -> ``redis://:***@h``)."""
+    """Return ``url`` with any password replaced by ``***`` (``redis://:pw@h`` -> ``redis://:***@h``,
+    ``postgresql://u@h/db?password=pw`` -> ``...?password=***``)."""
     if url is None:
         return None
-    return _URL_PASSWORD.sub(r"\g<head>***\g<tail>", url)
+    return _QUERY_SECRET.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>***\g<tail>", url))
 
 
 class Settings(BaseSettings):

@@ -132,6 +132,15 @@ def test_secrets_and_url_passwords_are_masked(data_dir):
     assert settings.masked()["admin_token"] == "***"
     assert "redis://:***@127.0.0.1:6379/0" in shown
     assert mask_url("postgresql://app@host/db") == "postgresql://app@host/db"
+    # a password as a query parameter, as libpq and redis-py accept it
+    for url, masked in [
+        ("postgresql://app@h/db?password=pa55word", "postgresql://app@h/db?password=***"),
+        ("redis://h:6379/0?ssl=1&Password=hunter2#x", "redis://h:6379/0?ssl=1&Password=***#x"),
+        ("http://h/?token=abc&k=1", "http://h/?token=***&k=1"),
+    ]:
+        assert mask_url(url) == masked
+    in_query = Settings(postgres_url="postgresql://app@127.0.0.1/test?password=pa55word")
+    assert "pa55word" not in str(in_query.masked()) + in_query.model_dump_json()
 
 
 def test_an_empty_secret_or_url_in_the_environment_means_unset(monkeypatch, data_dir):
