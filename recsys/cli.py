@@ -691,6 +691,16 @@ app.add_typer(flows_cli.flows_app, name="flows")
 # ---- entry point ----------------------------------------------------------------------------
 
 
+def _registry_refusal(exc: BaseException) -> RecsysError | None:
+    if "mlflow" not in sys.modules:
+        return None
+    import mlflow
+
+    from recsys.registry import registry_refusal
+
+    return registry_refusal(exc, mlflow.get_tracking_uri())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app, turn user errors into one line and an exit code."""
     command = typer.main.get_command(app)
@@ -718,6 +728,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if os.environ.get("RECSYS_DEBUG"):
             raise
+        refused = _registry_refusal(exc)
+        if refused is not None:  # a registry call no lookup of ours wraps: still one line
+            err_console.print(f"recsys: error: {refused}", markup=False, soft_wrap=True)
+            sys.exit(refused.exit_code)
         err_console.print(
             f"recsys: internal error: {type(exc).__name__}: {exc} "
             "(set RECSYS_DEBUG=1 for the traceback)",

@@ -47,7 +47,7 @@ from recsys.errors import RecsysError
 from recsys.jsonlog import append_record, read_records
 from recsys.lake import write_json
 from recsys.pausepoints import pause_point
-from recsys.registry import CHALLENGER, CHAMPION, PREVIOUS, configure_mlflow
+from recsys.registry import CHALLENGER, CHAMPION, PREVIOUS, configure_mlflow, raise_if_refused
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,8 @@ def aliases(settings: Settings) -> dict[str, str | None]:
     client = configure_mlflow(settings)
     try:
         model = client.get_registered_model(settings.model_name)
-    except MlflowException:
+    except MlflowException as exc:
+        raise_if_refused(settings, exc)  # no credentials is not "no champion"
         return dict.fromkeys(ALIASES)
     known = {str(a): str(v) for a, v in (model.aliases or {}).items()}
     return {a: known.get(a) for a in ALIASES}
@@ -139,7 +140,8 @@ def _version(client, settings: Settings, version: str):
 
     try:
         return client.get_model_version(settings.model_name, version)
-    except MlflowException:
+    except MlflowException as exc:
+        raise_if_refused(settings, exc)
         return None
 
 

@@ -324,14 +324,51 @@ def _signature():
     )
 
 
+_REFUSED = {"UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED", "PERMISSION_DENIED"}
+
+
+def raise_if_refused(settings: Settings, exc: Exception) -> None:
+    """Raise one readable line when the registry refused the caller (HTTP 401/403): a lookup
+    that catches MLflow's errors as "not found" would otherwise read missing credentials as
+    "no champion" (and act on it).
+
+    Raises:
+        RecsysError: ``exc`` is MLflow's answer to a request without (or with wrong or too
+            weak) credentials.
+    """
+    refused = registry_refusal(exc, settings.tracking_uri)
+    if refused is not None:
+        raise refused from None
+
+
+def registry_refusal(exc: BaseException, uri: str) -> RecsysError | None:
+    """The one-line error for MLflow's answer to a request without (or with wrong) credentials,
+    or None when ``exc`` is something else."""
+    from recsys.config import mask_url
+
+    code = getattr(exc, "error_code", None)
+    if code not in _REFUSED:
+        return None
+    return RecsysError(
+        f"the MLflow registry at {mask_url(uri)} refused the request ({code}): set "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user that may read and "
+        "write the model"
+    )
+
+
 def version_for_alias(settings: Settings, alias: str) -> str | None:
-    """The version number ``alias`` points at, or None when it is unset."""
+    """The version number ``alias`` points at, or None when it is unset.
+
+    Raises:
+        RecsysError: the registry refused the request (see :func:`raise_if_refused`).
+    """
     from mlflow.exceptions import MlflowException
 
     client = configure_mlflow(settings)
     try:
         return str(client.get_model_version_by_alias(settings.model_name, alias).version)
-    except MlflowException:
+    except MlflowException as exc:
+        raise_if_refused(settings, exc)
         return None
 
 
@@ -357,7 +394,8 @@ def resolve_version(settings: Settings, alias: str) -> str:
     version = str(int(number.group(1)))
     try:
         client.get_model_version(settings.model_name, version)
-    except MlflowException:
+    except MlflowException as exc:
+        raise_if_refused(settings, exc)
         try:
             found = client.search_model_versions(f"name = '{settings.model_name}'")
         except MlflowException:

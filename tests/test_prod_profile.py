@@ -243,6 +243,34 @@ def test_the_mlflow_server_refuses_calls_without_credentials(stack):
     assert right.status_code == 200
 
 
+@pytest.mark.prod
+@pytest.mark.slow
+def test_missing_or_wrong_mlflow_credentials_are_one_line_not_no_champion(stack, tmp_path):
+    # the registry's 401 was read as "no model yet": `recsys status` said no champion, and
+    # `recsys rollback` said there was nothing to roll back, instead of naming the variables
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recsys = str(Path(sys.executable).with_name("recsys"))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    env = base | stack.client_env() | {"RECSYS_DATA_DIR": str(tmp_path / "data")}
+    for credentials in ({}, {"MLFLOW_TRACKING_PASSWORD": "wrong-password!"}):
+        run_env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_PASSWORD"}
+        if credentials:
+            run_env |= credentials
+        else:
+            run_env.pop("MLFLOW_TRACKING_USERNAME")
+        for command in (["status"], ["rollback", "--to", "1"]):
+            proc = subprocess.run(
+                [recsys, *command], capture_output=True, text=True, env=run_env, timeout=120
+            )
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 2 and len(lines) == 1, (command, proc.stdout, proc.stderr)
+            assert lines[0].startswith("recsys: error: the MLflow registry at"), lines
+            assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in lines[0]
+
+
 @pytest.fixture
 def prod_env(stack, tmp_path, monkeypatch):
     """The prod profile's variables for this test (as infra/docker-compose.yml sets them), a
