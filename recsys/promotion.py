@@ -47,7 +47,14 @@ from recsys.errors import RecsysError
 from recsys.jsonlog import append_record, read_records
 from recsys.lake import write_json
 from recsys.pausepoints import pause_point
-from recsys.registry import CHALLENGER, CHAMPION, PREVIOUS, configure_mlflow, raise_if_refused
+from recsys.registry import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS,
+    configure_mlflow,
+    raise_if_refused,
+    unreadable_reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -623,6 +630,12 @@ def rollback_champion(
     if target == before[CHALLENGER]:
         raise RecsysError(
             f"v{target} is the running challenger: let the canary promote it, or reject it first"
+        )
+    broken = unreadable_reason(settings, target)  # the service could not load it: no move
+    if broken is not None:
+        raise RecsysError(
+            f"v{target} cannot be served ({broken[:200]}); roll back to a good version with "
+            "--to VERSION"
         )
     action = "rollback_champion" if actor == "guardian" else "manual_rollback"
     move = _move_champion(settings, action, before, target, reason, evidence, actor)

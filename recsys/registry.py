@@ -434,6 +434,11 @@ def download_version(settings: Settings, version: str, dest: Path) -> Path:
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     candidates = [p.parent for p in local.rglob("release.json")]
     if not candidates:
+        if not any(p.is_file() for p in local.rglob("*")):  # MLflow downloads "nothing" quietly
+            raise UnreadableRelease(
+                f"model version {version} has no artifacts left in the artifact store (deleted "
+                "or moved); register it again from its training run"
+            )
         raise UnreadableRelease(f"model version {version} has no release folder; it is not ours")
     return candidates[0]
 

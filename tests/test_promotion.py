@@ -194,6 +194,23 @@ def test_impossible_rollbacks_are_readable_errors(registry, to_version, needle):
     assert len(promotion_history(registry)) == moves
 
 
+def test_no_rollback_onto_a_version_whose_artifacts_are_gone(registry, tmp_path):
+    # the champion moved onto it, and the service then failed to load its champion
+    promote(registry, "2")
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "MLmodel").write_text("artifact_path: model\n")
+    client = configure_mlflow(registry)
+    broken = client.create_model_version(registry.model_name, source=gone.as_uri()).version
+    shutil.rmtree(gone)  # the artifact store lost the files; the registry still lists it
+    before = aliases(registry)
+    with pytest.raises(RecsysError) as caught:
+        rollback_champion(registry, "x", {}, to_version=broken)
+    assert f"v{broken} cannot be served" in str(caught.value)
+    assert "no artifacts left in the artifact store" in str(caught.value)
+    assert aliases(registry) == before
+
+
 def test_a_torn_history_line_loses_no_later_record(registry):
     promote(registry, "2")
     with history_path(registry).open("a") as handle:
