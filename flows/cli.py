@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from recsys.config import get_settings
-from recsys.console import console, float_option, ingest_table, quarantine_table, table
+from recsys.console import console, float_option, ingest_table, quarantine_table, table, url_option
 from recsys.errors import RecsysError
 
 flows_app = typer.Typer(help="Prefect deployments of the flows.", no_args_is_help=True)
@@ -213,9 +213,7 @@ def _demo_data_path(dataset: str, data_path: Path | None) -> Path | None:
 def doctor_command(
     fix: Annotated[bool, typer.Option("--fix", help="Apply each failing check's fix.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
-    url: Annotated[
-        str | None, typer.Option(help="Service URL (default http://SERVE_HOST:SERVE_PORT).")
-    ] = None,
+    url: Annotated[str | None, url_option()] = None,
     window_minutes: Annotated[
         float, float_option(min=1, help="Traffic judged: the last N minutes of the logs.")
     ] = 120.0,

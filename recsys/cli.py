@@ -38,6 +38,7 @@ from recsys.console import (
     quarantine_table,
     quiet_libraries,
     table,
+    url_option,
 )
 from recsys.errors import RecsysError
 
@@ -490,9 +491,7 @@ def _incident_row(incident: dict) -> list:
 @app.command("status")
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
-    url: Annotated[
-        str | None, typer.Option(help="Service URL (default http://SERVE_HOST:SERVE_PORT).")
-    ] = None,
+    url: Annotated[str | None, url_option()] = None,
 ) -> None:
     """Aliases and their versions, rejected versions, what the service serves, the last
     promotion moves and incidents."""
@@ -567,9 +566,7 @@ def rollback(
     reason: Annotated[
         str, typer.Option(help="Why (kept in the history and on the rejected version).")
     ] = "manual rollback from the command line",
-    url: Annotated[
-        str | None, typer.Option(help="Service URL (default http://SERVE_HOST:SERVE_PORT).")
-    ] = None,
+    url: Annotated[str | None, url_option()] = None,
 ) -> None:
     """Point champion back at the previous good version (or --to VERSION), tag the replaced
     one rejected, and make the running service reload."""

@@ -126,3 +126,22 @@ def float_option(**kwargs: Any) -> Any:
     """``typer.Option`` of a float option: refuses inf and nan, which bounds let through (inf
     passes a minimum; without bounds nan passes too) and which no command can use."""
     return typer.Option(callback=_finite, **kwargs)
+
+
+def _service_url(value: str | None) -> str | None:
+    from urllib.parse import urlparse
+
+    if value is not None:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise typer.BadParameter(f"{value!r} is not a service URL: use http://HOST:PORT")
+    return value
+
+
+def url_option() -> Any:
+    """``--url`` of a command that talks to the service: refused before anything runs unless it
+    is an http(s) URL with a host (``--url notaurl`` failed late, as "the service is not
+    ready", or after a rollback had already moved the champion)."""
+    return typer.Option(
+        "--url", callback=_service_url, help="Service URL (default http://SERVE_HOST:SERVE_PORT)."
+    )

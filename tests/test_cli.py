@@ -205,3 +205,15 @@ def test_an_unreachable_mlflow_server_is_one_line_not_minutes_of_silence(data_di
     assert_one_line_error(proc, 2, "MLflow tracking server at http://someone:***@127.0.0.1:9")
     assert "pw@" not in proc.stderr + proc.stdout
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["doctor", "--url", "notaurl"], ["status", "--url", "ftp://x"], ["rollback", "--url", "h:1"]],
+)
+def test_a_service_url_that_is_not_one_is_refused_before_anything_runs(args, data_dir):
+    # `doctor --url notaurl` said "readiness FAIL: the service is not ready"; `rollback` moved
+    # the champion first and only then failed to reach the service
+    proc = run(args, data_dir, RECSYS_ADMIN_TOKEN="tok")
+    assert_one_line_error(proc, 2, f"{args[-1]!r} is not a service URL: use http://HOST:PORT")
+    assert not data_dir.exists()
