@@ -30,6 +30,7 @@ EVENT_WEIGHTS: dict[str, float] = {
 """How strongly one event says "this user wants this item" (implicit-feedback confidence)."""
 
 RATING_RANGE = (0.5, 5.0)
+MAX_ID = 2**63 - 1
 MAX_EVENT_VALUE = 1e6
 EARLIEST_TIMESTAMP = datetime(1990, 1, 1, tzinfo=UTC)
 FUTURE_TOLERANCE = timedelta(days=1)
@@ -104,13 +105,49 @@ def to_utc(series: pd.Series) -> pd.Series:
 
 
 def as_int_ids(series: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Return (ids as Int64, mask of values that are present but not non-negative integers)."""
-    numeric = pd.to_numeric(series, errors="coerce")
-    present = series.notna()
-    integral = numeric.notna() & np.isfinite(numeric.astype("float64")) & (numeric % 1 == 0)
-    bad = present & ~(integral & (numeric >= 0))
-    ids = numeric.where(~bad & present).astype("Float64").astype("Int64")
-    return ids, bad
+    """Return (ids as Int64, mask of values that are present but not integers in 0..2^63-1).
+
+    Ids are read exactly: never through a float, which rounds every integer above 2^53. A value
+    outside int64 and a bool (not an id, though pandas would read it as 0 or 1) are in the mask.
+    """
+    present = series.notna().to_numpy()
+    ids = pd.Series(pd.NA, index=series.index, dtype="Int64")
+    if pd.api.types.is_bool_dtype(series):
+        return ids, pd.Series(present, index=series.index)
+    if pd.api.types.is_unsigned_integer_dtype(series):
+        values = series.astype(object)  # Python ints: one above 2^63-1 does not wrap
+        ok = present & (values <= MAX_ID).fillna(False).to_numpy(dtype=bool)
+    elif pd.api.types.is_integer_dtype(series):
+        values = series.astype("Int64")
+        ok = present & (values >= 0).fillna(False).to_numpy(dtype=bool)
+    elif pd.api.types.is_float_dtype(series):
+        values, ok = _float_ids(series)
+    else:
+        # text (a CSV) or mixed objects; str() of a bool is "True", which is no id
+        text = series.astype("string").str.strip()
+        digits = text.str.extract(r"^\+?0*([0-9]+)(?:\.0*)?$", expand=False)
+        width = digits.str.len()
+        fits = ((width < 19) | ((width == 19) & (digits <= str(MAX_ID)))).fillna(False)
+        values = pd.Series(pd.NA, index=series.index, dtype="Int64")
+        values[fits] = digits[fits].astype("Int64")
+        rest = (text.notna() & digits.isna()).to_numpy()
+        floats, float_ok = _float_ids(pd.to_numeric(text[rest], errors="coerce"))
+        values[rest] = floats
+        ok = fits.to_numpy(dtype=bool)
+        ok[rest] = float_ok
+    ids[ok] = values[ok].astype("Int64")
+    return ids, pd.Series(present & ~ok, index=series.index)
+
+
+def _float_ids(series: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """(ids, ok) of numbers: integral values in 0..2^63-1 (a float column's ids are as exact as
+    the float: a producer that wrote ids as floats has already rounded those above 2^53)."""
+    values = series.to_numpy(dtype="float64", na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(values) & (values % 1 == 0) & (values >= 0) & (values < 2.0**63)
+    ids = pd.Series(pd.NA, index=series.index, dtype="Int64")
+    ids[ok] = values[ok].astype("int64")
+    return ids, ok
 
 
 def describe_reason(code: str) -> str:

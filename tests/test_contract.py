@@ -148,3 +148,50 @@ def test_every_rejection_reason_reads_as_words():
     assert (
         describe_reason("range:value") == "a rating outside 0.5-5 or an event value outside 0-1e+06"
     )
+
+
+BIG = 2**53 + 1  # the first integer a float64 cannot hold
+INT64_MAX = 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    [
+        pd.Series([BIG, INT64_MAX, 0], dtype="int64"),
+        pd.Series([BIG, INT64_MAX, 0], dtype="uint64"),
+        pd.Series([BIG, INT64_MAX, 0], dtype="Int64"),
+        pd.Series([str(BIG), str(INT64_MAX), "0"]),  # as a CSV reads them
+        pd.Series([f" +{BIG} ", f"{INT64_MAX}.0", "000"]),
+        pd.Series([BIG, str(INT64_MAX), 0], dtype=object),
+    ],
+)
+def test_ids_above_2_to_the_53_are_kept_exact(user_id):
+    result = validate_interactions(batch(user_id=user_id), now=NOW)
+    assert result.rejected.empty
+    assert list(result.clean["user_id"]) == [BIG, INT64_MAX, 0]
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    [
+        pd.Series([2**63, 2**64 - 1, 1], dtype="uint64"),
+        pd.Series([str(2**63), "1" + "0" * 25, "1"]),
+        pd.Series([2**63, -(2**63), 1], dtype=object),
+        pd.Series([2.0**63, 1e300, 1.0]),
+        pd.Series([f"{2**63}.0", "-1", "1"]),
+        pd.Series([True, False, True], dtype=object).where([True, True, False], 1),
+        pd.Series(["true", "False", "1"]),
+    ],
+)
+def test_ids_outside_int64_or_bools_are_quarantined_not_wrapped(user_id):
+    result = validate_interactions(batch(user_id=user_id), now=NOW)
+    assert result.reason_counts() == {"type:user_id": 2}
+    assert list(result.clean["user_id"]) == [1]  # the third row, untouched
+    # the rejected rows keep the id as it was delivered
+    assert list(result.rejected["user_id"]) == list(user_id[:2])
+
+
+def test_a_bool_column_is_not_read_as_ids_0_and_1():
+    result = validate_interactions(batch(item_id=[True, False, True]), now=NOW)
+    assert result.clean.empty
+    assert result.reason_counts() == {"type:item_id": 3}

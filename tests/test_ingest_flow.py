@@ -212,3 +212,24 @@ def test_the_same_events_delivered_again_as_another_day_are_not_counted_twice(
     assert len(lake.read_clean_interactions()) == total + 2
     code, out, _ = _run(["data", "ingest"], capsys)
     assert code == 3 and f"repeats a row already accepted in batch {day}" in out
+
+
+def test_ids_beyond_a_float_are_ingested_exact_and_beyond_int64_are_quarantined(
+    small_world, tmp_path, capsys
+):
+    settings, world = small_world
+    frame = next(iter(world.batches()))[1].copy()
+    frame["timestamp"] = frame["timestamp"] + pd.Timedelta(days=30)
+    frame["user_id"] = frame["user_id"].astype(object)
+    frame.loc[:2, "user_id"] = ["9007199254740993", "9223372036854775807", "9223372036854775808"]
+    path = tmp_path / "2026-02-10.csv"
+    frame.to_csv(path, index=False)
+    code, out, _ = _run(["ingest", str(path), "--json"], capsys)
+    assert code == 3
+    assert json.loads(out)["reasons"] == {"type:user_id": 1}
+    clean = settings.lake.read_clean_interactions(["2026-02-10"])
+    assert len(clean) == len(frame) - 1
+    assert {9007199254740993, 9223372036854775807} <= set(clean["user_id"])
+    assert 9007199254740992 not in set(clean["user_id"])  # not rounded through a float
+    kept = pd.read_parquet(settings.lake.quarantine_dir("2026-02-10") / "rows.parquet")
+    assert kept["user_id"].astype(str).tolist() == ["9223372036854775808"]
