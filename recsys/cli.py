@@ -614,9 +614,28 @@ def serve(
     from recsys.server import PROJECT_ROOT, bentoml_command, service_env
 
     settings = _settings()
-    command = bentoml_command(host or settings.serve_host, port or settings.serve_port)
+    host, port = host or settings.serve_host, port or settings.serve_port
+    _check_bindable(host, port)
+    command = bentoml_command(host, port)
     os.chdir(PROJECT_ROOT)
     os.execve(command[0], command, service_env(settings))
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """One line, not BentoML's 50-line traceback, when ``host:port`` cannot be bound (in use,
+    not an address of this machine, a privileged port)."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+            probe.bind((host, port))
+    except OSError as exc:
+        raise RecsysError(
+            f"cannot serve on {host}:{port}: {exc.strerror or exc}; choose another --port "
+            "(RECSYS_SERVE_PORT) or --host, or stop what holds it"
+        ) from None
 
 
 serve_bench_app = typer.Typer(help="Load benchmarks of the running system.", no_args_is_help=True)

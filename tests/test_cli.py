@@ -217,3 +217,15 @@ def test_a_service_url_that_is_not_one_is_refused_before_anything_runs(args, dat
     proc = run(args, data_dir, RECSYS_ADMIN_TOKEN="tok")
     assert_one_line_error(proc, 2, f"{args[-1]!r} is not a service URL: use http://HOST:PORT")
     assert not data_dir.exists()
+
+
+def test_serve_on_a_port_in_use_is_one_line(data_dir):
+    # BentoML's own answer was a 50-line traceback ending in "Address already in use"
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = run(["serve", "--port", str(port)], data_dir)
+    assert_one_line_error(proc, 2, f"cannot serve on 127.0.0.1:{port}: Address already in use")
