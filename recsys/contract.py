@@ -9,6 +9,8 @@ Identifiers are non-negative 64-bit integers; timestamps are timezone-aware UTC.
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -93,7 +95,8 @@ class ContractResult:
 
 
 def to_utc(series: pd.Series) -> pd.Series:
-    """Parse ``series`` as UTC timestamps; naive values are taken as UTC, unparseable become NaT."""
+    """Parse ``series`` as UTC timestamps; naive values are taken as UTC (whatever offset other
+    rows carry), numbers and unparseable values become NaT."""
     if pd.api.types.is_datetime64_any_dtype(series):
         if getattr(series.dt, "tz", None) is None:
             return series.dt.tz_localize("UTC")
@@ -101,7 +104,38 @@ def to_utc(series: pd.Series) -> pd.Series:
     if pd.api.types.is_numeric_dtype(series):
         # A number is not a timestamp in this contract: seconds or milliseconds is a guess.
         return pd.Series(pd.NaT, index=series.index, dtype="datetime64[ns, UTC]")
-    return pd.to_datetime(series, utc=True, errors="coerce", format="ISO8601")
+    # pandas reads a naive value after one with an offset in that offset: parse them apart
+    text = series.astype("string")
+    aware = text.str.contains(_UTC_OFFSET, na=False).to_numpy(dtype=bool)
+    naive = text.notna().to_numpy(dtype=bool) & ~aware
+    parsed = pd.Series(pd.NaT, index=series.index, dtype="datetime64[ns, UTC]")
+    if aware.any():
+        parsed[aware] = pd.to_datetime(text[aware], utc=True, errors="coerce", format="ISO8601")
+    if naive.any():
+        parsed[naive] = _naive_as_utc(text[naive])
+    return parsed
+
+
+_UTC_OFFSET = re.compile(
+    r"[Tt ][0-9]{2}(?::?[0-9]{2}){0,2}(?:[.,][0-9]+)?\s*(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)$"
+)
+"""A time of day followed by ``Z`` or ``+hh[:mm]``: the ISO 8601 values that say their offset."""
+
+
+def _naive_as_utc(text: pd.Series) -> pd.Series:
+    """ISO 8601 ``text`` without an offset, read as UTC. Should pandas find an offset in one (a
+    form :data:`_UTC_OFFSET` does not know), each value is read alone, so none lends its
+    offset to the next."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # mixed offsets: read one by one
+            local = pd.to_datetime(text, errors="coerce", format="ISO8601")
+    except ValueError:
+        local = None
+    if local is not None and pd.api.types.is_datetime64_dtype(local):
+        return local.dt.tz_localize("UTC")
+    alone = [pd.to_datetime(v, utc=True, errors="coerce", format="ISO8601") for v in text]
+    return pd.Series(alone, index=text.index, dtype="datetime64[ns, UTC]")
 
 
 def as_int_ids(series: pd.Series) -> tuple[pd.Series, pd.Series]:

@@ -195,3 +195,41 @@ def test_a_bool_column_is_not_read_as_ids_0_and_1():
     result = validate_interactions(batch(item_id=[True, False, True]), now=NOW)
     assert result.clean.empty
     assert result.reason_counts() == {"type:item_id": 3}
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        ["2026-05-01T10:00:00+05:00", "2026-05-01 10:00:00", "2026-05-01T10:00:00-03:00"],
+        ["2026-05-01T10:00:00.000+0500", "2026-05-01T10:00", "2026-05-01T07:00:00-06:00"],
+        ["2026-05-01T05:00:00Z", "2026-05-01 10:00:00", "2026-05-01T13:00:00+00:00"],
+        [
+            datetime.fromisoformat("2026-05-01T10:00:00+05:00"),
+            datetime(2026, 5, 1, 10),
+            pd.Timestamp("2026-05-01T10:00:00-03:00"),
+        ],
+    ],
+)
+def test_a_naive_timestamp_is_utc_whatever_offset_the_rows_before_it_carry(timestamp):
+    # pandas gave a naive value the offset of the previous row: 10:00 read as 05:00 UTC
+    result = validate_interactions(batch(timestamp=timestamp), now=NOW)
+    assert result.rejected.empty
+    expected = ["2026-05-01 05:00", "2026-05-01 10:00", "2026-05-01 13:00"]
+    assert list(result.clean["timestamp"]) == list(pd.to_datetime(expected, utc=True))
+
+
+def test_a_day_without_a_time_after_an_offset_is_utc_midnight():
+    timestamp = ["2026-05-01T10:00:00+05:00", "2026-05-02", "2026-05-01T23:00:00-03:00"]
+    result = validate_interactions(batch(timestamp=timestamp), now=NOW)
+    expected = ["2026-05-01 05:00", "2026-05-02 00:00", "2026-05-02 02:00"]
+    assert list(result.clean["timestamp"]) == list(pd.to_datetime(expected, utc=True))
+
+
+def test_all_naive_text_timestamps_are_utc_and_epoch_text_is_not_a_timestamp():
+    timestamp = ["2026-05-01 10:00:00", "2026-05-01T11:00:00.5", "1777777777"]
+    result = validate_interactions(batch(timestamp=timestamp), now=NOW)
+    assert list(result.clean["timestamp"]) == [
+        pd.Timestamp("2026-05-01 10:00:00", tz="UTC"),
+        pd.Timestamp("2026-05-01 11:00:00.5", tz="UTC"),
+    ]
+    assert result.reason_counts() == {"type:timestamp": 1}
