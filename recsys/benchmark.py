@@ -49,8 +49,33 @@ def _contract_columns(frame: pd.DataFrame) -> pd.DataFrame:
     if "value" not in frame:
         frame["value"] = frame.pop("rating") if "rating" in frame else 1.0
     if "timestamp" in frame and pd.api.types.is_numeric_dtype(frame["timestamp"]):
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
+        frame["timestamp"] = _epoch_to_utc(frame["timestamp"])
     return frame[[c for c in frame.columns if c in INTERACTION_COLUMNS]]
+
+
+_EPOCH_UNITS = (("s", 1e11), ("ms", 1e14), ("us", 1e17), ("ns", float("inf")))
+"""Epoch units by the largest magnitude each reads as a date before the year 5000 (seconds up
+to 1e11 is 5138; 1e11 milliseconds is 1973)."""
+
+
+def _epoch_to_utc(values: pd.Series) -> pd.Series:
+    """Epoch numbers as UTC timestamps, in seconds, milliseconds, microseconds or nanoseconds
+    by their magnitude (one unit for the whole column: GroupLens files are in seconds, event
+    exports often in milliseconds).
+
+    Raises:
+        RecsysError: the numbers are no dates in any unit (negative beyond 1970 by far, or
+            past what pandas can hold).
+    """
+    largest = float(values.abs().max()) if len(values) else 0.0
+    unit = next(u for u, bound in _EPOCH_UNITS if largest < bound)
+    try:
+        return pd.to_datetime(values, unit=unit, utc=True)
+    except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime) as exc:
+        raise RecsysError(
+            f"timestamp numbers up to {largest:.0f} are not epoch seconds, milliseconds, "
+            f"microseconds or nanoseconds ({type(exc).__name__}); give ISO 8601 times instead"
+        ) from None
 
 
 def _open_table(path: Path) -> tuple[pd.DataFrame | None, str]:

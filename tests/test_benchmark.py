@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from recsys.errors import RecsysError
+
 RECSYS = str(Path(sys.executable).with_name("recsys"))
 
 
@@ -224,17 +226,23 @@ def test_ratings_read_the_same_from_udata_csv_and_parquet(tmp_path):
     ratings.set_axis(["userId", "movieId", "rating", "timestamp"], axis=1).to_csv(
         tmp_path / "latest.csv", index=False
     )
+    # event exports in milliseconds or microseconds (read as seconds, an internal error)
+    ratings.assign(timestamp=ratings["timestamp"] * 1000).to_csv(tmp_path / "ms.csv", index=False)
+    ratings.assign(timestamp=ratings["timestamp"] * 10**6).to_parquet(tmp_path / "us.parquet")
     frames = [
         read_interactions_file(tmp_path / name).reset_index(drop=True)
         for name in (
             *("u.data", "ratings.csv", "ratings.parquet", "datetimes.parquet"),
-            *("ratings.dat", "latest.csv"),
+            *("ratings.dat", "latest.csv", "ms.csv", "us.parquet"),
         )
     ]
     assert list(frames[0]["value"]) == [4.0, 3.0, 5.0, 1.0]
     assert set(frames[0]["event_type"]) == {"rating"}
     for frame in frames[1:]:
         pd.testing.assert_frame_equal(frame, frames[0], check_dtype=False)
+    ratings.assign(timestamp=1e25).to_parquet(tmp_path / "far.parquet")  # no unit fits
+    with pytest.raises(RecsysError, match="are not epoch seconds, milliseconds"):
+        read_interactions_file(tmp_path / "far.parquet")
 
 
 def test_events_without_a_value_are_one_click_each(tmp_path):
