@@ -570,7 +570,6 @@ def rollback(
 ) -> None:
     """Point champion back at the previous good version (or --to VERSION), tag the replaced
     one rejected, and make the running service reload."""
-    from recsys.admin import ServiceAdmin
     from recsys.promotion import rollback_champion
 
     settings = _settings()
@@ -582,6 +581,34 @@ def rollback(
         f"champion v{before['champion']} -> v{after['champion']} (v{before['champion']} tagged "
         f"rejected); previous {before['previous'] or '-'} -> {after['previous'] or '-'}"
     )
+    _tell_service(settings, url, after)
+
+
+@app.command("reject")
+def reject(
+    reason: Annotated[
+        str, typer.Option(help="Why (kept in the history and on the rejected version).")
+    ] = "canary stopped from the command line",
+    url: Annotated[str | None, url_option()] = None,
+) -> None:
+    """Stop the running canary: tag the challenger rejected (it is never served again), remove
+    its alias, and make the running service reload (all traffic to the champion)."""
+    from recsys.promotion import reject_challenger
+
+    settings = _settings()
+    move = reject_challenger(settings, reason, {"requested_from": "cli"}, actor="cli")
+    console.print(
+        f"challenger v{move.aliases_before['challenger']} tagged rejected; champion "
+        f"v{move.aliases_after['champion'] or '-'} serves all traffic"
+    )
+    _tell_service(settings, url, move.aliases_after)
+
+
+def _tell_service(settings, url: str | None, after: dict[str, str | None]) -> None:
+    """Make the running service follow the registry's aliases ``after`` a manual move; a
+    service that cannot be told follows at its next registry poll (said, not raised)."""
+    from recsys.admin import ServiceAdmin
+
     admin = ServiceAdmin.from_settings(settings, url)
     admin.timeout = 60.0  # a reload loads a whole release
     if not admin.token:
@@ -590,15 +617,20 @@ def rollback(
         )
         return
     try:
+        if after.get("challenger") is None:
+            admin.set_canary(0.0)
         answer = admin.reload()
     except RecsysError as exc:
         console.print(f"service not reloaded ({exc}): it follows at its next registry poll")
         return
-    served = (answer.get("served") or {}).get("champion")
+    served = answer.get("served") or {}
     problems = answer.get("errors") or {}
+    wrong = served.get("champion") != after["champion"] or served.get("challenger") != after.get(
+        "challenger"
+    )
     console.print(
-        f"service at {admin.url} reloaded: serves champion v{served or '-'}"
-        + (f" (reload problems: {problems})" if problems or served != after["champion"] else "")
+        f"service at {admin.url} reloaded: serves champion v{served.get('champion') or '-'}"
+        + (f" (reload problems: {problems or served})" if problems or wrong else "")
     )
 
 

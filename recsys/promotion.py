@@ -629,7 +629,8 @@ def rollback_champion(
         )
     if target == before[CHALLENGER]:
         raise RecsysError(
-            f"v{target} is the running challenger: let the canary promote it, or reject it first"
+            f"v{target} is the running challenger: let the canary promote it, or stop the canary "
+            "with `recsys reject` first"
         )
     broken = unreadable_reason(settings, target)  # the service could not load it: no move
     if broken is not None:

@@ -339,6 +339,26 @@ def test_rollback_makes_the_running_service_serve_the_old_champion(registry, cap
         answer = httpx.post(f"{service.url}/recommend", json={"user_id": 1, "k": 3}, timeout=30)
         assert answer.json()["model_version"] == "1"
 
+        # a canary stopped by hand (the rollback's refusal said "reject it first", and no
+        # command did)
+        from recsys.admin import ServiceAdmin
+
+        register_challenger(registry, "3")
+        admin = ServiceAdmin(service.url, TOKEN)
+        admin.reload()
+        assert admin.served_versions() == {"champion": "1", "challenger": "3"}
+        code, out, err = run_here(capsys, "reject", "--reason", "by hand", "--url", service.url)
+        assert code == 0, err
+        assert "challenger v3 tagged rejected; champion v1 serves all traffic" in out
+        assert f"service at {service.url} reloaded: serves champion v1" in out
+        assert "problems" not in out
+        assert admin.served_versions() == {"champion": "1"}
+        assert admin.status()["canary_share"] == 0.0
+        assert aliases(registry) == {"champion": "1", "challenger": None, "previous": None}
+        assert version_tags(registry, "3")["rejection_reason"] == "by hand"
+        code, out, err = run_here(capsys, "reject")
+        assert code == 2 and "no challenger to reject" in err
+
 
 def test_concurrent_moves_do_not_interleave(registry):
     from concurrent.futures import ThreadPoolExecutor
