@@ -44,6 +44,9 @@ def configure_mlflow(settings: Settings) -> Any:
     """Point MLflow at this profile's tracking/registry store; returns an MlflowClient."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # against an HTTP server MLflow prints "View run ... at: URL" at the end of every run: a
+    # train with a search printed ~900 of them (and asked the server for each run once more)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import mlflow
     from mlflow import MlflowClient
 

@@ -271,6 +271,28 @@ def test_missing_or_wrong_mlflow_credentials_are_one_line_not_no_champion(stack,
             assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in lines[0]
 
 
+@pytest.mark.prod
+@pytest.mark.slow
+def test_a_run_on_the_server_prints_no_view_run_line(stack, tmp_path, monkeypatch, capfd):
+    # MLflow prints "View run NAME at: URL" at the end of each run on an HTTP server: a train
+    # with its hyperparameter search printed ~900 such lines
+    import mlflow
+
+    from recsys.config import Settings
+    from recsys.registry import configure_mlflow
+
+    for key, value in stack.client_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    settings = Settings(data_dir=tmp_path / "data")
+    configure_mlflow(settings)
+    mlflow.set_experiment(f"t-{uuid.uuid4().hex[:8]}")
+    with mlflow.start_run(run_name="quiet") as run:
+        mlflow.log_metric("x", 1.0)
+    assert mlflow.get_run(run.info.run_id).info.status == "FINISHED"
+    assert "View run" not in capfd.readouterr().out
+
+
 @pytest.fixture
 def prod_env(stack, tmp_path, monkeypatch):
     """The prod profile's variables for this test (as infra/docker-compose.yml sets them), a
