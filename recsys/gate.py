@@ -96,6 +96,19 @@ def decide(
     """Apply the gate to a trained result (no registry writes)."""
     metric = "pipeline" if "pipeline" in result.metrics else "als"
     new_ndcg = result.metrics[metric]["ndcg"]
+    if int(result.metrics[metric].get("users", 1)) == 0:
+        # nothing was measured: an nDCG of 0 over no user would still make a first model
+        # champion, unmeasured
+        return GateDecision(
+            False,
+            None,
+            new_ndcg,
+            None,
+            None,
+            tolerance,
+            "the holdout has no user to measure the model on (no test-window user with a "
+            "train-window history): not served; train on more days or widen --test-days",
+        )
     version, champion_ndcg, how, champion_se = champion_on_same_holdout(settings, result)
     new_se = float(result.metrics[metric].get("ndcg_se", 0.0))
     margin = Z_ONE_SIDED_95 * (new_se**2 + champion_se**2) ** 0.5

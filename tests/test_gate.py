@@ -65,3 +65,22 @@ def test_a_worse_model_is_registered_rejected_and_never_aliased(world):
     assert version.tags["rejection_reason"] == decision.reason
     assert not version.aliases
     assert {a: version_for_alias(settings, a) for a in (CHAMPION, CHALLENGER)} == before
+
+
+def test_a_model_measured_on_no_user_is_rejected_even_as_the_first(tmp_path):
+    # a holdout without a single measurable user gave nDCG 0.0 over nobody, and the first
+    # such model became champion, never measured
+    settings = Settings(data_dir=tmp_path / "data", seed=3)
+    write_world(
+        WorldConfig(n_users=200, n_items=60, n_days=6, n_interactions=4_000, seed=3),
+        settings.lake.init(),
+    )
+    ingest_all(settings.lake)
+    result = train_and_evaluate(settings.lake, PipelineParams())
+    unmeasured = {name: {**m, "users": 0} for name, m in result.metrics.items()}
+    registered, decision = register_with_gate(settings, replace(result, metrics=unmeasured))
+    assert not decision.passed and decision.alias is None
+    assert decision.reason.startswith("the holdout has no user to measure the model on")
+    version = configure_mlflow(settings).get_model_version(settings.model_name, registered.version)
+    assert version.tags["rejected"] == "true" and not version.aliases
+    assert version_for_alias(settings, CHAMPION) is None
