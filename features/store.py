@@ -22,6 +22,7 @@ import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
@@ -229,6 +230,12 @@ def apply_repo(settings: Settings) -> dict[str, Any]:
         "objects": [obj.name for obj in defs.objects()],
         "feature_service": f"{FEATURE_SERVICE_NAME} (version {FEATURE_SERVICE_VERSION})",
     }
+
+
+def online_store_file(settings: Settings) -> Path | None:
+    """The file that holds the online store (SQLite), None if it is not a file (Redis)."""
+    online = _online_store_config(settings, overwrite=False)
+    return Path(online["path"]) if online["type"] == "sqlite" else None
 
 
 def describe_online_store(settings: Settings) -> str:

@@ -23,7 +23,13 @@ materialization nor every TTL; only a user whose row is not kept (a first visit,
 user) waits for one read.
 
 After a failed read the online store is left alone for :data:`RETRY_S` seconds (answers take the
-release's tables meanwhile), so an outage costs one failed read per window, not one per request.
+release's tables meanwhile), so an outage costs one failed read per window, not one per request;
+then a fresh reader is opened (in the background; the release's tables answer until it is open):
+a connection that failed is never read again, so a store that was replaced (restored from a backup,
+rebuilt by a backfill) or repaired is read as soon as it answers. A SQLite online store is also
+watched for a new file (another inode at its path, looked at every :data:`WATCH_S` seconds): its
+reader is replaced while the old one goes on answering, since an open connection would read the
+old, unlinked file for ever.
 
 Freshness: Feast does not enforce a view's TTL on online reads, and neither does this module:
 whatever was materialized last is served. What it exports is the age, so a skipped
@@ -60,7 +66,8 @@ drops every kept row at once: the batch online store changes only when it is mat
 USER_ROWS_KEPT = 100_000
 """Most user rows kept between reads (least recently read first out)."""
 WATCH_S = 1.0
-"""Seconds between looks at the materialization marker while no reader is open."""
+"""Seconds between looks at the materialization marker while no reader is open, and at the
+online store's file (replaced by a new one?) while one is."""
 AHEAD_BATCH = 256
 """Users per store call when rows are read ahead."""
 AHEAD_SCAN = 4 * AHEAD_BATCH
@@ -120,6 +127,9 @@ class ServingFeatures:
         self.retry_s = retry_s
         self.watch_s = watch_s
         self._reader = None
+        self._broken = None  # the reader whose read failed: never read again, a fresh one opens
+        self._store_file = _store_file(settings)  # None: the online store is not a file (Redis)
+        self._store_id: tuple[int, int] | None = None  # its (device, inode) when the reader opened
         self._catalog = np.zeros(0, dtype=np.int64)
         self._lock = threading.Lock()
         self._opening = threading.Lock()
@@ -168,21 +178,28 @@ class ServingFeatures:
             self._open()
 
     def _open(self) -> bool:
-        """Build a reader over the current catalog and swap it in; False if the store failed."""
+        """Build a reader over the current catalog and swap it in; False if the store failed.
+        The kept user rows are dropped (read again ahead), except when a reader that failed is
+        replaced by one on the same file: its rows are still the store's."""
         from features.online import OnlineFeatureReader
 
         with self._opening:
+            identity = self._file_identity()  # before opening: a newer file is seen next look
+            same_store = self._broken is not None and identity == self._store_id
             try:
                 reader = OnlineFeatureReader(
                     self.settings, item_mode="table", catalog=self._catalog.tolist()
                 )
             except Exception as exc:  # the store is a dependency: its failure is a state
-                self._failed(exc)
+                self._failed(exc, self._reader)  # the reader it was to replace is suspect too
                 return False
             with self._lock:
                 self._reader = reader
+                self._broken = None
+                self._store_id = identity
                 self._layouts.clear()
-                self._drop_rows()
+                if not same_store:
+                    self._drop_rows()
                 self._item_layouts.clear()
                 self._retry_at = 0.0
             self._set_state("online", None)
@@ -194,15 +211,56 @@ class ServingFeatures:
             return
         threading.Thread(target=self._open, name="recsys-features-open", daemon=True).start()
 
+    def _reopen_if_due(self) -> None:
+        """Open a fresh reader now if the current one failed and its retry window has passed
+        (on the read-ahead thread: rows are read ahead after an outage with no request)."""
+        reader = self._reader
+        if reader is None or reader is not self._broken or time.monotonic() < self._retry_at:
+            return
+        if not self._opening.locked():
+            self._open()
+
     def _set_state(self, state: str, error: str | None) -> None:
         if state != self.state:
             log = logger.info if state == "online" else logger.warning
             log("online features: %s -> %s%s", self.state, state, f" ({error})" if error else "")
         self.state, self.error = state, error
 
-    def _failed(self, exc: BaseException) -> None:
-        self._retry_at = time.monotonic() + self.retry_s
+    def _failed(self, exc: BaseException, reader) -> None:
+        """A read through ``reader`` (or the opening of its replacement) failed: leave the store
+        alone for :attr:`retry_s`, then open a fresh reader (``reader`` is never read again)."""
+        with self._lock:
+            self._retry_at = time.monotonic() + self.retry_s
+            if reader is not None and reader is self._reader:
+                self._broken = reader
         self._set_state("unreachable", f"{type(exc).__name__}: {exc}"[:300])
+
+    def _usable(self, reader) -> bool:
+        """Whether ``reader`` may be read now: open, not failed, past the retry window."""
+        return (
+            reader is not None and reader is not self._broken and time.monotonic() >= self._retry_at
+        )
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the online store's file, None if it is not a file or is missing."""
+        if self._store_file is None:
+            return None
+        try:
+            stat = self._store_file.stat()
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def _watch_store_file(self, now: float) -> None:
+        """Every :attr:`watch_s`: a new file at the online store's path (a restore, a rebuild)
+        gets a fresh reader; the current one answers until it is open. Writes into the same
+        file (a materialization, a push) are seen by the open connection: its mtime is not
+        looked at."""
+        if self._store_file is None or now < self._next_watch:
+            return
+        self._next_watch = now + self.watch_s
+        if self._file_identity() != self._store_id:
+            self._open_in_background()
 
     # ---- the hot path ----------------------------------------------------------------------
 
@@ -221,9 +279,9 @@ class ServingFeatures:
         open and the user's row is not kept, older than :data:`USER_ROW_TTL_S`, or from before
         the last materialization. (The item table never makes a request wait: it is reloaded
         in the background.)"""
-        now = time.monotonic()
-        if self._reader is None or now < self._retry_at:
+        if not self._usable(self._reader):
             return False
+        now = time.monotonic()
         epoch = self._stamp()
         with self._lock:
             kept = self._users.get(user_id) if epoch == self._users_epoch else None
@@ -235,7 +293,7 @@ class ServingFeatures:
         on the store); a failure marks the store unreachable, as :meth:`rows` would. Returns
         how many rows were kept (none if the store failed or was materialized meanwhile)."""
         reader = self._reader
-        if reader is None or time.monotonic() < self._retry_at or not user_ids:
+        if not self._usable(reader) or not user_ids:
             return 0
         epoch = self._stamp()
         now = time.monotonic()
@@ -244,7 +302,7 @@ class ServingFeatures:
         try:
             rows = reader.users_features(user_ids)
         except Exception as exc:  # unreachable or unreadable store: the release's rows answer
-            self._failed(exc)
+            self._failed(exc, reader)
             return 0
         if self.state != "online":
             self._set_state("online", None)
@@ -253,7 +311,7 @@ class ServingFeatures:
     def _read(self, release, user_id: int, user_row: int, item_rows: np.ndarray) -> FeatureRows:
         reader = self._reader
         now = time.monotonic()
-        if reader is None:
+        if reader is None or reader is self._broken:  # none yet, or it failed: open a fresh one
             if now >= self._next_watch:
                 self._next_watch = now + self.watch_s
                 if self.marker() is not None and now >= self._retry_at:
@@ -263,11 +321,12 @@ class ServingFeatures:
             return FeatureRows(RELEASE_FALLBACK, ("unreachable",))
         if now < self._retry_at:
             return FeatureRows(RELEASE_FALLBACK, ("unreachable",))
+        self._watch_store_file(now)
         try:
             user = self._user_row(reader, int(user_id))
             table = reader.item_table()
         except Exception as exc:  # unreachable or unreadable store: the release's rows answer
-            self._failed(exc)
+            self._failed(exc, reader)
             return FeatureRows(RELEASE_FALLBACK, ("unreachable",))
         if self.state != "online":
             self._set_state("online", None)
@@ -367,8 +426,8 @@ class ServingFeatures:
         or when the kept rows are full. Returns how many rows were read."""
         done = 0
         while True:
-            reader = self._reader
-            if reader is None or time.monotonic() < self._retry_at:
+            self._reopen_if_due()
+            if not self._usable(self._reader):
                 break
             epoch = self._stamp()
             with self._lock:
@@ -538,6 +597,15 @@ class ServingFeatures:
             "retry_s": self.retry_s,
             "user_rows": user_rows,
         }
+
+
+def _store_file(settings):
+    from features.store import online_store_file
+
+    try:
+        return online_store_file(settings)
+    except Exception:  # a misconfigured prod store: reported by _describe_store, not watched
+        return None
 
 
 def _describe_store(settings) -> str:

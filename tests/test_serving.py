@@ -490,6 +490,115 @@ def test_an_unreachable_online_store_gives_flagged_answers_with_release_features
     assert _status(proc)["features"]["source"] == "online"
 
 
+def test_a_restored_online_store_file_is_read_again_after_the_retry_window(online):
+    """The online store corrupted, then put back as a new file (a restore from backup, a
+    re-materialization into a new file and a rename): the service answers from it again."""
+    import os
+    import shutil
+
+    proc, settings, release, _, _ = online
+    store = settings.data_dir / "features" / "online.db"
+    backup = store.with_name("online.db.backup")
+    shutil.copyfile(store, backup)
+    users = [int(u) for u in release.user_ids[60:70]]
+    try:
+        with store.open("r+b") as handle:  # in place: the service's open connection sees it
+            handle.write(b"\x00 not a database " * (store.stat().st_size // 19 + 1))
+        answers = {u: _ask(proc, u, k=6) for u in users}
+        assert {b["features"] for b in answers.values()} == {"release_fallback"}
+        assert _status(proc)["features"]["source"] == "unreachable"
+    finally:
+        os.replace(backup, store)  # restored as a new file: the corrupt one is unlinked
+
+    def answered_from_store(user: int) -> bool:  # (a stale store may lack some items' rows)
+        before = _status(proc)["features"]["fallbacks"].get("unreachable", 0)
+        _ask(proc, user, k=5)
+        features = _status(proc)["features"]
+        return features["fallbacks"].get("unreachable", 0) == before and (
+            features["source"] == "online"
+        )
+
+    deadline = time.monotonic() + 15
+    while not answered_from_store(users[0]) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the store is retried a few seconds after the failure
+    assert answered_from_store(users[1]), _status(proc)["features"]
+
+
+def _private_online_store(settings, folder):
+    """A ServingFeatures-ready copy of ``settings``' feature store (registry, marker, online
+    store) under ``folder``, with no reading ahead: every read is a request's."""
+    import shutil
+
+    shutil.copytree(settings.data_dir / "features", folder / "features")
+    return Settings(data_dir=folder, seed=settings.seed, user_rows_ahead=0)
+
+
+def test_serving_features_reopen_a_replaced_online_store(online, tmp_path):
+    """In-process, on a private SQLite online store: a corrupt store fails reads (the release's
+    rows answer); a good file put back as a new file is read once the retry window has
+    passed; a file replaced while reads succeed is noticed too (the old connection would go on
+    reading the unlinked file)."""
+    import os
+    import shutil
+    import sqlite3
+
+    from serving.features import ServingFeatures
+
+    _, settings, release, _, _ = online
+    copy = _private_online_store(settings, tmp_path / "data")
+    store = copy.data_dir / "features" / "online.db"
+    good = tmp_path / "good.db"
+    shutil.copyfile(store, good)
+    features = ServingFeatures(copy, retry_s=0.5, watch_s=0.1, row_ttl_s=0.0)
+    items = np.arange(min(20, release.n_items))
+    users = release.users_by_activity(5)
+
+    def read(user: int):
+        return features.rows(release, user, release.user_row(user), items)
+
+    def read_until(done, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = read(users[0])
+            if done(rows) or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+    try:
+        features.cover(release.item_ids)
+        assert features.state == "online"
+        first = read(users[0])
+        assert first.user is not None and "unreachable" not in first.reasons
+
+        with store.open("r+b") as handle:  # corrupted in place
+            handle.write(b"\x00 not a database " * (store.stat().st_size // 19 + 1))
+        failed = read(users[1])
+        assert failed.source == "release_fallback" and failed.reasons == ("unreachable",)
+        assert features.state == "unreachable" and "database" in features.error
+
+        restored = tmp_path / "restored.db"
+        shutil.copyfile(good, restored)
+        os.replace(restored, store)  # restored from the backup as a new file
+        assert read(users[2]).reasons == ("unreachable",)  # inside the retry window
+        back = read_until(lambda rows: "unreachable" not in rows.reasons)
+        assert "unreachable" not in back.reasons, features.status()
+        assert back.user is not None and features.state == "online"
+        assert features.error is None
+
+        # Replaced while every read succeeds: a store whose user rows are gone.
+        emptied = tmp_path / "emptied.db"
+        shutil.copyfile(good, emptied)
+        with sqlite3.connect(emptied) as db:
+            db.execute("DELETE FROM recsys_user_features")
+        db.close()
+        os.replace(emptied, store)
+        gone = read_until(lambda rows: "missing_user" in rows.reasons)
+        assert "missing_user" in gone.reasons, "the replaced online store was never read"
+        assert features.state == "online"
+    finally:
+        features.close()
+
+
 def test_bentoml_serve_without_host_binds_loopback(tmp_path):
     # `bentoml serve serving.service:RecommenderService` as the README shows it, without --host:
     # BentoML's own default is 0.0.0.0, every interface (the docs said 127.0.0.1)
