@@ -147,9 +147,11 @@ def holdout_days(
     test_days = test_days or max(1, round(n_days * 0.15))
     if n_days < test_days + (2 if for_training else 1):
         data, keep = ("the window", "a label window") if for_training else ("the lake", "a day")
+        more = "a wider --window-days or more days of data" if for_training else "more days"
+        hint = f"lower --test-days or use {more}" if test_days > 1 else f"use {more}"
         raise RecsysError(
             f"{data} has {n_days} day(s) of data: too few to hold out {test_days} day(s) and "
-            f"keep {keep} before them; generate more days or lower --test-days"
+            f"keep {keep} before them; {hint}"
         )
     return n_days, test_days
 

@@ -157,6 +157,11 @@ def test_evaluate_refuses_a_holdout_that_leaves_no_day_to_fit_on(trained_world):
     proc = run(["evaluate", "--test-days", "12"], settings.data_dir)
     assert_one_line_error(proc, 2, "the lake has 12 day(s) of data: too few to hold out 12 day(s)")
     assert "lower --test-days" in proc.stderr
+    # a one-day holdout cannot be lowered: the hint was "lower --test-days" all the same
+    proc = run(["train", "--window-days", "1", "--budget-s", "0"], settings.data_dir)
+    assert_one_line_error(proc, 2, "too few to hold out 1 day(s) and keep a label window")
+    assert "use a wider --window-days or more days of data" in proc.stderr
+    assert "--test-days" not in proc.stderr
 
 
 def test_float_options_refuse_inf_and_nan(data_dir):
