@@ -95,25 +95,64 @@ class ContractResult:
 
 
 def to_utc(series: pd.Series) -> pd.Series:
-    """Parse ``series`` as UTC timestamps; naive values are taken as UTC (whatever offset other
-    rows carry), numbers and unparseable values become NaT."""
+    """Parse ``series`` as UTC timestamps at the contract's precision (microseconds, so past
+    pandas' nanosecond range, 1677-2262); naive values are taken as UTC (whatever offset other
+    rows carry), numbers, unparseable values and dates outside years 1-9999 become NaT."""
+    return _utc_timestamps(series)[0]
+
+
+def _utc_timestamps(series: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """(:func:`to_utc` of ``series``, mask of the dates it made NaT for being outside years
+    1-9999: dates, but out of any range the contract accepts)."""
+    beyond = np.zeros(len(series), dtype=bool)
     if pd.api.types.is_datetime64_any_dtype(series):
         if getattr(series.dt, "tz", None) is None:
-            return series.dt.tz_localize("UTC")
-        return series.dt.tz_convert("UTC")
+            utc = series.dt.tz_localize("UTC")
+        else:
+            utc = series.dt.tz_convert("UTC")
+        # a coarser unit than microseconds (seconds, milliseconds) reaches further
+        beyond = (utc.notna() & ((utc < _FIRST_DATETIME) | (utc > _LAST_DATETIME))).to_numpy()
+        return utc.where(~beyond).astype("datetime64[us, UTC]"), beyond
     if pd.api.types.is_numeric_dtype(series):
         # A number is not a timestamp in this contract: seconds or milliseconds is a guess.
-        return pd.Series(pd.NaT, index=series.index, dtype="datetime64[ns, UTC]")
+        return pd.Series(pd.NaT, index=series.index, dtype="datetime64[us, UTC]"), beyond
     # pandas reads a naive value after one with an offset in that offset: parse them apart
     text = series.astype("string")
     aware = text.str.contains(_UTC_OFFSET, na=False).to_numpy(dtype=bool)
     naive = text.notna().to_numpy(dtype=bool) & ~aware
-    parsed = pd.Series(pd.NaT, index=series.index, dtype="datetime64[ns, UTC]")
+    utc = np.full(len(series), np.datetime64("NaT", "us"))
     if aware.any():
-        parsed[aware] = pd.to_datetime(text[aware], utc=True, errors="coerce", format="ISO8601")
+        found = pd.to_datetime(text[aware], utc=True, errors="coerce", format="ISO8601")
+        utc[aware] = found.to_numpy(dtype="datetime64[us]")
     if naive.any():
-        parsed[naive] = _naive_as_utc(text[naive])
-    return parsed
+        utc[naive] = _naive_as_utc(text[naive]).to_numpy(dtype="datetime64[us]")
+    failed = text.notna().to_numpy(dtype=bool) & np.isnat(utc)
+    if failed.any():
+        utc[failed] = _beyond_nanoseconds(text[failed].tolist())
+    return pd.Series(pd.DatetimeIndex(utc).tz_localize("UTC"), index=series.index), beyond
+
+
+_FIRST_DATETIME = pd.Timestamp(datetime.min.replace(tzinfo=UTC))
+_LAST_DATETIME = pd.Timestamp(datetime.max.replace(tzinfo=UTC))
+_NANOSECOND_RANGE = (
+    pd.Timestamp.min.ceil("us").tz_localize("UTC").to_pydatetime(),
+    pd.Timestamp.max.floor("us").tz_localize("UTC").to_pydatetime(),
+)
+
+
+def _beyond_nanoseconds(text: list[str]) -> np.ndarray:
+    """Each ISO 8601 value of ``text`` (that pandas did not parse) that is a date outside its
+    nanosecond range (``3000-01-01``), as UTC in microseconds; NaT for the others."""
+    found = np.full(len(text), np.datetime64("NaT", "us"))
+    for position, value in enumerate(text):
+        try:
+            when = datetime.fromisoformat(value)
+            when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+        except (ValueError, OverflowError):
+            continue
+        if not _NANOSECOND_RANGE[0] <= when <= _NANOSECOND_RANGE[1]:
+            found[position] = np.datetime64(when.replace(tzinfo=None), "us")
+    return found
 
 
 _UTC_OFFSET = re.compile(
@@ -287,14 +326,10 @@ def validate_interactions(
     )
     flag("range:value", out_of_range)
 
-    timestamp = to_utc(frame["timestamp"])
-    flag("type:timestamp", frame["timestamp"].notna() & timestamp.isna())
-    ts_ok = timestamp.notna()
-    flag(
-        "range:timestamp",
-        ts_ok
-        & ((timestamp < EARLIEST_TIMESTAMP) | (timestamp > now + FUTURE_TOLERANCE)).fillna(False),
-    )
+    timestamp, beyond = _utc_timestamps(frame["timestamp"])
+    flag("type:timestamp", frame["timestamp"].notna() & timestamp.isna() & ~beyond)
+    outside = (timestamp < EARLIEST_TIMESTAMP) | (timestamp > now + FUTURE_TOLERANCE)
+    flag("range:timestamp", beyond | (timestamp.notna() & outside.fillna(False)).to_numpy())
 
     if known_items is not None:
         known = np.asarray(list(known_items) if isinstance(known_items, set) else known_items)
@@ -343,7 +378,8 @@ def _row_keys(frame: pd.DataFrame) -> pd.Series:
             "item_id": frame["item_id"].astype("Int64"),
             "event_type": frame["event_type"].astype("string"),
             "value": frame["value"].astype("Float64"),
-            "timestamp": frame["timestamp"].astype("datetime64[ns, UTC]"),
+            # the clean zone's unit, which also holds the years past 2262 nanoseconds cannot
+            "timestamp": frame["timestamp"].astype("datetime64[us, UTC]"),
         }
     )
     return pd.util.hash_pandas_object(canonical, index=False)

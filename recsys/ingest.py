@@ -20,6 +20,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from recsys.contract import (
+    EARLIEST_TIMESTAMP,
+    FUTURE_TOLERANCE,
     INTERACTIONS_SCHEMA,
     ITEMS_SCHEMA,
     USERS_SCHEMA,
@@ -100,7 +102,7 @@ def ingest_batch(
         raw,
         known_items=known_items,
         now=now or datetime.now(UTC),
-        elsewhere=accepted_elsewhere(lake, batch, raw),
+        elsewhere=accepted_elsewhere(lake, batch, raw, now=now),
     )
     lake.write_clean_batch(batch, result.clean)
     counts = result.reason_counts()
@@ -116,13 +118,20 @@ def ingest_batch(
     )
 
 
-def accepted_elsewhere(lake: Lake, batch: str, raw: pd.DataFrame) -> pd.DataFrame | None:
+def accepted_elsewhere(
+    lake: Lake, batch: str, raw: pd.DataFrame, *, now: datetime | None = None
+) -> pd.DataFrame | None:
     """The clean rows, with their ``batch``, of the other batches whose day is within a day of
     ``raw``'s events: where an event delivered again as another day already is (the contract
-    quarantines such a row as ``duplicate:<batch>``). None when there is none to compare."""
+    quarantines such a row as ``duplicate:<batch>``). None when there is none to compare.
+
+    Only events the contract can accept at ``now`` (default: the wall clock) count: one out of
+    its range (the year 3000) is quarantined anyway, and cannot repeat an accepted one."""
     if "timestamp" not in raw:
         return None
     when = to_utc(raw["timestamp"]).dropna()
+    latest = (now or datetime.now(UTC)) + FUTURE_TOLERANCE
+    when = when[(when >= EARLIEST_TIMESTAMP) & (when <= latest)]
     if when.empty:
         return None
     first = (when.min() - pd.Timedelta(days=1)).strftime("%Y-%m-%d")

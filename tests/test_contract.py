@@ -233,3 +233,30 @@ def test_all_naive_text_timestamps_are_utc_and_epoch_text_is_not_a_timestamp():
         pd.Timestamp("2026-05-01 11:00:00.5", tz="UTC"),
     ]
     assert result.reason_counts() == {"type:timestamp": 1}
+
+
+def _seconds(*days: str) -> pd.Series:
+    return pd.Series(np.array(days, dtype="datetime64[s]")).dt.tz_localize("UTC")
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        ["2026-05-01T10:00:00Z", "3000-01-01T00:00:00Z", "2026-05-01T10:00:00Z"],
+        ["2026-05-01 10:00:00", "3000-01-01 05:00:00+05:00", "2026-05-01 10:00:00"],
+        ["2026-05-01T10:00:00Z", "1677-09-21", "2026-05-01T10:00:00Z"],
+        pd.Series(pd.to_datetime(["2026-05-01T10:00"] * 3, utc=True).as_unit("us")).where(
+            [True, False, True], pd.Timestamp("3000-01-01", tz="UTC")
+        ),
+        _seconds("2026-05-01T10:00", "300000-01-01", "2026-05-01T10:00"),
+    ],
+)
+def test_a_timestamp_beyond_pandas_nanosecond_range_is_out_of_range_not_a_crash(timestamp):
+    # the clean rows of another batch: comparing with them hashed every row in nanoseconds
+    elsewhere = validate_interactions(batch(), now=NOW).clean.assign(batch="2026-04-30")
+    result = validate_interactions(
+        batch(user_id=[7, 8, 9], timestamp=timestamp), now=NOW, elsewhere=elsewhere
+    )
+    assert result.reason_counts() == {"range:timestamp": 1}
+    assert list(result.clean["user_id"]) == [7, 9]
+    assert result.rejected.loc[0, "user_id"] == 8

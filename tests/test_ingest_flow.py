@@ -233,3 +233,28 @@ def test_ids_beyond_a_float_are_ingested_exact_and_beyond_int64_are_quarantined(
     assert 9007199254740992 not in set(clean["user_id"])  # not rounded through a float
     kept = pd.read_parquet(settings.lake.quarantine_dir("2026-02-10") / "rows.parquet")
     assert kept["user_id"].astype(str).tolist() == ["9223372036854775808"]
+
+
+def test_a_parquet_batch_with_a_year_3000_timestamp_quarantines_that_row(
+    small_world, tmp_path, capsys
+):
+    # it crashed ingest (OutOfBoundsDatetime), and the landed file blocked every later ingest
+    settings, _ = small_world
+    lake = settings.lake
+    last = lake.clean_batches()[-1]
+    frame = lake.read_clean_interactions([last])
+    frame["timestamp"] = frame["timestamp"] + pd.Timedelta(days=1)
+    frame.loc[3, "timestamp"] = pd.Timestamp("3000-01-01", tz="UTC")
+    day = (pd.Timestamp(last) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    path = tmp_path / f"{day}.parquet"
+    frame.to_parquet(path, index=False)
+    code, out, _ = _run(["ingest", str(path), "--json"], capsys)
+    assert code == 3
+    payload = json.loads(out)
+    assert payload["reasons"] == {"range:timestamp": 1}
+    assert payload["accepted"] == len(frame) - 1
+    kept = pd.read_parquet(lake.quarantine_dir(day) / "rows.parquet")
+    assert kept["timestamp"].astype(str).str.startswith("3000-01-01").tolist() == [True]
+    code, out, _ = _run(["data", "ingest"], capsys)
+    assert code == 3 and "timestamp before 1990-01-01 or in the future" in out
+    assert len(lake.read_clean_interactions([day])) == len(frame) - 1
