@@ -72,7 +72,10 @@ class Settings(BaseSettings):
     # Prod services
     redis_url: str | None = Field(None, description="Feast online store (prod), redis://host:port")
     postgres_url: str | None = Field(
-        None, description="PostgreSQL for MLflow/Prefect backends (prod), postgresql://..."
+        None,
+        description="PostgreSQL server of the MLflow and Prefect backends (prod),"
+        " postgresql://...; read by recsys.prodstack, which creates their databases. The"
+        " clients never connect to it: they reach MLflow and Prefect by their URLs.",
     )
     prefect_api_url: str | None = Field(None, description="Prefect server API URL (prod).")
     feast_project: str = Field(
