@@ -71,6 +71,7 @@ def materialize_command(
 
     with console.status("building offline features and materializing"):
         result = materialize(get_settings(), start=start, end=end)
+    _say_rebuilt(result["rebuilt"])
     offline = result["offline"]
     console.print(
         table(
@@ -95,6 +96,19 @@ def materialize_command(
             [[v, w["start"], w["end"], w["entities"]] for v, w in result["views"].items()],
         )
     )
+
+
+def _say_rebuilt(rebuilt: dict[str, Any] | None) -> None:
+    """One line when the online store could not be read and was made anew."""
+    if rebuilt:
+        kept = (
+            f"; the unreadable file is kept at {rebuilt['moved_to']}" if rebuilt["moved_to"] else ""
+        )
+        err_console.print(
+            f"the online store could not be read ({rebuilt['problem']}): rebuilt from the "
+            f"offline store{kept}",
+            markup=False,
+        )
 
 
 @features_app.command("status")
@@ -275,6 +289,7 @@ def backfill_command(
     if as_json:
         print(json.dumps(result.as_dict(), indent=2, default=str))
     else:
+        _say_rebuilt(result.rebuilt)
         print_skew(result.before, "Before")
         if result.rematerialized:
             console.print(

@@ -151,7 +151,7 @@ class OnlineFeatureReader:
     ) -> None:
         from feast.infra.online_stores.helpers import get_online_store_from_config
 
-        from features.store import _require_applied, feature_store
+        from features.store import _require_applied, feature_store, require_online_store
 
         if item_mode not in ("table", "online"):
             raise RecsysError(f"item_mode must be 'table' or 'online', got {item_mode!r}")
@@ -166,6 +166,7 @@ class OnlineFeatureReader:
         self.ttl_seconds = {v: ttl.total_seconds() for v, ttl in VIEW_TTL.items()}
         self._store = feature_store(settings)
         _require_applied(self._store, settings)
+        require_online_store(settings)  # before Feast connects: it would create an empty file
         self._online = get_online_store_from_config(self._store.config.online_store)
         self._user_view = self._store.get_feature_view(USER_VIEW)
         self._catalog = None if catalog is None else np.asarray(catalog, dtype=np.int64)

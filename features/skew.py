@@ -13,7 +13,10 @@ compared. Each view also gets its freshness: the age of its newest online row at
 against the view's TTL, and whether it is as new as the newest offline snapshot.
 
 :func:`backfill` re-materializes the affected window of the failing views with unconditional
-writes, checks again and reports both results. Running it on a healthy store does nothing.
+writes, checks again and reports both results. Running it on a healthy store does nothing. An
+online store that cannot be read (lost, not a database, tables missing) is rebuilt: the check
+cannot run on it (:class:`features.store.OnlineStoreUnreadable`), the backfill sets it aside and
+materializes every view from scratch.
 """
 
 from __future__ import annotations
@@ -416,6 +419,7 @@ def skew_report(
         examples: worst examples kept per view.
 
     Raises:
+        OnlineStoreUnreadable: the online store cannot be read (a backfill rebuilds it).
         RecsysError: nothing built or applied yet, or an unknown view.
     """
     from features.store import (
@@ -424,6 +428,7 @@ def skew_report(
         _require_offline,
         describe_online_store,
         feature_store,
+        require_online_store,
     )
 
     if sample_size < 1:
@@ -438,6 +443,7 @@ def skew_report(
     stamp = pd.Timestamp(_as_utc(as_of)) if as_of is not None else newest
     store = feature_store(settings)
     _require_applied(store, settings)
+    require_online_store(settings)
     paths = FeaturePaths(settings.data_dir)
     width = len(read_vocabulary(paths))
     report = SkewReport(
@@ -457,7 +463,9 @@ def skew_report(
 
 @dataclass
 class BackfillResult:
-    """What a backfill did: the views and window re-materialized, the checks before and after."""
+    """What a backfill did: the views and window re-materialized, the checks before and after;
+    ``rebuilt`` (``{"problem", "moved_to"}``) when the online store could not be read and was
+    made anew (``before`` is then the check of the new, empty store)."""
 
     views: list[str]
     start: str | None
@@ -465,6 +473,7 @@ class BackfillResult:
     rematerialized: bool
     before: SkewReport
     after: SkewReport
+    rebuilt: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -477,6 +486,7 @@ class BackfillResult:
             "start": self.start,
             "end": self.end,
             "rematerialized": self.rematerialized,
+            "rebuilt": self.rebuilt,
             "before": self.before.as_dict(),
             "after": self.after.as_dict(),
         }
@@ -500,14 +510,34 @@ def backfill(
     failing view and no explicit ``views``/``start``/``end`` it writes nothing; re-running a
     backfill rewrites the same values, so running it twice changes nothing.
 
+    An online store that cannot be read is rebuilt first
+    (:func:`features.store.set_aside_unreadable_online_store`: a corrupt file is kept beside it),
+    and every view is materialized from scratch (from ``end - ttl``, or ``start`` if earlier):
+    a sample's repair window would leave the unsampled entities out.
+
     Raises:
         RecsysError: nothing built or applied yet, a bad window or an unknown view.
     """
-    from features.store import _as_utc, _require_offline, materialize_window
+    from features.store import (
+        _as_utc,
+        _require_offline,
+        apply_repo,
+        materialize_window,
+        set_aside_unreadable_online_store,
+    )
 
     explicit = views is not None or start is not None or end is not None
+    if views is not None:
+        unknown = sorted(set(views) - set(VIEWS))
+        if unknown:
+            raise RecsysError(f"unknown feature views {unknown}; the views are {list(VIEWS)}")
+    rebuilt = set_aside_unreadable_online_store(settings)
+    if rebuilt is not None:
+        apply_repo(settings)  # a new online store with the views' tables
     before = skew_report(settings, sample_size=sample_size, tolerance=tolerance)
     targets = list(views) if views is not None else before.failing_views()
+    if rebuilt is not None:
+        targets = list(VIEWS)  # the whole store is new
     if not targets and explicit:
         targets = list(VIEWS)
     if not targets:
@@ -515,12 +545,17 @@ def backfill(
     newest = _require_offline(settings).to_pydatetime()
     end_at = max(_as_utc(end) or newest, newest)
     start_at = _as_utc(start)
-    if start_at is None:
+    if start_at is None and rebuilt is None:
         found = [before.views[v].repair_from for v in targets if v in before.views]
         found = [_as_utc(f) for f in found if f]
         start_at = min(found) if found else end_at - max(VIEW_TTL[v] for v in targets)
-    if start_at > end_at:
+    if start_at is not None and start_at > end_at:
         raise RecsysError(f"backfill start {start_at.isoformat()} is after {end_at.isoformat()}")
-    materialize_window(settings, start_at, end_at, targets, overwrite=True)
+    done = materialize_window(
+        settings, start_at, end_at, targets, overwrite=True, from_scratch=rebuilt is not None
+    )
+    start_at = min(_as_utc(w["start"]) for w in done.values())
     after = skew_report(settings, sample_size=sample_size, tolerance=tolerance)
-    return BackfillResult(targets, start_at.isoformat(), end_at.isoformat(), True, before, after)
+    return BackfillResult(
+        targets, start_at.isoformat(), end_at.isoformat(), True, before, after, rebuilt
+    )

@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
 
 os.environ.setdefault("FEAST_USAGE", "False")
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "apply_repo",
@@ -69,6 +72,7 @@ __all__ = [
     "feature_store",
     "historical_features",
     "materialize",
+    "online_store_problem",
     "push_user_features",
     "redis_connection_string",
     "repo_config",
@@ -203,6 +207,109 @@ def _require_applied(store: FeatureStore, settings: Settings) -> None:
         ) from None
 
 
+class OnlineStoreUnreadable(RecsysError):
+    """The online store cannot be read (its file is missing, is not a database, or lacks the
+    views' tables); ``problem`` says which. A backfill or a materialization rebuilds it."""
+
+    def __init__(self, settings: Settings, problem: str, *, rebuildable: bool = True) -> None:
+        advice = (
+            "run `recsys features backfill` to rebuild it from the offline store"
+            if rebuildable
+            else "check the file's permissions and whether another process holds it, then retry"
+        )
+        super().__init__(
+            f"the online store ({describe_online_store(settings)}) cannot be read: {problem}; "
+            + advice
+        )
+        self.problem = problem
+
+
+_CORRUPT = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+
+
+def _probe_online_store(settings: Settings) -> tuple[str, str] | None:
+    """(why the online store cannot be read, which kind: ``missing``, ``no_tables``,
+    ``corrupt`` (its file is no database: set it aside) or ``unavailable`` (locked, no
+    permission: not ours to rebuild)), or None if it can be read. A SQLite file is opened
+    read-only (looking creates nothing); a Redis store's check is its ping (:func:`feature_store`).
+    """
+    path = online_store_file(settings)
+    if path is None:
+        return None
+    if not path.is_file():
+        return f"{path.name} is missing", "missing"
+    tables = {f"{feast_project()}_{view}" for view in VIEWS}
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            found = {
+                name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            for table in sorted(tables & found):  # a page of each: a torn file fails here
+                db.execute(f'SELECT * FROM "{table}" LIMIT 1').fetchall()
+    except sqlite3.Error as exc:
+        corrupt = getattr(exc, "sqlite_errorname", None) in _CORRUPT
+        return f"{path.name}: {exc}", "corrupt" if corrupt else "unavailable"
+    missing = sorted(tables - found)
+    if missing:
+        return f"{path.name} has no table {', '.join(missing)}", "no_tables"
+    return None
+
+
+def online_store_problem(settings: Settings) -> str | None:
+    """Why the online store of an applied repository cannot be read (its file is missing, is
+    not a database, lacks a view's table), None if it can. Reads no feature values."""
+    found = _probe_online_store(settings)
+    return found[0] if found else None
+
+
+def require_online_store(settings: Settings) -> None:
+    """Raises:
+    OnlineStoreUnreadable: the online store cannot be read (see :func:`online_store_problem`).
+    """
+    found = _probe_online_store(settings)
+    if found is not None:
+        raise OnlineStoreUnreadable(settings, found[0], rebuildable=found[1] != "unavailable")
+
+
+def set_aside_unreadable_online_store(settings: Settings) -> dict[str, Any] | None:
+    """Make room for a new online store if this one cannot be read: a file that is no database
+    is moved (with its journal) to ``online.db.corrupt-<UTC time>`` beside it, so nothing is
+    lost; a missing file or a missing table needs no move. The caller applies and materializes
+    from scratch (:func:`materialize` and :func:`features.skew.backfill` do).
+
+    Returns:
+        None if the store can be read, else ``{"problem", "moved_to"}`` (``moved_to`` None:
+        nothing was moved).
+
+    Raises:
+        OnlineStoreUnreadable: the file cannot be opened now (locked, no permission): a healthy
+            store is never set aside.
+    """
+    found = _probe_online_store(settings)
+    if found is None:
+        return None
+    problem, kind = found
+    if kind == "unavailable":
+        raise OnlineStoreUnreadable(settings, problem, rebuildable=False)
+    moved_to = None
+    path = online_store_file(settings)
+    if kind == "corrupt" and path is not None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        target = path.with_name(f"{path.name}.corrupt-{stamp}")
+        os.replace(path, target)
+        for suffix in ("-journal", "-wal", "-shm"):  # a journal must not roll into the new file
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                os.replace(side, target.with_name(target.name + suffix))
+        moved_to = str(target)
+    logger.warning(
+        "online store cannot be read (%s): rebuilding it%s",
+        problem,
+        f"; the unreadable file is kept at {moved_to}" if moved_to else "",
+    )
+    return {"problem": problem, "moved_to": moved_to}
+
+
 def _require_offline(settings: Settings) -> pd.Timestamp:
     return newest_snapshot(FeaturePaths(settings.data_dir))
 
@@ -284,13 +391,18 @@ def materialize_window(
     views: list[str] | None = None,
     *,
     overwrite: bool = False,
+    from_scratch: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Copy the offline rows of ``views`` with ``start <= event_timestamp <= end`` online.
 
     ``end`` defaults to the newest offline snapshot; ``start`` to where the view's last
     materialization ended, or ``end - ttl`` for the first one (on the data's clock, not the wall
-    clock, so replayed and historical data materialize too). Per entity the newest row of the
-    window wins. Returns ``{view: {"start", "end"}}``.
+    clock, so replayed and historical data materialize too). ``from_scratch`` (a new, empty
+    online store) starts every view at ``end - ttl`` at the latest, whatever was materialized
+    before. Per entity the newest row of the window wins. Returns ``{view: {"start", "end"}}``.
+
+    Raises:
+        OnlineStoreUnreadable: the online store cannot be read (backfill rebuilds it).
     """
     views = list(views or VIEWS)
     unknown = sorted(set(views) - set(VIEWS))
@@ -307,10 +419,13 @@ def materialize_window(
         )
     store = feature_store(settings, overwrite=overwrite)
     _require_applied(store, settings)
+    require_online_store(settings)
     done: dict[str, dict[str, Any]] = {}
     for view in views:
         start_at = _as_utc(start)
-        if start_at is None:
+        if from_scratch:
+            start_at = min(start_at or end_at, end_at - VIEW_TTL[view])
+        elif start_at is None:
             last = store.get_feature_view(view).most_recent_end_time
             start_at = _as_utc(last) if last else end_at - VIEW_TTL[view]
         start_at = min(start_at, end_at)
@@ -339,8 +454,13 @@ def materialize(
             also when the run that rebuilt them was killed before copying them.
         build: first compute new or changed offline days (:func:`build_offline_features`).
 
+    An online store that cannot be read (a lost file, a file that is no database, missing
+    tables) is rebuilt: set aside (:func:`set_aside_unreadable_online_store`), created anew and
+    materialized from scratch.
+
     Returns:
-        ``{"offline": build report or None, "views": {view: {"start", "end", "entities"}}}``.
+        ``{"offline": build report or None, "views": {view: {"start", "end", "entities"}},
+        "rebuilt": None or {"problem", "moved_to"}}``.
 
     Raises:
         RecsysError: no clean data / no offline features, or a bad window.
@@ -351,21 +471,26 @@ def materialize(
     paths = FeaturePaths(settings.data_dir)
     offline = build_offline_features(settings) if build else None
     pause_point("features.after_offline")
-    apply_repo(settings)
+    store_file = online_store_file(settings)
+    first = not paths.materialized_marker.exists() and not (store_file and store_file.exists())
+    rebuilt = None if first else set_aside_unreadable_online_store(settings)
+    apply_repo(settings)  # creates the online tables (of a new store too)
     replaced = online_pending(paths)  # this build's and any a killed run left
     if replaced:
         # Snapshots that were already online changed (a re-ingest): rewrite them from the
         # oldest one on, unconditionally (Redis keeps a row whose timestamp is not newer).
         oldest = snapshot_time(min(replaced)).to_pydatetime()
         start_at = min(start_at, oldest) if start_at else oldest
-    views = materialize_window(settings, start_at, end_at, overwrite=bool(replaced))
+    views = materialize_window(
+        settings, start_at, end_at, overwrite=bool(replaced), from_scratch=rebuilt is not None
+    )
     if replaced:
         clear_online_pending(paths, pd.Timestamp(min(w["end"] for w in views.values())))
     manifest = read_manifest(paths)["days"]
     for view, window in views.items():
         days = [d for d, e in manifest.items() if e["event_timestamp"] <= window["end"]]
         window["entities"] = int(manifest[max(days)]["rows"][view]) if days else 0
-    return {"offline": offline, "views": views}
+    return {"offline": offline, "views": views, "rebuilt": rebuilt}
 
 
 # ---- training sets --------------------------------------------------------------------------
@@ -436,6 +561,7 @@ def push_user_features(settings: Settings, frame: pd.DataFrame) -> int:
         raise RecsysError(f"pushed user rows lack columns {missing}")
     store = feature_store(settings)
     _require_applied(store, settings)
+    require_online_store(settings)
     with quiet_feast():
         store.push(USER_PUSH_SOURCE, frame[needed], to=PushMode.ONLINE)
     return len(frame)

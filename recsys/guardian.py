@@ -18,8 +18,9 @@ Triage order (data and system health first, then features, then the model):
               reject the challenger, roll the champion back to ``previous`` or, with none,
               replace it by a model trained on the recent window); flush the cache;
               latency: an alert.
-3. features   ``feature_freshness`` (online store materialized up to the newest offline day),
-              ``feature_skew`` (online equals offline point-in-time values). Fix: backfill.
+3. features   ``feature_freshness`` (online store readable and materialized up to the newest
+              offline day), ``feature_skew`` (online equals offline point-in-time values).
+              Fix: backfill (an unreadable online store is rebuilt).
 4. model      ``drift``: Evidently data drift of the newest batch against the champion's
               training window, weighed against the champion's measured quality loss on it.
               Fix: retrain on the recent window, gate offline, start the canary.
@@ -441,12 +442,14 @@ def check_latency(cycle: Cycle) -> Finding:
 
 
 def check_feature_freshness(cycle: Cycle) -> Finding:
-    """The online store is materialized up to the newest clean day of the lake (on the data's
-    clock): a skipped or failed materialization leaves it behind."""
+    """The online store can be read and is materialized up to the newest clean day of the lake
+    (on the data's clock): a skipped or failed materialization leaves it behind; a lost or
+    corrupt online store (the marker says materialized, the store has nothing) fails too."""
     import json
 
     from features.offline import snapshot_time
     from features.spec import FeaturePaths
+    from features.store import describe_online_store, online_store_problem
 
     lake = cycle.settings.lake
     clean = lake.clean_batches()
@@ -469,6 +472,11 @@ def check_feature_freshness(cycle: Cycle) -> Finding:
     if not views:
         seen = "the online store was never materialized"
         return Finding("features", "feature_freshness", False, seen, evidence, "backfill")
+    problem = online_store_problem(cycle.settings)
+    if problem is not None:
+        evidence |= {"online_store": describe_online_store(cycle.settings), "problem": problem}
+        seen = f"the online store cannot be read ({problem}): it must be rebuilt"
+        return Finding("features", "feature_freshness", False, seen, evidence, "backfill")
     if not behind:
         seen = f"online store fresh through {expected.isoformat()}"
         return Finding("features", "feature_freshness", True, seen, evidence)
@@ -480,9 +488,15 @@ def check_feature_freshness(cycle: Cycle) -> Finding:
 def check_feature_skew(cycle: Cycle) -> Finding:
     """Online values equal offline point-in-time values on sampled entities."""
     from features.skew import skew_report
+    from features.store import OnlineStoreUnreadable
 
     try:
         report = skew_report(cycle.settings, sample_size=cycle.policy.feature_skew_sample)
+    except OnlineStoreUnreadable as exc:  # materialized, then lost: nothing to compare against
+        seen = f"the online store cannot be read ({exc.problem}): it must be rebuilt"
+        return Finding(
+            "features", "feature_skew", False, seen, {"problem": exc.problem}, "backfill"
+        )
     except RecsysError as exc:
         return Finding("features", "feature_skew", True, f"nothing to compare yet: {exc}")
     failing = report.failing_views()
@@ -515,6 +529,7 @@ def fix_backfill(cycle: Cycle, finding: Finding) -> FixOutcome:
         "backfill",
         fresh.ok and skew.ok,
         {
+            "rebuilt": done["rebuilt"] or repaired.rebuilt,
             "materialized": _small(done["views"]),
             "repaired_views": repaired.views,
             "freshness_after": fresh.seen,

@@ -58,7 +58,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     from features.store import materialize
 
     settings = make_world(tmp_path_factory.mktemp("features") / "data")
-    materialize(settings)
+    assert materialize(settings)["rebuilt"] is None  # the first one: nothing was lost
     return settings
 
 
@@ -481,6 +481,114 @@ def test_skew_check_finds_a_skipped_materialization_and_backfill_repairs_it(fres
     for view in late.views.values():
         assert not view.ok and not view.freshness.within_ttl
         assert view.freshness.expired_entities == view.sampled == 50
+
+
+def _lose_online_store(settings: Settings, how: str) -> bytes | None:
+    """Break the SQLite online store as a lost disk, a bad copy or a stray tool would; returns
+    the bytes a corrupt file holds (None when nothing is left to keep)."""
+    store = FeaturePaths(settings.data_dir).online_db
+    if how == "missing":
+        store.unlink()
+        return None
+    if how == "no_tables":
+        with online_db(settings) as db:
+            for view in ("user_features", "item_features"):
+                db.execute(f"DROP TABLE recsys_{view}")
+        return None
+    garbage = b"\x00 not a database " * (store.stat().st_size // 19 + 1)
+    store.write_bytes(garbage)
+    return garbage
+
+
+def _guardian_cycle(settings: Settings):
+    from recsys.guardian import Cycle
+
+    return Cycle(settings=settings, admin=None, current=(0.0, 1.0), baseline=None)
+
+
+@pytest.mark.parametrize("how", ["missing", "not_a_database", "no_tables"])
+def test_a_lost_or_corrupt_online_store_fails_the_checks_and_backfill_rebuilds_it(fresh, how):
+    from features.skew import backfill, skew_report
+    from recsys.guardian import check_feature_freshness, check_feature_skew
+
+    paths = FeaturePaths(fresh.data_dir)
+    clean_dump = online_dump(fresh)
+    garbage = _lose_online_store(fresh, how)
+
+    cycle = _guardian_cycle(fresh)
+    for check in (check_feature_freshness, check_feature_skew):
+        finding = check(cycle)
+        assert not finding.ok and finding.fix == "backfill", finding
+        assert "online store" in finding.seen and "cannot be read" in finding.seen, finding.seen
+    assert paths.online_db.exists() == (how != "missing")  # looking created nothing
+    with pytest.raises(RecsysError, match="recsys features backfill"):
+        skew_report(fresh)
+
+    result = backfill(fresh, sample_size=1000)
+    assert result.rematerialized and result.ok, result.as_dict()
+    assert result.views == ["user_features", "item_features"]
+    problem = {"missing": "missing", "not_a_database": "not a database", "no_tables": "no table"}
+    assert result.rebuilt is not None and problem[how] in result.rebuilt["problem"]
+    assert online_dump(fresh) == clean_dump  # every entity of the TTL window, not a sample's
+    aside = sorted(paths.root.glob("online.db.corrupt-*"))
+    if garbage is None:
+        assert aside == [] and result.rebuilt["moved_to"] is None
+    else:  # nothing is lost: the corrupt file is kept beside the new one
+        assert [p.read_bytes() for p in aside] == [garbage]
+        assert result.rebuilt["moved_to"] == str(aside[0])
+    for check in (check_feature_freshness, check_feature_skew):
+        assert check(_guardian_cycle(fresh)).ok
+    assert not backfill(fresh, sample_size=1000).rematerialized
+
+
+def test_materialize_onto_a_corrupt_online_store_rebuilds_it(fresh):
+    from features.store import materialize
+
+    paths = FeaturePaths(fresh.data_dir)
+    clean_dump = online_dump(fresh)
+    garbage = _lose_online_store(fresh, "not_a_database")
+    result = materialize(fresh)
+    assert result["rebuilt"]["moved_to"] is not None
+    assert result["views"]["user_features"]["entities"] == WORLD.n_users
+    assert online_dump(fresh) == clean_dump
+    assert [p.read_bytes() for p in paths.root.glob("online.db.corrupt-*")] == [garbage]
+    assert materialize(fresh)["rebuilt"] is None  # a readable store is left as it is
+
+
+def test_a_locked_online_store_is_never_set_aside(fresh):
+    from features.skew import backfill
+
+    paths = FeaturePaths(fresh.data_dir)
+    holder = sqlite3.connect(paths.online_db, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing: readers wait, then give up
+    try:
+        with pytest.raises(RecsysError, match="another process holds it"):
+            backfill(fresh)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert list(paths.root.glob("online.db.corrupt-*")) == []
+    assert backfill(fresh).ok
+
+
+def test_commands_on_an_unreadable_online_store_say_what_to_do(fresh):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env |= {"RECSYS_DATA_DIR": str(fresh.data_dir), "FEAST_USAGE": "False"}
+    recsys = str(BIN / "recsys")
+    garbage = _lose_online_store(fresh, "not_a_database")
+    proc = run([recsys, "features", "skew"], fresh.data_dir, env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("recsys: error: "), proc.stderr
+    assert "not a database" in lines[0] and "recsys features backfill" in lines[0]
+
+    proc = run([recsys, "features", "backfill", "--json"], fresh.data_dir, env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["ok"] and result["rebuilt"]["moved_to"].startswith(str(fresh.data_dir))
+    assert Path(result["rebuilt"]["moved_to"]).read_bytes() == garbage
+    proc = run([recsys, "features", "skew"], fresh.data_dir, env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_materialize_is_incremental(fresh):
