@@ -221,9 +221,22 @@ def check_readiness(cycle: Cycle) -> Finding:
 
 
 def check_model_version(cycle: Cycle) -> Finding:
-    """The versions the service serves equal the registry's aliases."""
+    """No alias names a version tagged rejected (set by hand, or by a tool that skips the
+    gate: it would be served), and the versions the service serves equal the aliases."""
     from recsys.registry import CHALLENGER, CHAMPION, version_for_alias
 
+    rejected = _rejected_aliases(cycle.settings)
+    if rejected:
+        alias = CHAMPION if CHAMPION in rejected else CHALLENGER
+        bad = rejected[alias]
+        return Finding(
+            "serving",
+            "model_version",
+            False,
+            f"{alias} points at v{bad['version']}, tagged rejected ({bad['reason'][:120]})",
+            {"rejected": rejected},
+            "rollback_champion" if alias == CHAMPION else "rollback_challenger",
+        )
     if cycle.admin is None:
         return _no_service("model_version")
     served = {a: m["version"] for a, m in _status(cycle).get("models", {}).items()}
@@ -241,6 +254,23 @@ def check_model_version(cycle: Cycle) -> Finding:
         {"mismatch": wrong},
         "reload",
     )
+
+
+def _rejected_aliases(settings: Settings) -> dict[str, dict[str, str]]:
+    """{alias: {version, reason}} of the serving aliases that point at a rejected version."""
+    from recsys.promotion import aliases
+    from recsys.registry import CHALLENGER, CHAMPION, configure_mlflow
+
+    client = configure_mlflow(settings)
+    found = {}
+    for alias, version in aliases(settings).items():
+        if alias not in (CHAMPION, CHALLENGER) or version is None:
+            continue
+        tags = client.get_model_version(settings.model_name, version).tags or {}
+        if tags.get("rejected") == "true":
+            reason = tags.get("rejection_reason", "no reason recorded")
+            found[alias] = {"version": version, "reason": reason}
+    return found
 
 
 def fix_reload(cycle: Cycle, finding: Finding) -> FixOutcome:

@@ -142,6 +142,37 @@ def test_wrong_model_version_served(live):
     assert version_for_alias(settings, "champion") == served
 
 
+def test_a_champion_alias_on_a_rejected_version_is_rolled_back(live):
+    # an alias moved by hand (MLflow UI) onto a version the gate or a canary refused: the service
+    # served it once reloaded, and the doctor said healthy
+    from recsys.registry import configure_mlflow, version_for_alias
+
+    settings, *_, admin = live
+    client = configure_mlflow(settings)
+    name = settings.model_name
+    served = admin.served_versions()["champion"]
+    bad = client.copy_model_version(f"models:/{name}/{served}", name).version
+    client.set_model_version_tag(name, bad, "rejected", "true")
+    client.set_model_version_tag(name, bad, "rejection_reason", "canary lost CTR")
+    client.set_registered_model_alias(name, "previous", served)
+    client.set_registered_model_alias(name, "champion", bad)
+    try:
+        finding = assert_finds(live, "serving", "model_version", "rollback_champion")
+        assert finding["evidence"]["rejected"] == {
+            "champion": {"version": str(bad), "reason": "canary lost CTR"}
+        }
+        code, report = doctor(live, "--fix")
+        assert report["fixes"] == [
+            {"check": "model_version", "action": "rollback_champion", "verified": True}
+        ]
+        assert code == 0
+    finally:
+        client.set_registered_model_alias(name, "champion", served)
+        client.delete_registered_model_alias(name, "previous")
+    assert version_for_alias(settings, "champion") == served
+    assert admin.served_versions() == {"champion": served}
+
+
 def test_stale_cache(live):
     *_, admin = live
     _traffic(live, 40, seed=1)  # fills the cache (fewer answers than the latency check judges)
