@@ -15,6 +15,8 @@ from pydantic import SecretStr
 from recsys.config import Settings
 from recsys.errors import RecsysError
 
+UNREACHABLE = "nothing answers"
+
 
 class ServiceAdmin:
     """Admin calls against the service at ``url``."""
@@ -56,10 +58,18 @@ class ServiceAdmin:
         return response.json()
 
     def ready(self) -> bool:
+        return self.unready_reason() is None
+
+    def unready_reason(self) -> str | None:
+        """None when ``/readyz`` answers 200; else why not: what it answered, or that nothing
+        answered at all (``UNREACHABLE`` starts the reason)."""
         try:
-            return httpx.get(f"{self.url}/readyz", timeout=self.timeout).status_code == 200
-        except httpx.HTTPError:
-            return False
+            answer = httpx.get(f"{self.url}/readyz", timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            return f"{UNREACHABLE} ({type(exc).__name__}: {exc})"
+        if answer.status_code == 200:
+            return None
+        return f"/readyz answered {answer.status_code}: {answer.text[:200]}"
 
     def status(self) -> dict[str, Any]:
         return self._post("/admin/status")

@@ -198,23 +198,44 @@ def _status(cycle: Cycle) -> dict[str, Any]:
     return cycle.cache["status"]
 
 
-def _no_service(check: str) -> Finding:
-    return Finding(
-        "serving", check, True, "not checked: no service (set RECSYS_ADMIN_TOKEN)", checked=False
+def _no_service(check: str, cycle: Cycle | None = None) -> Finding:
+    """A service check that did not run: no admin token, or (``cycle`` given) readiness found
+    that nothing answers at the service's URL (each check would only fail the same way)."""
+    why = (
+        "the service does not answer (see readiness)"
+        if cycle is not None and "unreachable" in cycle.cache
+        else "no service (set RECSYS_ADMIN_TOKEN)"
     )
+    return Finding("serving", check, True, f"not checked: {why}", checked=False)
+
+
+def _service_unchecked(cycle: Cycle) -> bool:
+    return cycle.admin is None or "unreachable" in cycle.cache
 
 
 def check_readiness(cycle: Cycle) -> Finding:
+    from recsys.admin import UNREACHABLE
+
     if cycle.admin is None:
         return _no_service("readiness")
-    ready = cycle.admin.ready()
-    if ready:
+    why = cycle.admin.unready_reason()
+    if why is None:
         return Finding("serving", "readiness", True, "the service is ready")
+    if why.startswith(UNREACHABLE):  # no reload can help: a person starts the service
+        cycle.cache["unreachable"] = why
+        return Finding(
+            "serving",
+            "readiness",
+            False,
+            f"the service at {cycle.admin.url}: {why}",
+            {"url": cycle.admin.url},
+            "alert",
+        )
     return Finding(
         "serving",
         "readiness",
         False,
-        "the service is not ready",
+        f"the service is not ready: {why}",
         {"url": cycle.admin.url},
         "reload",
     )
@@ -237,8 +258,8 @@ def check_model_version(cycle: Cycle) -> Finding:
             {"rejected": rejected},
             "rollback_champion" if alias == CHAMPION else "rollback_challenger",
         )
-    if cycle.admin is None:
-        return _no_service("model_version")
+    if _service_unchecked(cycle):
+        return _no_service("model_version", cycle)
     served = {a: m["version"] for a, m in _status(cycle).get("models", {}).items()}
     wanted = {a: version_for_alias(cycle.settings, a) for a in (CHAMPION, CHALLENGER)}
     wrong = {
@@ -387,8 +408,8 @@ def _replace_broken_champion(cycle: Cycle, bad: dict[str, str], reason: str, det
 
 def check_cache_version(cycle: Cycle) -> Finding:
     """No cache entry carries a model version the service does not serve."""
-    if cycle.admin is None:
-        return _no_service("cache_version")
+    if _service_unchecked(cycle):
+        return _no_service("cache_version", cycle)
     cache = _status(cycle).get("cache", {})
     stale = int(cache.get("stale_entries", 0))
     requests = _requests_frame(cycle)

@@ -121,6 +121,28 @@ def test_without_an_admin_token_the_service_checks_say_skipped_not_ok(live):
     assert "3 not checked (readiness, model_version, cache_version)" in result.stdout
 
 
+def test_a_service_that_does_not_answer_is_said_so_and_pages_a_person(live):
+    # it read "readiness FAIL: the service is not ready" with the fix "reload" (which cannot
+    # reach it either), and model_version / cache_version each "failed themselves"
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+    from recsys.server import free_port
+
+    settings, *_, admin = live
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {"RECSYS_DATA_DIR": str(settings.data_dir), "RECSYS_ADMIN_TOKEN": admin.token}
+    result = CliRunner().invoke(app, ["doctor", "--json", "--fix", "--url", url], env=env)
+    report = json.loads(result.stdout[result.stdout.index('{\n  "healthy"') :])
+    findings = {f["check"]: f for f in report["findings"]}
+    assert failing(report) == [("serving", "readiness", "alert")]
+    assert findings["readiness"]["seen"].startswith(f"the service at {url}: nothing answers")
+    for check in ("model_version", "cache_version"):
+        assert findings[check]["checked"] is False
+        assert "the service does not answer" in findings[check]["seen"]
+    assert report["needs_a_person"] == ["readiness"] and result.exit_code == 1
+
+
 def test_wrong_model_version_served(live):
     from recsys.registry import configure_mlflow, version_for_alias
 
