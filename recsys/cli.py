@@ -16,6 +16,7 @@ Errors a user can cause end with one ``recsys: error: ...`` line and a non-zero 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -749,6 +750,33 @@ def _registry_refusal(exc: BaseException) -> RecsysError | None:
     return registry_refusal(exc, mlflow.get_tracking_uri())
 
 
+_FILESYSTEM_REFUSALS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENOSPC,
+    errno.EDQUOT,
+}
+
+
+def _filesystem_refusal(exc: BaseException) -> RecsysError | None:
+    """The one-line error for a path the machine refuses (a data dir that is a file, read-only
+    or full), which is the setup's problem, not a bug of ours."""
+    if not isinstance(exc, OSError) or exc.errno not in _FILESYSTEM_REFUSALS:
+        return None
+    where = os.environ.get("RECSYS_DATA_DIR") or "./.recsys"
+    problem = exc.strerror
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR) and exc.filename:
+        problem = "a file stands where a folder must be"
+    return RecsysError(
+        f"cannot use {exc.filename}: {problem}; check RECSYS_DATA_DIR ({where}): it must be "
+        "a folder this user can write, on a disk with space left"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app, turn user errors into one line and an exit code."""
     command = typer.main.get_command(app)
@@ -776,7 +804,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if os.environ.get("RECSYS_DEBUG"):
             raise
-        refused = _registry_refusal(exc)
+        refused = _registry_refusal(exc) or _filesystem_refusal(exc)
         if refused is not None:  # a registry call no lookup of ours wraps: still one line
             err_console.print(f"recsys: error: {refused}", markup=False, soft_wrap=True)
             sys.exit(refused.exit_code)

@@ -234,3 +234,13 @@ def test_serve_on_a_port_in_use_is_one_line(data_dir):
         port = holder.getsockname()[1]
         proc = run(["serve", "--port", str(port)], data_dir)
     assert_one_line_error(proc, 2, f"cannot serve on 127.0.0.1:{port}: Address already in use")
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(tmp_path):
+    # NotADirectoryError / FileExistsError were internal errors
+    afile = tmp_path / "data"
+    afile.write_text("not a folder\n")
+    for args in (["status"], ["data", "generate", "--days", "3", "--users", "20"]):
+        proc = run(args, afile)
+        assert_one_line_error(proc, 2, "a file stands where a folder must be; check RECSYS_DATA")
+    assert afile.read_text() == "not a folder\n"
