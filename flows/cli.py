@@ -23,10 +23,12 @@ EXIT_ROW_COUNT = 4
 
 
 def _prefect(quiet: bool = True):
-    from flows.runtime import configure_prefect
+    from flows.runtime import check_prefect_api, configure_prefect
 
     settings = get_settings()
     configure_prefect(settings, quiet=quiet)
+    if settings.prefect_api_url:  # a server: said in one line when it cannot be used
+        check_prefect_api(settings.prefect_api_url)
     return settings
 
 

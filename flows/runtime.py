@@ -37,6 +37,42 @@ def configure_prefect(settings: Settings, *, quiet: bool = False) -> None:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
+def check_prefect_api(url: str, timeout_s: float = 5.0) -> None:
+    """Ask the Prefect server at ``url`` once, with the auth string the client will send
+    (``PREFECT_API_AUTH_STRING``): a server that does not answer or refuses it is one line
+    here, not a ``RuntimeError: Failed to reach API`` or a 401 traceback from inside a flow.
+
+    Raises:
+        RecsysError: nothing answers at ``url``, or it refuses the credentials.
+    """
+    import httpx
+
+    from recsys.config import mask_url
+    from recsys.errors import RecsysError
+
+    auth_string = os.environ.get("PREFECT_API_AUTH_STRING")
+    auth = tuple(auth_string.split(":", 1)) if auth_string and ":" in auth_string else None
+    base = url.rstrip("/")
+    try:
+        answer = httpx.post(f"{base}/flows/filter", json={"limit": 1}, auth=auth, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise RecsysError(
+            f"the Prefect API at {mask_url(base)} does not answer ({type(exc).__name__}: "
+            f"{exc}); start the server or fix RECSYS_PREFECT_API_URL"
+        ) from None
+    if answer.status_code in (401, 403):
+        given = "a wrong PREFECT_API_AUTH_STRING" if auth else "no PREFECT_API_AUTH_STRING"
+        raise RecsysError(
+            f"the Prefect API at {mask_url(base)} refused the request ({answer.status_code}, "
+            f"{given}): set PREFECT_API_AUTH_STRING=user:password as the server has it"
+        )
+    if answer.status_code == 404:
+        raise RecsysError(
+            f"no Prefect API at {mask_url(base)} (404): RECSYS_PREFECT_API_URL ends in /api, "
+            "e.g. http://127.0.0.1:4200/api"
+        )
+
+
 def transient(task, task_run, state) -> bool:
     """Retry condition: retry I/O and network errors, never a user error (RecsysError)."""
     import httpx

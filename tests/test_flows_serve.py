@@ -69,6 +69,20 @@ def test_flows_serve_registers_scheduled_deployments_and_runs_one(tmp_path):
         api = server.api_url
         client = httpx.Client(auth=(auth.username, auth.password.get_secret_value()), timeout=10)
         assert httpx.post(f"{api}/deployments/filter", json={}, timeout=10).status_code == 401
+        # a wrong auth string is one line before anything runs (it was a 401 traceback)
+        for wrong in ({"PREFECT_API_AUTH_STRING": "recsys:wrong"}, {}):
+            refused = subprocess.run(
+                [str(BIN / "recsys"), "flows", "serve"],
+                env=base_env
+                | {"RECSYS_DATA_DIR": str(tmp_path / "data"), "RECSYS_PREFECT_API_URL": api}
+                | wrong,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            lines = refused.stderr.strip().splitlines()
+            assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+            assert f"the Prefect API at {api} refused the request (401" in lines[0]
         serve = subprocess.Popen(
             [str(BIN / "recsys"), "flows", "serve", "--guardian-minutes", "60"],
             env=base_env
@@ -136,3 +150,21 @@ def test_flows_serve_without_a_server_is_a_one_line_error(tmp_path):
         .splitlines()[-1]
         .startswith("recsys: error: `recsys flows serve` needs a Prefect server")
     )
+
+
+def test_a_prefect_api_that_does_not_answer_is_one_line(tmp_path):
+    # "internal error: RuntimeError: Failed to reach API" before
+    from recsys.server import free_port
+
+    api = f"http://127.0.0.1:{free_port()}/api"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"RECSYS_DATA_DIR": str(tmp_path / "data"), "RECSYS_PREFECT_API_URL": api}
+    batch = tmp_path / "2024-01-01.tsv"
+    batch.write_text("1\t2\t3\t881250949\n")
+    for args in (["flows", "serve"], ["ingest", str(batch)], ["doctor"]):
+        proc = subprocess.run(
+            [str(BIN / "recsys"), *args], capture_output=True, text=True, env=env, timeout=60
+        )
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, (args, proc.stderr)
+        assert lines[0].startswith(f"recsys: error: the Prefect API at {api} does not answer")
