@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import pandas as pd
 
@@ -94,15 +94,28 @@ def redis_connection_string(url: str) -> str:
         raise RecsysError(
             f"RECSYS_REDIS_URL={mask_url(url)} is not a redis URL; use redis://host:port[/db]"
         )
+    # redis-py also takes them as query parameters (?password=...&db=...): none may be dropped
+    query = {k: v[-1] for k, v in parse_qs(parsed.query, keep_blank_values=True).items()}
+    unknown = sorted(set(query) - {"db", "password", "username", "ssl"})
+    if unknown:
+        raise RecsysError(
+            f"RECSYS_REDIS_URL={mask_url(url)} has ?{unknown[0]}=, which the Feast online store "
+            "cannot take; use redis[s]://[user:password@]host:port[/db] (or ?db=, ?password=, "
+            "?username=, ?ssl=true)"
+        )
     parts = [f"{parsed.hostname}:{parsed.port or 6379}"]
-    db = parsed.path.strip("/")
+    db = parsed.path.strip("/") or query.get("db", "")
     if db:
+        if not db.isdigit():
+            raise RecsysError(f"RECSYS_REDIS_URL={mask_url(url)}: the db must be a number")
         parts.append(f"db={int(db)}")
-    if parsed.username and parsed.username != "default":
-        parts.append(f"username={unquote(parsed.username)}")
-    if parsed.password:
-        parts.append(f"password={unquote(parsed.password)}")
-    if parsed.scheme == "rediss":
+    username = unquote(parsed.username) if parsed.username else query.get("username")
+    if username and username != "default":
+        parts.append(f"username={username}")
+    password = unquote(parsed.password) if parsed.password else query.get("password")
+    if password:
+        parts.append(f"password={password}")
+    if parsed.scheme == "rediss" or query.get("ssl", "").lower() in ("true", "1", "yes"):
         parts.append("ssl=true")
     return ",".join(parts)
 

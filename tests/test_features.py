@@ -229,6 +229,13 @@ def test_one_factory_builds_the_store_of_each_profile(tmp_path):
     assert prod.online_store.connection_string == "cache:6380,db=2,password=s3cr@t"
     assert prod.registry.path == str(tmp_path / "features" / "registry-prod.db")
     assert redis_connection_string("rediss://h") == "h:6379,ssl=true"
+    # redis-py's query form: the password was dropped, and Feast connected without it
+    assert (
+        redis_connection_string("redis://cache:6380?password=s3cr%40t&db=2&ssl=true")
+        == "cache:6380,db=2,password=s3cr@t,ssl=true"
+    )
+    with pytest.raises(RecsysError, match=r"has \?timeout=, which the Feast online store"):
+        redis_connection_string("redis://cache/0?timeout=5&password=x")
     with pytest.raises(RecsysError, match="RECSYS_REDIS_URL"):
         repo_config(Settings(profile="prod", data_dir=tmp_path))
     with pytest.raises(RecsysError, match="not a redis URL"):
