@@ -496,14 +496,33 @@ def point_new_version(
     """Point ``alias`` (``champion`` for a first model, else ``challenger``) at a newly
     registered ``version``. With ``record`` the move is journaled and recorded
     (``first_champion`` or ``challenger_registered``) and returned; without, the alias is set
-    and the caller records the move itself (None is returned)."""
-    if not record:
-        _set_alias(configure_mlflow(settings), settings.model_name, alias, version)
-        return None
+    and the caller records the move itself (None is returned).
+
+    A challenger still in its canary (a scheduled train and a guardian retrain that overlap) is
+    replaced, not silently: it is tagged ``superseded_by`` the new version and a warning says
+    its canary ended without a verdict."""
     before = aliases(settings)
+    replaced = before[CHALLENGER] if alias == CHALLENGER else None
+    tags = {replaced: {"superseded_by": version}} if replaced and replaced != version else {}
+    if tags:
+        logger.warning(
+            "challenger v%s replaced by v%s before its canary reached a verdict (tagged "
+            "superseded_by); the canary starts again on v%s",
+            replaced,
+            version,
+            version,
+        )
+    if not record:
+        client = configure_mlflow(settings)
+        for old, values in tags.items():
+            for key, value in values.items():
+                client.set_model_version_tag(settings.model_name, old, key, value)
+        _set_alias(client, settings.model_name, alias, version)
+        return None
     action = "first_champion" if alias == CHAMPION else "challenger_registered"
     return _execute(
-        settings, _Plan(action, reason, evidence, actor, before, {**before, alias: version})
+        settings,
+        _Plan(action, reason, evidence, actor, before, {**before, alias: version}, tags=tags),
     )
 
 

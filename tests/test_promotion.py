@@ -211,6 +211,23 @@ def test_no_rollback_onto_a_version_whose_artifacts_are_gone(registry, tmp_path)
     assert aliases(registry) == before
 
 
+@pytest.mark.parametrize("record", [True, False])
+def test_a_challenger_replaced_mid_canary_is_tagged_superseded(registry, record, caplog):
+    # a scheduled train and a guardian retrain that overlap: the second challenger replaced
+    # the first with nothing to say so
+    from recsys.promotion import point_new_version
+
+    register_challenger(registry, "2")
+    point_new_version(registry, "3", CHALLENGER, "gate passed", {}, record=record)
+    assert aliases(registry)["challenger"] == "3"
+    assert version_tags(registry, "2")["superseded_by"] == "3"
+    assert "rejected" not in version_tags(registry, "2")  # never judged: not found bad
+    assert "challenger v2 replaced by v3 before its canary reached a verdict" in caplog.text
+    if record:
+        last = promotion_history(registry)[-1]
+        assert last.aliases_before["challenger"] == "2" and last.aliases_after["challenger"] == "3"
+
+
 def test_a_torn_history_line_loses_no_later_record(registry):
     promote(registry, "2")
     with history_path(registry).open("a") as handle:
