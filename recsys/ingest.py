@@ -4,13 +4,13 @@ Nothing is dropped: for every delivery, raw rows = clean rows + quarantined rows
 duplicates are quarantined with reason ``duplicate``, so they are counted too). Re-ingesting a
 batch replaces its clean copy with the rows of its newest delivery and that delivery's
 quarantine whole, so running it twice changes nothing; an older delivery keeps its quarantine.
-A file that cannot be read at all is kept, byte for byte, in ``quarantine/<batch>/``.
+
+A delivered file that cannot be read at all is kept, byte for byte and numbered, in
+``quarantine/<batch>/`` with the reason (``unreadable``).
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +30,7 @@ from recsys.contract import (
     validate_interactions,
 )
 from recsys.errors import RecsysError
-from recsys.lake import Lake, atomic_write_bytes, batch_of, check_batch_day
+from recsys.lake import Lake, batch_of, check_batch_day
 from recsys.movielens import Dataset
 
 
@@ -229,21 +229,9 @@ def read_batch_file(path: Path) -> pd.DataFrame:
 
 
 def quarantine_unreadable(lake: Lake, batch: str, path: Path, reason: str) -> Path:
-    """Keep an unreadable delivery byte for byte, with the reason, in the quarantine."""
-    folder = lake.quarantine_dir(batch)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"unreadable{Path(path).suffix or '.bin'}"
-    if Path(path).is_file():
-        shutil.copyfile(path, target)
-    report = {
-        "batch": batch,
-        "source": str(path),
-        "reasons": {"unreadable": 1},
-        "error": reason,
-        "quarantined_at": datetime.now(UTC).isoformat(),
-    }
-    atomic_write_bytes(folder / "report.json", json.dumps(report, indent=2).encode())
-    return folder
+    """Keep an unreadable delivery byte for byte, with the reason, in the quarantine (as
+    ``quarantine/<batch>/unreadable-<n>.*``: every one, numbered); returns the kept file."""
+    return lake.keep_refused_delivery(batch, Path(path), "unreadable", reason)
 
 
 def delivery_batch(path: Path, batch: str | None = None) -> str:
@@ -280,13 +268,13 @@ def land_file(lake: Lake, path: Path, batch: str | None = None) -> str:
 
     path = Path(path)
     name = delivery_batch(path, batch)
-    lake.init()
     try:
         frame = read_batch_file(path)
         table = pa.Table.from_pandas(frame, preserve_index=False)
     except (RecsysError, pa.ArrowException) as exc:
-        folder = quarantine_unreadable(lake, name, path, str(exc))
-        raise RecsysError(f"{exc} (kept in {folder})") from None
+        kept = quarantine_unreadable(lake, name, path, str(exc))
+        raise RecsysError(f"{exc} (kept as {kept})") from None
+    lake.init()
     if lake.raw_batch_path(name).exists():
         return batch_of(lake.land_redelivery(name, table))
     lake.write_raw(lake.raw_batch_path(name), table)

@@ -9,7 +9,9 @@ Layout (all under ``RECSYS_DATA_DIR``, default ``./.recsys``)::
     clean/catalog/items.parquet, users.parquet
     quarantine/<delivery>/rows.parquet       rejected rows, every column + ``reason``
     quarantine/<delivery>/report.json        counts per reason, when and why
-    quarantine/<delivery>/unreadable.*       a delivered file that could not be read at all
+    quarantine/<batch>/<kind>-<n>.*, .json   a delivered file refused whole (``unreadable``: it
+                                             cannot be read), byte for byte, and why; ``n``
+                                             counts them
     features/                                Feast offline sources and online store
     logs/                                    request, feedback and incident logs
     reports/                                 HTML reports, plots, JSON snapshots
@@ -17,9 +19,11 @@ Layout (all under ``RECSYS_DATA_DIR``, default ``./.recsys``)::
 
 A batch may be delivered again (the source re-sends a day after a corrupt delivery): each
 delivery is its own immutable raw file and keeps its own quarantine; the clean copy of the batch
-holds the rows of its newest delivery. Raw files are never rewritten: writing different bytes
-to an existing raw file is an error, writing the same bytes again is a no-op. Every write goes
-to a temporary file first and is renamed into place, so a crash never leaves half a file.
+holds the rows of its newest delivery. A delivery refused whole never reaches the raw zone: it is
+kept under its own number in the quarantine, so a later delivery of the day replaces nothing.
+Raw files are never rewritten: writing different bytes to an existing raw file is an error,
+writing the same bytes again is a no-op. Every write goes to a temporary file first and is
+renamed into place, so a crash never leaves half a file.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -43,6 +48,7 @@ from recsys.pausepoints import pause_point
 
 ZONES = ("raw", "clean", "quarantine", "features", "logs", "reports", "world")
 _REDELIVERY = "@r"
+_REFUSED_REPORT = re.compile(r"^[a-z_]+-([0-9]+)\.json$")
 
 
 def check_batch_day(name: str) -> str:
@@ -231,7 +237,9 @@ class Lake:
     def quarantine_batch(
         self, batch: str, rejected: pd.DataFrame, reason_counts: dict[str, int], **extra: Any
     ) -> Path | None:
-        """Keep rejected rows with their reasons; replaces an earlier quarantine of ``batch``.
+        """Keep rejected rows with their reasons; replaces an earlier quarantine of the same
+        delivery ``batch`` (its ``rows.parquet`` and ``report.json``; a refused delivery kept
+        beside them is another delivery's record and stays).
 
         Columns are stored as text when their types are mixed, so nothing is lost to a cast.
         Returns the folder, or None (and removes a stale quarantine) when nothing was rejected.
@@ -255,6 +263,63 @@ class Lake:
         }
         atomic_write_bytes(folder / "report.json", json.dumps(report, indent=2).encode())
         return folder
+
+    def keep_refused_delivery(
+        self, batch: str, source: Path, kind: str, error: str, **extra: Any
+    ) -> Path:
+        """Keep a delivered file refused whole (it never reaches the raw zone) byte for byte as
+        ``quarantine/<batch>/<kind>-<n><suffix>``, beside its report ``<kind>-<n>.json``
+        (``reasons: {kind: 1}``, ``error``, ``source``). ``n`` is one more than any earlier
+        refused delivery of ``batch``, so none replaces another. Returns the kept file's path."""
+        folder = self.quarantine_dir(batch)
+        folder.mkdir(parents=True, exist_ok=True)
+        number = 1 + max((n for n, _ in self._refused_reports(batch)), default=0)
+        while True:  # the report's name, taken exclusively, reserves the number
+            report_path = folder / f"{kind}-{number}.json"
+            try:
+                os.close(os.open(report_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                break
+            except FileExistsError:
+                number += 1
+        kept = folder / f"{kind}-{number}{Path(source).suffix or '.bin'}"
+        source = Path(source)
+        if source.is_file():
+            atomic_write_bytes(kept, source.read_bytes())
+        report = {
+            "batch": batch,
+            "file": kept.name,
+            "source": str(source),
+            "reasons": {kind: 1},
+            "error": error,
+            "quarantined_at": datetime.now(UTC).isoformat(),
+            **extra,
+        }
+        atomic_write_bytes(report_path, json.dumps(report, indent=2).encode())
+        return kept
+
+    def refused_deliveries(self, batch: str | None = None) -> list[dict[str, Any]]:
+        """The reports of the deliveries refused whole (:meth:`keep_refused_delivery`) of
+        ``batch`` (default: every batch), oldest first."""
+        batches = [batch] if batch is not None else self._quarantined_batches()
+        found = []
+        for name in batches:
+            for _, path in self._refused_reports(name):
+                try:
+                    found.append(json.loads(path.read_text()))
+                except (OSError, ValueError):  # reserved, not yet written: being refused now
+                    continue
+        return sorted(found, key=lambda r: str(r.get("quarantined_at", "")))
+
+    def _quarantined_batches(self) -> list[str]:
+        folder = self.zone("quarantine")
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
+
+    def _refused_reports(self, batch: str) -> list[tuple[int, Path]]:
+        folder = self.quarantine_dir(batch)
+        if not folder.is_dir():
+            return []
+        found = ((_REFUSED_REPORT.match(p.name), p) for p in folder.iterdir())
+        return sorted((int(m.group(1)), p) for m, p in found if m)
 
     # ---- other zones ------------------------------------------------------------------------
 

@@ -73,7 +73,7 @@ def test_a_user_error_inside_a_prefect_flow_ends_in_its_one_line_without_a_trace
     # Prefect's own one-line records of the failed task and flow run may precede it
     assert len(proc.stderr.strip().splitlines()) <= 3, proc.stderr
     kept = data_dir / "quarantine" / "2026-03-01"
-    assert (kept / "unreadable.jsonl").read_bytes() == delivery.read_bytes()
+    assert (kept / "unreadable-1.jsonl").read_bytes() == delivery.read_bytes()
 
 
 def test_the_terminal_formatter_drops_only_a_user_errors_traceback_and_only_when_quiet():

@@ -85,8 +85,10 @@ def test_recsys_ingest_exit_codes_and_nothing_lost(small_world, tmp_path, capsys
     assert err.strip().splitlines() == [err.strip()], err
     assert err.strip().startswith("recsys: error: cannot read 2026-02-12.parquet")
     kept_dir = settings.lake.quarantine_dir("2026-02-12")
-    assert (kept_dir / "unreadable.parquet").read_bytes() == garbage.read_bytes()
-    assert json.loads((kept_dir / "report.json").read_text())["reasons"] == {"unreadable": 1}
+    assert (kept_dir / "unreadable-1.parquet").read_bytes() == garbage.read_bytes()
+    report = json.loads((kept_dir / "unreadable-1.json").read_text())
+    assert report["reasons"] == {"unreadable": 1}
+    assert str(kept_dir / "unreadable-1.parquet") in err.replace("\n", "")
 
 
 def test_renamed_column_quarantines_the_batch_and_a_redelivery_heals_it(small_world):
@@ -258,3 +260,45 @@ def test_a_parquet_batch_with_a_year_3000_timestamp_quarantines_that_row(
     code, out, _ = _run(["data", "ingest"], capsys)
     assert code == 3 and "timestamp before 1990-01-01 or in the future" in out
     assert len(lake.read_clean_interactions([day])) == len(frame) - 1
+
+
+def _quarantined_files(folder) -> dict[bytes, dict]:
+    """The delivered files kept whole in a quarantine folder, by their bytes, with the report
+    that names each (its ``source``)."""
+    reports = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+    kept = {}
+    for path in folder.iterdir():
+        if path.suffix in (".json",) or path.name == "rows.parquet":
+            continue
+        about = [r for r in reports if r.get("file") == path.name]
+        kept[path.read_bytes()] = about[0] if about else {}
+    return kept
+
+
+def test_every_unreadable_delivery_of_a_day_is_kept_with_its_own_report(
+    small_world, tmp_path, capsys
+):
+    # the second unreadable delivery of a day overwrote the first one and its report, and the
+    # day's later clean delivery deleted the report that was left
+    settings, world = small_world
+    day = "2026-02-12"
+    sent = {}
+    for n, text in enumerate([b"first broken file", b"second, different broken file"]):
+        (tmp_path / str(n)).mkdir()
+        path = tmp_path / str(n) / f"{day}.parquet"
+        path.write_bytes(text)
+        sent[text] = path
+        code, _, err = _run(["ingest", str(path)], capsys)
+        assert code == 2 and err.strip().startswith(f"recsys: error: cannot read {day}.parquet")
+    frame = next(iter(world.batches()))[1].copy()
+    frame["timestamp"] = frame["timestamp"] + (pd.Timestamp(day) - pd.Timestamp("2026-01-01"))
+    good = tmp_path / f"{day}.csv"
+    frame.to_csv(good, index=False)
+    code, _, _ = _run(["ingest", str(good)], capsys)
+    assert code in (0, 4)
+    assert len(settings.lake.read_clean_interactions([day])) == len(frame)
+    kept = _quarantined_files(settings.lake.quarantine_dir(day))
+    assert set(kept) == set(sent)
+    for text, report in kept.items():
+        assert report["reasons"] == {"unreadable": 1}
+        assert report["source"] == str(sent[text]) and "cannot read" in report["error"]
