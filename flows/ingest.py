@@ -74,11 +74,13 @@ def ingest_flow(
                 "clean": r["report"]["clean_rows"],
                 "quarantined": r["report"]["quarantined_rows"],
                 "reasons": ", ".join(f"{k}={v}" for k, v in r["report"]["reasons"].items()),
+                "rechecked": ", ".join(r["report"]["rechecked"]),
                 "row_count_anomaly": r["row_count"]["anomalous"],
                 "ratio_to_trailing": r["row_count"]["ratio"],
             }
             for r in results
         ],
-        description="Contract check per batch: clean and quarantined rows, reasons, row count.",
+        description="Contract check per batch: clean and quarantined rows, reasons, row count; "
+        "rechecked: batches whose duplicates of it were checked again (the batch lost rows).",
     )
     return results

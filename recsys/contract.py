@@ -350,8 +350,8 @@ def validate_interactions(
     flag("duplicate", normalized.duplicated(keep="first").to_numpy() & complete)
     if elsewhere is not None and len(elsewhere) and complete.any():
         # the same file delivered again as another day: its rows are in that day's clean rows
-        holder = pd.Series(elsewhere["batch"].to_numpy(), index=_row_keys(elsewhere).to_numpy())
-        found = _row_keys(normalized).map(holder[~holder.index.duplicated()])
+        holder = pd.Series(elsewhere["batch"].to_numpy(), index=row_keys(elsewhere).to_numpy())
+        found = row_keys(normalized).map(holder[~holder.index.duplicated()])
         for other in sorted(found.dropna().unique()):
             flag(f"duplicate:{other}", complete & (found == other).to_numpy())
 
@@ -369,7 +369,7 @@ def validate_interactions(
     return ContractResult(clean, rejected.reset_index(drop=True), [])
 
 
-def _row_keys(frame: pd.DataFrame) -> pd.Series:
+def row_keys(frame: pd.DataFrame) -> pd.Series:
     """A 64-bit hash per row of its five contract fields, the same for a raw row once parsed
     and for that row read back from the clean zone."""
     canonical = pd.DataFrame(

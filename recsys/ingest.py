@@ -4,6 +4,8 @@ Nothing is dropped: for every delivery, raw rows = clean rows + quarantined rows
 duplicates are quarantined with reason ``duplicate``, so they are counted too). Re-ingesting a
 batch replaces its clean copy with the rows of its newest delivery and that delivery's
 quarantine whole, so running it twice changes nothing; an older delivery keeps its quarantine.
+Rows another batch quarantined as ``duplicate:<batch>`` are checked again when a new delivery
+of ``<batch>`` no longer holds them, so they reach the clean zone there.
 
 A delivered file that cannot be read at all is kept, byte for byte and numbered, in
 ``quarantine/<batch>/`` with the reason (``unreadable``).
@@ -11,6 +13,7 @@ A delivered file that cannot be read at all is kept, byte for byte and numbered,
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +29,7 @@ from recsys.contract import (
     ITEMS_SCHEMA,
     USERS_SCHEMA,
     conform,
+    row_keys,
     to_utc,
     validate_interactions,
 )
@@ -45,6 +49,7 @@ class IngestReport:
     reasons: dict[str, int] = field(default_factory=dict)
     schema_errors: list[str] = field(default_factory=list)
     delivery: str | None = None
+    rechecked: list[str] = field(default_factory=list)
 
     @property
     def accepted_all(self) -> bool:
@@ -95,7 +100,35 @@ def ingest_batch(
     frame: pd.DataFrame | None = None,
 ) -> IngestReport:
     """Contract-check the newest delivery of raw ``batch`` (or ``frame``) into the clean zone
-    and the quarantine of that delivery."""
+    and the quarantine of that delivery.
+
+    When the batch's clean rows lose rows it held before (a redelivery without them), every
+    other batch that quarantined rows as ``duplicate:<batch>`` is checked again, so those rows
+    are accepted there instead of lost (and so on, should that one lose rows); the report's
+    ``rechecked`` names those batches."""
+    report, lost = _check_delivery(lake, batch, known_items, now, frame)
+    pending = _quarantined_as_duplicates_of(lake, batch) if lost else []
+    seen = {batch}
+    while pending:
+        other = pending.pop(0)
+        if other in seen:
+            continue
+        seen.add(other)
+        _, lost = _check_delivery(lake, other, known_items, now, None)
+        report.rechecked.append(other)
+        if lost:
+            pending += _quarantined_as_duplicates_of(lake, other)
+    return report
+
+
+def _check_delivery(
+    lake: Lake,
+    batch: str,
+    known_items: set[int] | None,
+    now: datetime | None,
+    frame: pd.DataFrame | None,
+) -> tuple[IngestReport, bool]:
+    """:func:`ingest_batch` of one batch: (its report, whether its clean copy lost rows)."""
     delivery = lake.deliveries(batch)[-1] if frame is None else batch
     raw = lake.read_raw_delivery(delivery) if frame is None else frame
     result = validate_interactions(
@@ -104,10 +137,12 @@ def ingest_batch(
         now=now or datetime.now(UTC),
         elsewhere=accepted_elsewhere(lake, batch, raw, now=now),
     )
+    before = _row_keys_of_clean(lake, batch)
     lake.write_clean_batch(batch, result.clean)
     counts = result.reason_counts()
     lake.quarantine_batch(delivery, result.rejected, counts, raw_rows=len(raw), delivery_of=batch)
-    return IngestReport(
+    lost = before is not None and not before.isin(row_keys(result.clean)).all()
+    report = IngestReport(
         batch=batch,
         raw_rows=len(raw),
         clean_rows=len(result.clean),
@@ -116,6 +151,28 @@ def ingest_batch(
         schema_errors=result.schema_errors,
         delivery=delivery,
     )
+    return report, lost
+
+
+def _row_keys_of_clean(lake: Lake, batch: str) -> pd.Series | None:
+    """Row keys of the clean rows of ``batch``; None when it has no clean copy yet."""
+    if not lake.clean_batch_path(batch).exists():
+        return None
+    return row_keys(lake.read_clean_interactions([batch]))
+
+
+def _quarantined_as_duplicates_of(lake: Lake, batch: str) -> list[str]:
+    """The other batches whose newest delivery quarantined rows as ``duplicate:<batch>``."""
+    found = []
+    for other in lake.raw_batches():
+        if other == batch:
+            continue
+        report = lake.quarantine_dir(lake.deliveries(other)[-1]) / "report.json"
+        if report.exists() and f"duplicate:{batch}" in json.loads(report.read_text()).get(
+            "reasons", {}
+        ):
+            found.append(other)
+    return found
 
 
 def accepted_elsewhere(

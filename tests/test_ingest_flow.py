@@ -302,3 +302,33 @@ def test_every_unreadable_delivery_of_a_day_is_kept_with_its_own_report(
     for text, report in kept.items():
         assert report["reasons"] == {"unreadable": 1}
         assert report["source"] == str(sent[text]) and "cannot read" in report["error"]
+
+
+def test_a_redelivery_readmits_rows_another_day_quarantined_as_its_duplicates(
+    small_world, tmp_path, capsys
+):
+    # day B re-sent some events of day A: they were quarantined as duplicate:A; then A was
+    # re-sent without them, and they were in no clean batch any more
+    settings, _ = small_world
+    lake = settings.lake
+    day_a, day_b = lake.clean_batches()[2:4]
+    rows_a = lake.read_clean_interactions([day_a])
+    rows_b = lake.read_clean_interactions([day_b])
+    moved = rows_a.tail(5)
+    path = tmp_path / f"{day_b}.csv"
+    pd.concat([rows_b, moved], ignore_index=True).to_csv(path, index=False)
+    code, out, _ = _run(["ingest", str(path), "--json"], capsys)
+    assert code == 3 and json.loads(out)["reasons"] == {f"duplicate:{day_a}": 5}
+    path = tmp_path / f"{day_a}.csv"
+    rows_a.head(len(rows_a) - 5).to_csv(path, index=False)
+    code, out, _ = _run(["ingest", str(path), "--json"], capsys)
+    assert code == 0, out
+    # every distinct event of the newest deliveries is in exactly one clean batch
+    clean = pd.concat([lake.read_clean_interactions([d]) for d in (day_a, day_b)])
+    assert len(clean) == len(rows_a) + len(rows_b)
+    assert len(lake.read_clean_interactions([day_b])) == len(rows_b) + 5
+    assert not (lake.quarantine_dir(f"{day_b}@r1") / "rows.parquet").exists()
+    # and re-running everything keeps it so
+    ingest_all(lake)
+    assert len(lake.read_clean_interactions([day_b])) == len(rows_b) + 5
+    assert len(lake.read_clean_interactions([day_a])) == len(rows_a) - 5
