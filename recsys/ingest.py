@@ -7,8 +7,10 @@ quarantine whole, so running it twice changes nothing; an older delivery keeps i
 Rows another batch quarantined as ``duplicate:<batch>`` are checked again when a new delivery
 of ``<batch>`` no longer holds them, so they reach the clean zone there.
 
-A delivered file that cannot be read at all is kept, byte for byte and numbered, in
-``quarantine/<batch>/`` with the reason (``unreadable``).
+A delivered file refused whole is kept, byte for byte and numbered, in ``quarantine/<batch>/``
+with the reason: one that cannot be read (``unreadable``), or whose batch day cannot be the
+delivery day of its rows (``batch_day``: before the day of its earliest event, give or take
+:data:`BATCH_DAY_TOLERANCE`, or after today by more than that).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +38,10 @@ from recsys.contract import (
 from recsys.errors import RecsysError
 from recsys.lake import Lake, batch_of, check_batch_day
 from recsys.movielens import Dataset
+
+BATCH_DAY_TOLERANCE = timedelta(days=1)
+"""How far a batch day may precede its earliest event's UTC day (or follow today's): clocks and
+time zones of a producer."""
 
 
 @dataclass
@@ -291,6 +297,37 @@ def quarantine_unreadable(lake: Lake, batch: str, path: Path, reason: str) -> Pa
     return lake.keep_refused_delivery(batch, Path(path), "unreadable", reason)
 
 
+def check_batch_day_of_rows(batch: str, frame: pd.DataFrame, *, now: datetime | None = None):
+    """Refuse a batch day that cannot be the delivery day of ``frame``'s rows: a day before the
+    UTC day of its earliest event, or after today (``now``, default the wall clock), by more
+    than :data:`BATCH_DAY_TOLERANCE`. Events the contract rejects anyway (no date, before 1990,
+    in the future) do not count; with none left, only today bounds the day.
+
+    Raises:
+        RecsysError: saying which day the rows suggest.
+    """
+    day = datetime.fromisoformat(batch).replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
+    latest = (now + BATCH_DAY_TOLERANCE).date()
+    if day.date() > latest:
+        raise RecsysError(
+            f"batch day {batch} is after today ({now:%Y-%m-%d}, UTC): a batch is the day it "
+            "delivers; pass --batch YYYY-MM-DD with the day of its rows"
+        )
+    if "timestamp" not in frame:
+        return
+    when = to_utc(frame["timestamp"]).dropna()
+    when = when[(when >= EARLIEST_TIMESTAMP) & (when <= now + FUTURE_TOLERANCE)]
+    if when.empty:
+        return
+    first = when.min().floor("D")
+    if day < first - BATCH_DAY_TOLERANCE:
+        raise RecsysError(
+            f"batch day {batch} is before every row it delivers (the earliest is of "
+            f"{first:%Y-%m-%d}): pass --batch YYYY-MM-DD with the day of its rows"
+        )
+
+
 def delivery_batch(path: Path, batch: str | None = None) -> str:
     """The batch a delivered file lands as: ``batch``, else the file name's stem; it must be a
     delivery day ``YYYY-MM-DD``.
@@ -318,8 +355,9 @@ def land_file(lake: Lake, path: Path, batch: str | None = None) -> str:
     batch lands as a redelivery, whose rows replace the batch's at ingest.
 
     Raises:
-        RecsysError: no such file, a batch name that is not a day, or a file that cannot be
-            read (it is then kept in the quarantine with the reason before the error is raised).
+        RecsysError: no such file, a batch name that is not a day, a file that cannot be
+            read or a batch day that is not its rows' (:func:`check_batch_day_of_rows`; such a
+            file is kept in the quarantine with the reason before the error is raised).
     """
     import pyarrow as pa
 
@@ -330,6 +368,11 @@ def land_file(lake: Lake, path: Path, batch: str | None = None) -> str:
         table = pa.Table.from_pandas(frame, preserve_index=False)
     except (RecsysError, pa.ArrowException) as exc:
         kept = quarantine_unreadable(lake, name, path, str(exc))
+        raise RecsysError(f"{exc} (kept as {kept})") from None
+    try:
+        check_batch_day_of_rows(name, frame)
+    except RecsysError as exc:
+        kept = lake.keep_refused_delivery(name, path, "batch_day", str(exc))
         raise RecsysError(f"{exc} (kept as {kept})") from None
     lake.init()
     if lake.raw_batch_path(name).exists():

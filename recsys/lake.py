@@ -10,8 +10,8 @@ Layout (all under ``RECSYS_DATA_DIR``, default ``./.recsys``)::
     quarantine/<delivery>/rows.parquet       rejected rows, every column + ``reason``
     quarantine/<delivery>/report.json        counts per reason, when and why
     quarantine/<batch>/<kind>-<n>.*, .json   a delivered file refused whole (``unreadable``: it
-                                             cannot be read), byte for byte, and why; ``n``
-                                             counts them
+                                             cannot be read; ``batch_day``: the day is not its
+                                             rows'), byte for byte, and why; ``n`` counts them
     features/                                Feast offline sources and online store
     logs/                                    request, feedback and incident logs
     reports/                                 HTML reports, plots, JSON snapshots

@@ -199,17 +199,17 @@ def test_the_same_events_delivered_again_as_another_day_are_not_counted_twice(
     resent = pd.concat([accepted, fresh], ignore_index=True)
     path = tmp_path / "2030-01-01.csv"
     resent.to_csv(path, index=False)
-    code, out, _ = _run(["ingest", str(path), "--batch", "2026-12-31", "--json"], capsys)
+    code, out, _ = _run(["ingest", str(path), "--batch", "2026-02-01", "--json"], capsys)
     assert code == 3
     payload = json.loads(out)
     assert payload["reasons"] == {f"duplicate:{day}": len(accepted)}
     assert payload["accepted"] == 2 and payload["quarantined"] == len(accepted)
     assert len(lake.read_clean_interactions()) == total + 2  # not total + len(resent)
-    kept = pd.read_parquet(lake.quarantine_dir("2026-12-31") / "rows.parquet")
+    kept = pd.read_parquet(lake.quarantine_dir("2026-02-01") / "rows.parquet")
     assert len(kept) == len(accepted) and set(kept["reason"]) == {f"duplicate:{day}"}
     # the first delivery keeps its rows on a re-ingest of everything, in any order
     ingest_all(lake)
-    reingest_window(lake, ["2026-12-31", day])
+    reingest_window(lake, ["2026-02-01", day])
     assert len(lake.read_clean_interactions([day])) == len(accepted)
     assert len(lake.read_clean_interactions()) == total + 2
     code, out, _ = _run(["data", "ingest"], capsys)
@@ -332,3 +332,24 @@ def test_a_redelivery_readmits_rows_another_day_quarantined_as_its_duplicates(
     ingest_all(lake)
     assert len(lake.read_clean_interactions([day_b])) == len(rows_b) + 5
     assert len(lake.read_clean_interactions([day_a])) == len(rows_a) - 5
+
+
+@pytest.mark.parametrize("day", ["0001-01-01", "2025-12-01", "9999-12-31", "2099-01-01"])
+def test_a_batch_day_that_is_not_its_rows_delivery_day_is_refused_and_kept(
+    small_world, tmp_path, capsys, day
+):
+    # `--batch 0001-01-01` was accepted, and the features build then made a snapshot per day
+    # from year 1 on
+    settings, world = small_world
+    lake = settings.lake
+    raw_before = lake.raw_batches()
+    path = tmp_path / "delivery.csv"
+    next(iter(world.batches()))[1].to_csv(path, index=False)
+    code, _, err = _run(["ingest", str(path), "--batch", day], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("recsys: error: "), err
+    assert f"batch day {day}" in lines[0] and "--batch" in lines[0]
+    assert lake.raw_batches() == raw_before and day not in lake.clean_batches()
+    kept = _quarantined_files(lake.quarantine_dir(day))
+    assert list(kept) == [path.read_bytes()]
+    assert next(iter(kept.values()))["reasons"] == {"batch_day": 1}
