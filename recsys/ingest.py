@@ -328,6 +328,18 @@ def check_batch_day_of_rows(batch: str, frame: pd.DataFrame, *, now: datetime | 
         )
 
 
+def require_catalog(lake: Lake) -> None:
+    """Raise unless an item catalog is in the lake (clean, or raw ready to ingest): a batch's
+    items are checked against it, so nothing is landed before one is there."""
+    raw = all(lake.raw_catalog_path(what).exists() for what in ("items", "users"))
+    if not raw and not lake.clean_catalog_path("items").exists():
+        raise RecsysError(
+            f"no item catalog in {lake.root} yet (a batch's items are checked against it): "
+            "load one with `recsys data movielens --data-path DIR` or `recsys data generate`, "
+            "then ingest the file again"
+        )
+
+
 def delivery_batch(path: Path, batch: str | None = None) -> str:
     """The batch a delivered file lands as: ``batch``, else the file name's stem; it must be a
     delivery day ``YYYY-MM-DD``.
@@ -357,7 +369,8 @@ def land_file(lake: Lake, path: Path, batch: str | None = None) -> str:
     Raises:
         RecsysError: no such file, a batch name that is not a day, a file that cannot be
             read or a batch day that is not its rows' (:func:`check_batch_day_of_rows`; such a
-            file is kept in the quarantine with the reason before the error is raised).
+            file is kept in the quarantine with the reason before the error is raised), or no
+            item catalog in the lake (nothing is landed then).
     """
     import pyarrow as pa
 
@@ -374,6 +387,7 @@ def land_file(lake: Lake, path: Path, batch: str | None = None) -> str:
     except RecsysError as exc:
         kept = lake.keep_refused_delivery(name, path, "batch_day", str(exc))
         raise RecsysError(f"{exc} (kept as {kept})") from None
+    require_catalog(lake)  # before the raw zone: a landed batch could not be ingested
     lake.init()
     if lake.raw_batch_path(name).exists():
         return batch_of(lake.land_redelivery(name, table))

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from recsys.cli import main
-from recsys.contract import INTERACTIONS_SCHEMA, conform
+from recsys.contract import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA, conform
 from recsys.ingest import ingest_all, ingest_batch, known_items, reingest_window, row_count_check
 from recsys.synthetic import WorldConfig, generate_world, write_world
 
@@ -353,3 +353,26 @@ def test_a_batch_day_that_is_not_its_rows_delivery_day_is_refused_and_kept(
     kept = _quarantined_files(lake.quarantine_dir(day))
     assert list(kept) == [path.read_bytes()]
     assert next(iter(kept.values()))["reasons"] == {"batch_day": 1}
+
+
+def test_a_delivery_before_any_catalog_lands_nothing_and_says_what_to_do(
+    settings, tmp_path, capsys
+):
+    lake = settings.lake
+    cfg = WorldConfig(n_users=50, n_items=30, n_days=2, n_interactions=300, seed=5)
+    world = generate_world(cfg)
+    name, frame = next(iter(world.batches()))
+    path = tmp_path / f"{name}.csv"
+    frame.to_csv(path, index=False)
+    code, _, err = _run(["ingest", str(path)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("recsys: error: "), err
+    assert "catalog" in lines[0] and "recsys data" in lines[0]
+    assert lake.raw_batches() == [] and lake.clean_batches() == []
+    # once a catalog is there, the same command ingests the file
+    lake.init()
+    lake.write_raw(lake.raw_catalog_path("items"), conform(world.items, ITEMS_SCHEMA))
+    lake.write_raw(lake.raw_catalog_path("users"), conform(world.users, USERS_SCHEMA))
+    code, out, _ = _run(["ingest", str(path), "--json"], capsys)
+    assert code in (0, 4), out
+    assert json.loads(out)["accepted"] == len(frame)
