@@ -128,21 +128,26 @@ def live_cycle(
     settings, *, window_s: float = 7200.0, baseline_s: float = 86400.0, url: str | None = None
 ) -> Cycle:
     """A cycle on the wall clock: the last ``window_s`` of traffic against the ``baseline_s``
-    before it, the newest clean batch, the service at ``url`` (default: the settings' host and
-    port; checked only with an admin token)."""
+    before it, the newest clean batch and the batch of the newest delivery (one refused whole,
+    unreadable, never reaches the clean zone: its batch is checked, and fails, all the same), the
+    service at ``url`` (default: the settings' host and port; checked only with an admin
+    token)."""
     import time
 
     from recsys.admin import ServiceAdmin
 
     now = time.time()
     admin = ServiceAdmin.from_settings(settings, url) if settings.admin_token else None
-    clean = settings.lake.clean_batches()
+    batches = settings.lake.clean_batches()[-1:]
+    newest = settings.lake.newest_delivery()
+    if newest is not None and newest[0] not in batches:
+        batches.append(newest[0])
     return Cycle(
         settings=settings,
         admin=admin,
         current=(now - window_s, now),
         baseline=(now - window_s - baseline_s, now - window_s),
-        batches=clean[-1:],
+        batches=batches,
     )
 
 

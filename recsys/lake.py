@@ -154,9 +154,17 @@ class Lake:
         """Delivery names of ``batch``, oldest first: ``batch``, ``batch@r1``, ...
 
         Raises:
-            RecsysError: the batch was never landed.
+            RecsysError: the batch was never landed (saying so when its delivery was refused).
         """
         if not self.raw_batch_path(batch).exists():
+            refused = self.refused_deliveries(batch)
+            if refused:
+                last = refused[-1]
+                raise RecsysError(
+                    f"batch {batch} has no readable delivery: its delivery of "
+                    f"{last['quarantined_at']} could not be read or was refused "
+                    f"({last['error']}; kept as {self.quarantine_dir(batch) / last['file']})"
+                )
             raise RecsysError(f"no raw batch {batch!r} under {self.raw_batch_path(batch).parent}")
         folder = self.zone("raw") / "redelivered" / batch
         numbers = sorted(int(p.stem) for p in folder.glob("*.parquet")) if folder.exists() else []
@@ -309,6 +317,26 @@ class Lake:
                 except (OSError, ValueError):  # reserved, not yet written: being refused now
                     continue
         return sorted(found, key=lambda r: str(r.get("quarantined_at", "")))
+
+    def newest_delivery(self) -> tuple[str, bool] | None:
+        """(batch, landed) of the newest delivery: landed in the raw zone, or refused whole and
+        kept in the quarantine (``landed`` False); None before any delivery."""
+        raw = self.zone("raw")
+        files = [*raw.glob("interactions/*.parquet"), *raw.glob("redelivered/*/*.parquet")]
+        landed = max(
+            ((datetime.fromtimestamp(p.stat().st_mtime, UTC), p) for p in files),
+            default=None,
+            key=lambda pair: (pair[0], str(pair[1])),
+        )
+        refused = self.refused_deliveries()
+        if refused and (
+            landed is None or datetime.fromisoformat(refused[-1]["quarantined_at"]) > landed[0]
+        ):
+            return refused[-1]["batch"], False
+        if landed is None:
+            return None
+        path = landed[1]
+        return (path.stem if path.parent.name == "interactions" else path.parent.name), True
 
     def _quarantined_batches(self) -> list[str]:
         folder = self.zone("quarantine")

@@ -376,3 +376,26 @@ def test_a_delivery_before_any_catalog_lands_nothing_and_says_what_to_do(
     code, out, _ = _run(["ingest", str(path), "--json"], capsys)
     assert code in (0, 4), out
     assert json.loads(out)["accepted"] == len(frame)
+
+
+def test_the_doctor_sees_a_newest_delivery_that_could_not_be_read(small_world, tmp_path, capsys):
+    from flows.guardian import live_cycle
+    from recsys.guardian import run_check
+
+    settings, world = small_world
+    assert run_check(live_cycle(settings), "delivery").ok
+    day = "2026-01-07"
+    garbage = tmp_path / f"{day}.parquet"
+    garbage.write_bytes(b"not parquet")
+    code, _, _ = _run(["ingest", str(garbage)], capsys)
+    assert code == 2
+    finding = run_check(live_cycle(settings), "delivery")
+    assert not finding.ok and day in finding.seen and "could not be read" in finding.seen
+    # the day arrives readable: the doctor is satisfied again
+    frame = list(world.batches())[-1][1].copy()
+    frame["timestamp"] = frame["timestamp"] + pd.Timedelta(days=1)
+    good = tmp_path / f"{day}.csv"
+    frame.to_csv(good, index=False)
+    code, _, _ = _run(["ingest", str(good)], capsys)
+    assert code == 0
+    assert run_check(live_cycle(settings), "delivery").ok
