@@ -38,9 +38,10 @@ def configure_prefect(settings: Settings, *, quiet: bool = False) -> None:
 
 
 def check_prefect_api(url: str, timeout_s: float = 5.0) -> None:
-    """Ask the Prefect server at ``url`` once, with the auth string the client will send
-    (``PREFECT_API_AUTH_STRING``): a server that does not answer or refuses it is one line
-    here, not a ``RuntimeError: Failed to reach API`` or a 401 traceback from inside a flow.
+    """Ask the Prefect server at ``url`` once, with the credentials the client will send
+    (``PREFECT_API_AUTH_STRING``, or Prefect Cloud's ``PREFECT_API_KEY``): a server that does
+    not answer or refuses them is one line here, not a ``RuntimeError: Failed to reach API`` or
+    a 401 traceback from inside a flow.
 
     Raises:
         RecsysError: nothing answers at ``url``, or it refuses the credentials.
@@ -52,19 +53,30 @@ def check_prefect_api(url: str, timeout_s: float = 5.0) -> None:
 
     auth_string = os.environ.get("PREFECT_API_AUTH_STRING")
     auth = tuple(auth_string.split(":", 1)) if auth_string and ":" in auth_string else None
+    key = os.environ.get("PREFECT_API_KEY")  # Prefect Cloud: a bearer key, not basic auth
+    headers = {"Authorization": f"Bearer {key}"} if key and auth is None else {}
     base = url.rstrip("/")
     try:
-        answer = httpx.post(f"{base}/flows/filter", json={"limit": 1}, auth=auth, timeout=timeout_s)
+        answer = httpx.post(
+            f"{base}/flows/filter",
+            json={"limit": 1},
+            auth=auth,
+            headers=headers,
+            timeout=timeout_s,
+        )
     except httpx.HTTPError as exc:
         raise RecsysError(
             f"the Prefect API at {mask_url(base)} does not answer ({type(exc).__name__}: "
             f"{exc}); start the server or fix RECSYS_PREFECT_API_URL"
         ) from None
     if answer.status_code in (401, 403):
-        given = "a wrong PREFECT_API_AUTH_STRING" if auth else "no PREFECT_API_AUTH_STRING"
+        given = "no PREFECT_API_AUTH_STRING"
+        if auth or headers:
+            given = "a wrong " + ("PREFECT_API_AUTH_STRING" if auth else "PREFECT_API_KEY")
         raise RecsysError(
             f"the Prefect API at {mask_url(base)} refused the request ({answer.status_code}, "
-            f"{given}): set PREFECT_API_AUTH_STRING=user:password as the server has it"
+            f"{given}): set PREFECT_API_AUTH_STRING=user:password as the server has it (Prefect "
+            "Cloud: PREFECT_API_KEY)"
         )
     if answer.status_code == 404:
         raise RecsysError(
