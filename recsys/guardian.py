@@ -128,6 +128,17 @@ def check_delivery(cycle: Cycle) -> Finding:
     lake = cycle.settings.lake
     bad: dict[str, Any] = {}
     for batch in cycle.batches:
+        refused = _refused_last(lake, batch)
+        if refused is not None:  # its newest delivery could not be read at all
+            bad[batch] = {
+                "delivery": None,
+                "refused": str(refused.get("error", ""))[:300],
+                "kept_as": str(lake.quarantine_dir(batch) / str(refused.get("file", ""))),
+                "quarantined_share": 1.0,
+                "reasons": refused.get("reasons", {}),
+                "row_count_anomaly": False,
+            }
+            continue
         delivery = lake.deliveries(batch)[-1]
         report_file = lake.quarantine_dir(delivery) / "report.json"
         report = json.loads(report_file.read_text()) if report_file.exists() else {}
@@ -147,12 +158,36 @@ def check_delivery(cycle: Cycle) -> Finding:
             }
     if not bad:
         return Finding("data", "delivery", True, f"{len(cycle.batches)} batch(es) passed")
-    worst = max(bad.values(), key=lambda b: b["quarantined_share"])
-    seen = (
-        f"batch(es) {', '.join(bad)} failed the contract or row count: "
-        f"{worst['quarantined_share']:.0%} of rows quarantined ({worst['reasons']})"
-    )
+    unread = {b: v for b, v in bad.items() if v.get("refused")}
+    if unread:
+        day, first = next(iter(unread.items()))
+        seen = (
+            f"batch(es) {', '.join(bad)}: the newest delivery of {day} could not be read or "
+            f"was refused ({first['refused'][:150]}; kept as {first['kept_as']})"
+        )
+    else:
+        worst = max(bad.values(), key=lambda b: b["quarantined_share"])
+        seen = (
+            f"batch(es) {', '.join(bad)} failed the contract or row count: "
+            f"{worst['quarantined_share']:.0%} of rows quarantined ({worst['reasons']})"
+        )
     return Finding("data", "delivery", False, seen, {"batches": bad}, fix="redeliver_reingest")
+
+
+def _refused_last(lake, batch: str) -> dict[str, Any] | None:
+    """The report of ``batch``'s newest delivery when that delivery was refused whole
+    (unreadable, kept only in the quarantine): newer than its newest landed delivery, or the
+    batch never landed. None otherwise."""
+    from datetime import UTC, datetime
+
+    refused = lake.refused_deliveries(batch)
+    if not refused:
+        return None
+    if not lake.raw_batch_path(batch).exists():
+        return refused[-1]
+    landed = lake.delivery_path(lake.deliveries(batch)[-1]).stat().st_mtime
+    at = datetime.fromisoformat(str(refused[-1]["quarantined_at"]))
+    return refused[-1] if at > datetime.fromtimestamp(landed, UTC) else None
 
 
 def fix_redeliver_reingest(cycle: Cycle, finding: Finding) -> FixOutcome:
@@ -169,8 +204,12 @@ def fix_redeliver_reingest(cycle: Cycle, finding: Finding) -> FixOutcome:
         frame = cycle.source(batch) if cycle.source else None
         if frame is None:
             continue
-        table = conform(frame, INTERACTIONS_SCHEMA)
-        landed[batch] = lake.land_redelivery(batch, pa.Table.from_pandas(table.to_pandas()))
+        table = pa.Table.from_pandas(conform(frame, INTERACTIONS_SCHEMA).to_pandas())
+        if lake.raw_batch_path(batch).exists():
+            landed[batch] = lake.land_redelivery(batch, table)
+        else:  # every earlier delivery of the day was refused whole: this is its first
+            lake.write_raw(lake.raw_batch_path(batch), table)
+            landed[batch] = batch
     if not landed:
         return FixOutcome("quarantine (no source can re-send)", False, {"landed": {}})
     reports = reingest_window(lake, list(landed))

@@ -399,3 +399,29 @@ def test_the_doctor_sees_a_newest_delivery_that_could_not_be_read(small_world, t
     code, _, _ = _run(["ingest", str(good)], capsys)
     assert code == 0
     assert run_check(live_cycle(settings), "delivery").ok
+    # an unreadable redelivery of a day that landed before: a normal failing finding (it was
+    # not seen), and a brand-new day's refusal is one too (it was "the check itself failed")
+    code, _, _ = _run(["ingest", str(garbage)], capsys)
+    assert code == 2
+    finding = run_check(live_cycle(settings), "delivery")
+    assert not finding.ok and finding.fix == "redeliver_reingest"
+    assert "the check itself failed" not in finding.seen
+    assert f"the newest delivery of {day} could not be read" in finding.seen
+    assert finding.evidence["batches"][day]["delivery"] is None
+    # the fix: the source sends the day again, as a redelivery or (a day never landed) its first
+    from recsys.guardian import apply_fix
+
+    new_day = "2026-01-08"
+    (tmp_path / f"{new_day}.parquet").write_bytes(b"not parquet either")
+    assert _run(["ingest", str(tmp_path / f"{new_day}.parquet")], capsys)[0] == 2
+    again = frame.assign(timestamp=frame["timestamp"] + pd.Timedelta(days=1))
+    resent = {day: frame, new_day: again}
+    cycle = live_cycle(settings)
+    cycle.source = resent.get
+    finding = run_check(cycle, "delivery")
+    assert set(finding.evidence["batches"]) == {day, new_day}  # newest clean, newest delivered
+    outcome = apply_fix(cycle, finding)
+    assert outcome.verified, outcome
+    assert outcome.detail["landed"][new_day] == new_day  # its first landing
+    assert outcome.detail["landed"][day].startswith(f"{day}@r")  # a redelivery
+    assert len(settings.lake.read_clean_interactions([new_day])) == len(again)
