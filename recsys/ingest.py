@@ -16,6 +16,7 @@ delivery day of its rows (``batch_day``: before the day of its earliest event, g
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,8 @@ from recsys.contract import (
 from recsys.errors import RecsysError
 from recsys.lake import Lake, batch_of, check_batch_day
 from recsys.movielens import Dataset
+
+logger = logging.getLogger(__name__)
 
 BATCH_DAY_TOLERANCE = timedelta(days=1)
 """How far a batch day may precede its earliest event's UTC day (or follow today's): clocks and
@@ -398,7 +401,12 @@ def land_file(lake: Lake, path: Path, batch: str | None = None) -> str:
 def ingest_all(
     lake: Lake, batches: list[str] | None = None, *, show_progress: bool = False
 ) -> list[IngestReport]:
-    """Ingest the catalog and every raw batch (or ``batches``). Idempotent."""
+    """Ingest the catalog and every raw batch (or ``batches``). Idempotent. A clean batch
+    file that cannot be read is set aside first (``clean/damaged/``) and rebuilt from raw."""
+    for name in lake.set_aside_damaged_clean():
+        logger.warning("clean batch %s could not be read: set aside, rebuilt from raw", name)
+        if batches is not None and name not in batches:
+            batches = [*batches, name]
     ingest_catalog(lake)
     known = known_items(lake)
     names = lake.raw_batches() if batches is None else batches

@@ -227,15 +227,44 @@ class Lake:
                 f"no clean interactions under {self.zone('clean')}; run `recsys data generate` "
                 "(or `recsys data movielens --data-path DIR`) first"
             )
-        tables = [pq.read_table(self.clean_batch_path(n)) for n in names]
+        tables = [self._read_clean(self.clean_batch_path(n)) for n in names]
         frame = pa.concat_tables(tables).to_pandas()
         return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+    @staticmethod
+    def _read_clean(path: Path) -> pa.Table:
+        """A clean-zone table; a damaged file is one readable line with the remedy."""
+        try:
+            return pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise RecsysError(
+                f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:160]}): the clean "
+                "zone is damaged; `recsys data ingest` rebuilds it from the raw zone (a damaged "
+                "batch file is kept in clean/damaged/)"
+            ) from None
+
+    def set_aside_damaged_clean(self) -> list[str]:
+        """Move every clean batch file that cannot be read to ``clean/damaged/`` (kept, named
+        with the time) so that ingesting its raw batch again rebuilds it; returns the batches.
+        Reads each clean file whole: a truncated footer and a corrupt page both count."""
+        moved = []
+        for name in self.clean_batches():
+            path = self.clean_batch_path(name)
+            try:
+                pq.read_table(path)
+            except (pa.ArrowException, OSError):
+                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+                target = self.zone("clean") / "damaged" / f"{name}-{stamp}.parquet"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                moved.append(name)
+        return moved
 
     def read_clean_catalog(self, what: str) -> pd.DataFrame:
         path = self.clean_catalog_path(what)
         if not path.exists():
             raise RecsysError(f"no clean {what} catalog at {path}; generate or load data first")
-        return pq.read_table(path).to_pandas()
+        return self._read_clean(path).to_pandas()
 
     # ---- quarantine -------------------------------------------------------------------------
 

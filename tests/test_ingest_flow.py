@@ -425,3 +425,23 @@ def test_the_doctor_sees_a_newest_delivery_that_could_not_be_read(small_world, t
     assert outcome.detail["landed"][new_day] == new_day  # its first landing
     assert outcome.detail["landed"][day].startswith(f"{day}@r")  # a redelivery
     assert len(settings.lake.read_clean_interactions([new_day])) == len(again)
+
+
+def test_a_damaged_clean_batch_is_one_line_and_data_ingest_rebuilds_it(small_world, capsys):
+    # a truncated clean file made every command an internal error (ArrowInvalid), and nothing
+    # rebuilt it
+    settings, _ = small_world
+    lake = settings.lake
+    before = lake.read_clean_interactions()
+    batch = lake.clean_batches()[2]
+    path = lake.clean_batch_path(batch)
+    path.write_bytes(path.read_bytes()[:100])  # a crash mid-write on a disk without fsync
+    code, _, err = _run(["train", "--budget-s", "0"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("recsys: error:"), err
+    assert f"{path} cannot be read" in lines[0] and "`recsys data ingest` rebuilds it" in lines[0]
+    code, _, err = _run(["data", "ingest"], capsys)
+    assert code == 0, err
+    pd.testing.assert_frame_equal(lake.read_clean_interactions(), before)
+    [kept] = (lake.zone("clean") / "damaged").glob(f"{batch}-*.parquet")
+    assert len(kept.read_bytes()) == 100  # the damaged file is kept, not deleted
