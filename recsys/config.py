@@ -145,8 +145,8 @@ class Settings(BaseSettings):
 
     # Training defaults (the thin path; the search space lives with the model)
     als_factors: int = Field(32, ge=2, le=1024)
-    als_regularization: float = Field(20.0, gt=0)
-    als_alpha: float = Field(2.0, gt=0, description="Confidence = alpha * weight.")
+    als_regularization: float = Field(25.0, gt=0)
+    als_alpha: float = Field(4.0, gt=0, description="Confidence = alpha * weight.")
     als_iterations: int = Field(20, ge=1, le=500)
     candidates: int = Field(200, ge=10, le=5000, description="Candidate set size per user.")
     ranker_max_epochs: int = Field(40, ge=1, le=1000, description="Ranker epochs at most.")

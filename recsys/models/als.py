@@ -23,8 +23,8 @@ class ALSParams:
     """Hyperparameters of implicit ALS. Confidence of an observed pair = alpha * weight."""
 
     factors: int = 32
-    regularization: float = 20.0
-    alpha: float = 2.0
+    regularization: float = 25.0
+    alpha: float = 4.0
     iterations: int = 20
     seed: int = 42
 
