@@ -250,12 +250,14 @@ def _print_training(result) -> None:
     from recsys.train import holdout_rows
 
     if result.trials:
-        best_als = max(result.trials, key=lambda t: t["als_ndcg"])
-        best_knn = max(result.trials, key=lambda t: t["itemknn_ndcg"])
+        labels = {"ease": "EASE", "als": "ALS", "itemknn": "item-kNN", "lowpass": "low-pass"}
+        bests = []
+        for name, label in labels.items():
+            if f"{name}_ndcg" in result.trials[0]:
+                best = max(result.trials, key=lambda t, n=name: t[f"{n}_ndcg"])
+                bests.append(f"{label} {best[f'{name}_ndcg']:.4f} (trial {best['trial']})")
         console.print(
-            f"search: {len(result.trials)} trial(s); best validation nDCG: ALS "
-            f"{best_als['als_ndcg']:.4f} (trial {best_als['trial']}), item-kNN "
-            f"{best_knn['itemknn_ndcg']:.4f} (trial {best_knn['trial']})"
+            f"search: {len(result.trials)} trial(s); best validation nDCG: {', '.join(bests)}"
         )
     console.print(table(*holdout_rows(result)))
     for note in result.notes:

@@ -25,11 +25,12 @@ from recsys.models.als import ALSCandidates, ALSParams
 from recsys.models.base import CandidateSource, one_blas_thread, top_k_per_row
 from recsys.models.ease import EASECandidates, EASEParams
 from recsys.models.itemknn import ItemKNNCandidates, ItemKNNParams
+from recsys.models.lowpass import LowPassCandidates, LowPassParams
 from recsys.models.popularity import PopularityCandidates
 from recsys.models.ranker import Ranker, RankerParams
 
-SOURCES = ("ease", "als", "itemknn", "popularity", "trending")
-SOURCE_WEIGHTS = (1.0, 1.0, 0.5, 0.25, 0.25)
+SOURCES = ("ease", "als", "itemknn", "lowpass", "popularity", "trending")
+SOURCE_WEIGHTS = (1.0, 1.0, 0.5, 0.5, 0.25, 0.25)
 """How much each source's ranks count when candidates are merged (rank / weight, lowest wins)."""
 _PER_SOURCE = ("score", "zscore", "share_of_top", "rank", "present")
 _LOG_FEATURES = {"events", "items", "users", "days"}  # counts and ages: log1p-compressed
@@ -42,6 +43,7 @@ class PipelineParams:
     als: ALSParams = field(default_factory=ALSParams)
     itemknn: ItemKNNParams = field(default_factory=ItemKNNParams)
     ease: EASEParams = field(default_factory=EASEParams)
+    lowpass: LowPassParams = field(default_factory=LowPassParams)
     ranker: RankerParams = field(default_factory=RankerParams)
     candidates: int = 200
     trending_half_life_days: float = 2.0
@@ -51,6 +53,7 @@ class PipelineParams:
             "als": self.als.as_dict(),
             "itemknn": self.itemknn.as_dict(),
             "ease": self.ease.as_dict(),
+            "lowpass": self.lowpass.as_dict(),
             "ranker": self.ranker.as_dict(),
             "candidates": self.candidates,
             "trending_half_life_days": self.trending_half_life_days,
@@ -62,6 +65,7 @@ class PipelineParams:
             als=ALSParams(**payload["als"]),
             itemknn=ItemKNNParams(**payload["itemknn"]),
             ease=EASEParams(**payload["ease"]),
+            lowpass=LowPassParams(**payload.get("lowpass", {})),
             ranker=RankerParams.from_dict(payload["ranker"]),
             candidates=int(payload["candidates"]),
             trending_half_life_days=float(payload["trending_half_life_days"]),
@@ -287,6 +291,7 @@ def fit_stage(
         "ease": EASECandidates.fit(matrix, params.ease),
         "als": ALSCandidates.fit(matrix, params.als, show_progress=show_progress),
         "itemknn": ItemKNNCandidates.fit(matrix, params.itemknn),
+        "lowpass": LowPassCandidates.fit(matrix, params.lowpass),
         "popularity": PopularityCandidates.fit(matrix),
         "trending": PopularityCandidates.fit_trending(
             history, item_ids, as_of, params.trending_half_life_days

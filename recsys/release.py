@@ -37,11 +37,12 @@ from recsys.models.als import ALSCandidates
 from recsys.models.base import top_n
 from recsys.models.ease import EASECandidates
 from recsys.models.itemknn import ItemKNNCandidates
+from recsys.models.lowpass import LowPassCandidates
 from recsys.models.popularity import PopularityCandidates
 from recsys.models.ranker import Ranker
 from recsys.pipeline import CandidateList, PipelineParams, Stage
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _DENSE = (
     "user_ids",
     "item_ids",
@@ -319,6 +320,10 @@ class Release:
         ease = stage.sources["ease"]
         if ease.fitted:
             arrays["ease_weights"] = ease.weights
+        lowpass = stage.sources["lowpass"]
+        if lowpass.fitted:
+            arrays["lowpass_in_factors"] = lowpass.in_factors
+            arrays["lowpass_out_factors"] = lowpass.out_factors
         if self.ranker is not None:
             arrays["ranker_mean"] = self.ranker.mean
             arrays["ranker_std"] = self.ranker.std
@@ -333,6 +338,7 @@ class Release:
             "categories": stage.categories,
             "has_ranker": self.ranker is not None,
             "has_ease": bool(ease.fitted),
+            "has_lowpass": bool(lowpass.fitted),
         }
         (folder / "release.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         return folder
@@ -366,6 +372,8 @@ class Release:
         names = [n for n in _DENSE if meta.get("has_ranker") or not n.startswith("ranker")]
         names += [f"{m}_{p}" for m in ("user_items", "knn") for p in ("data", "indices", "indptr")]
         names += ["ease_weights"] if meta.get("has_ease") else []
+        if meta.get("has_lowpass"):
+            names += ["lowpass_in_factors", "lowpass_out_factors"]
         try:
             a = {n: np.load(folder / f"{n}.npy", allow_pickle=False) for n in names}
             params = PipelineParams.from_dict(meta["pipeline_params"])
@@ -398,6 +406,9 @@ class Release:
                 "ease": EASECandidates(a.get("ease_weights"), _binary(user_items)),
                 "als": ALSCandidates(a["als_user_factors"], a["als_item_factors"]),
                 "itemknn": ItemKNNCandidates(knn, user_items),
+                "lowpass": LowPassCandidates(
+                    a.get("lowpass_in_factors"), a.get("lowpass_out_factors"), _binary(user_items)
+                ),
                 "popularity": PopularityCandidates(a["popularity"]),
                 "trending": PopularityCandidates(a["trending"], name="trending"),
             },

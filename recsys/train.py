@@ -47,7 +47,7 @@ from recsys.release import Release
 logger = logging.getLogger(__name__)
 
 _LIBRARIES = ("implicit", "numpy", "scipy", "pandas", "torch", "mlflow", "feast")
-BASELINES = ("ease", "als", "itemknn", "popularity", "trending")
+BASELINES = ("ease", "als", "itemknn", "lowpass", "popularity", "trending")
 
 
 @dataclass
@@ -224,7 +224,8 @@ def search_space_sample(rng: np.random.Generator, base: PipelineParams) -> Pipel
         shrink=float(rng.choice([0.0, 5.0, 10.0, 50.0, 100.0])),
     )
     ease = replace(base.ease, lam=float(rng.choice([50.0, 150.0, 500.0, 1000.0, 2000.0])))
-    return replace(base, als=als, itemknn=knn, ease=ease)
+    lowpass = replace(base.lowpass, factors=int(rng.choice([16, 32, 48, 64, 128])))
+    return replace(base, als=als, itemknn=knn, ease=ease, lowpass=lowpass)
 
 
 def search_sources(
@@ -243,7 +244,7 @@ def search_sources(
     result is never worse than the defaults on validation."""
     rng = np.random.default_rng(base.als.seed)
     trials: list[dict] = []
-    tuned = ("ease", "als", "itemknn")
+    tuned = ("ease", "als", "itemknn", "lowpass")
     best = {name: (getattr(base, name), -1.0) for name in tuned}
     started = time.perf_counter()
     trial = 0

@@ -262,7 +262,7 @@ def test_the_verdict_names_a_simpler_model_that_wins():
     def metrics(**ndcg):
         return {name: {"ndcg": value} for name, value in ndcg.items()}
 
-    scores = dict(ease=0.40, als=0.41, itemknn=0.30, popularity=0.20, trending=0.10)
+    scores = dict(ease=0.40, als=0.41, itemknn=0.30, lowpass=0.35, popularity=0.20, trending=0.10)
     assert verdict(metrics(pipeline=0.45, **scores), 10, ranker=object()) == []
     notes = verdict(metrics(pipeline=0.45, **{**scores, "popularity": 0.46}), 10, object())
     assert len(notes) == 1 and "popularity alone beats" in notes[0] and "0.4600" in notes[0]

@@ -314,3 +314,54 @@ def test_same_seed_same_model_whatever_the_blas_thread_count(trained_world):
     assert np.array_equal(x1, x2)
     assert state1 == state2
     assert np.array_equal(recs1, recs2)
+
+
+def _two_taste_matrix(n_users: int = 60, n_items: int = 40, seed: int = 0):
+    """Users of two tastes: the first half watch items of the first half, and vice versa."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    rows, cols = [], []
+    for u in range(n_users):
+        half = (u >= n_users // 2) * (n_items // 2)
+        for i in rng.choice(n_items // 2, size=8, replace=False):
+            rows.append(u)
+            cols.append(half + i)
+    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_users, n_items))
+
+
+def test_the_low_pass_source_scores_a_users_own_taste_first_and_is_deterministic():
+    from recsys.models.lowpass import LowPassCandidates, LowPassParams
+
+    matrix = _two_taste_matrix()
+    first = LowPassCandidates.fit(matrix, LowPassParams(factors=4))
+    again = LowPassCandidates.fit(matrix, LowPassParams(factors=4))
+    scores = first.score_many(np.arange(60))
+    np.testing.assert_array_equal(scores, again.score_many(np.arange(60)))
+    np.testing.assert_allclose(first.score(3), scores[3], rtol=1e-5, atol=1e-6)
+    unseen = np.where(matrix.toarray() > 0, -np.inf, scores)
+    best = unseen.argmax(axis=1)
+    assert (best[:30] < 20).all() and (best[30:] >= 20).all()
+    assert first.score(None) is None and first.score(60) is None
+
+
+def test_the_low_pass_source_stays_empty_when_there_is_nothing_to_factor():
+    import scipy.sparse as sp
+
+    from recsys.models.lowpass import LowPassCandidates, LowPassParams
+
+    for matrix in (sp.csr_matrix((1, 5)), sp.csr_matrix(np.ones((1, 5))), sp.csr_matrix((4, 5))):
+        source = LowPassCandidates.fit(matrix, LowPassParams())
+        assert not source.fitted and source.score(0) is None
+        assert np.isneginf(source.score_many(np.arange(matrix.shape[0]))).all()
+    # more factors asked than the matrix has: as many as ARPACK can give, not an error
+    assert LowPassCandidates.fit(_two_taste_matrix(), LowPassParams(factors=500)).fitted
+
+
+def test_a_release_keeps_the_low_pass_factors(trained_world, tmp_path):
+    _, _, result = trained_world
+    folder = result.release.save(tmp_path / "release")
+    loaded = Release.load(folder).stage.sources["lowpass"]
+    saved = result.release.stage.sources["lowpass"]
+    assert saved.fitted and loaded.fitted
+    np.testing.assert_array_equal(loaded.score_many(np.arange(5)), saved.score_many(np.arange(5)))
