@@ -496,6 +496,7 @@ def benchmark_training(frame: pd.DataFrame, catalog: pd.DataFrame, params: Pipel
     """Fit time and peak memory of each part of the pipeline on ``frame``."""
     from recsys.models.als import ALSCandidates
     from recsys.models.itemknn import ItemKNNCandidates
+    from recsys.models.lowpass import LowPassCandidates
     from recsys.pipeline import training_set, user_item_weights
 
     rss = PeakRSS()
@@ -509,6 +510,8 @@ def benchmark_training(frame: pd.DataFrame, catalog: pd.DataFrame, params: Pipel
             ALSCandidates.fit(matrix, params.als)
         with phase("itemknn_fit", rss, out):
             ItemKNNCandidates.fit(matrix, params.itemknn)
+        with phase("lowpass_fit", rss, out):
+            LowPassCandidates.fit(matrix, params.lowpass)
         cut = frame["timestamp"].max().floor("D")
         history = frame.loc[frame["timestamp"] < cut]
         future = frame.loc[frame["timestamp"] >= cut]

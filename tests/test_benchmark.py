@@ -191,7 +191,7 @@ def test_train_benchmark_reports_time_and_memory_per_phase(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    for phase in ("als_fit", "itemknn_fit", "ranker_fit"):
+    for phase in ("als_fit", "itemknn_fit", "lowpass_fit", "ranker_fit"):
         assert report[phase]["seconds"] >= 0 and report[phase]["peak_rss_mb"] > 0
     assert report["interactions"] == 6000
 
