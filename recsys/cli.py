@@ -247,15 +247,14 @@ def train(
 
 
 def _print_training(result) -> None:
-    from recsys.train import holdout_rows
+    from recsys.train import TUNED, holdout_rows
 
     if result.trials:
         labels = {"ease": "EASE", "als": "ALS", "itemknn": "item-kNN", "lowpass": "low-pass"}
         bests = []
-        for name, label in labels.items():
-            if f"{name}_ndcg" in result.trials[0]:
-                best = max(result.trials, key=lambda t, n=name: t[f"{n}_ndcg"])
-                bests.append(f"{label} {best[f'{name}_ndcg']:.4f} (trial {best['trial']})")
+        for name in TUNED:
+            best = max(result.trials, key=lambda t, n=name: t[f"{n}_ndcg"])
+            bests.append(f"{labels[name]} {best[f'{name}_ndcg']:.4f} (trial {best['trial']})")
         console.print(
             f"search: {len(result.trials)} trial(s); best validation nDCG: {', '.join(bests)}"
         )

@@ -34,7 +34,7 @@ import scipy.sparse as sp
 
 from recsys.errors import RecsysError
 from recsys.models.als import ALSCandidates
-from recsys.models.base import top_n
+from recsys.models.base import binarised, top_n
 from recsys.models.ease import EASECandidates
 from recsys.models.itemknn import ItemKNNCandidates
 from recsys.models.lowpass import LowPassCandidates
@@ -397,17 +397,18 @@ class Release:
         knn = sp.csr_matrix(
             (a["knn_data"], a["knn_indices"], a["knn_indptr"]), shape=(n_items, n_items)
         )
+        history = binarised(user_items)  # what EASE and low-pass score from
         stage = Stage(
             as_of=pd.Timestamp(meta["as_of"]),
             user_ids=a["user_ids"],
             item_ids=a["item_ids"],
             user_items=user_items,
             sources={
-                "ease": EASECandidates(a.get("ease_weights"), _binary(user_items)),
+                "ease": EASECandidates(a.get("ease_weights"), history),
                 "als": ALSCandidates(a["als_user_factors"], a["als_item_factors"]),
                 "itemknn": ItemKNNCandidates(knn, user_items),
                 "lowpass": LowPassCandidates(
-                    a.get("lowpass_in_factors"), a.get("lowpass_out_factors"), _binary(user_items)
+                    a.get("lowpass_in_factors"), a.get("lowpass_out_factors"), history
                 ),
                 "popularity": PopularityCandidates(a["popularity"]),
                 "trending": PopularityCandidates(a["trending"], name="trending"),
@@ -431,9 +432,3 @@ def _not_in(items: np.ndarray, excluded: np.ndarray) -> np.ndarray:
     for item in excluded:
         keep &= items != item
     return keep
-
-
-def _binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
-    out = matrix.copy()
-    out.data = np.ones_like(out.data)
-    return out

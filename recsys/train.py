@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 _LIBRARIES = ("implicit", "numpy", "scipy", "pandas", "torch", "mlflow", "feast")
 BASELINES = ("ease", "als", "itemknn", "lowpass", "popularity", "trending")
+TUNED = ("ease", "als", "itemknn", "lowpass")
+"""The sources the search tunes; each trial records ``<name>_ndcg`` for each."""
 
 
 @dataclass
@@ -244,17 +246,16 @@ def search_sources(
     result is never worse than the defaults on validation."""
     rng = np.random.default_rng(base.als.seed)
     trials: list[dict] = []
-    tuned = ("ease", "als", "itemknn", "lowpass")
-    best = {name: (getattr(base, name), -1.0) for name in tuned}
+    best = {name: (getattr(base, name), -1.0) for name in TUNED}
     started = time.perf_counter()
     trial = 0
     while trial == 0 or time.perf_counter() - started < budget_s:
         params = base if trial == 0 else search_space_sample(rng, base)
         t0 = time.perf_counter()
         stage = fit_stage(history, catalog, item_ids, params)
-        scores = evaluate_stage(stage, None, validation, k, params.candidates, baselines=tuned)
+        scores = evaluate_stage(stage, None, validation, k, params.candidates, baselines=TUNED)
         record = {"trial": trial, "seconds": 0.0}
-        for name in tuned:
+        for name in TUNED:
             record[name] = getattr(params, name).as_dict()
             record[f"{name}_ndcg"] = scores[name]["ndcg"]
             if scores[name]["ndcg"] > best[name][1]:

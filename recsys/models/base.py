@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import scipy.sparse as sp
 
 
 @contextmanager
@@ -58,6 +59,45 @@ class CandidateSource(ABC):
         """Scores of every item for each of ``user_rows`` (users x items); sources override
         this with one vectorised product."""
         return np.vstack([np.asarray(self.score(int(r)), dtype=np.float64) for r in user_rows])
+
+
+def binarised(user_items: sp.spmatrix) -> sp.csr_matrix:
+    """A CSR copy of ``user_items`` with every stored interaction set to 1 (explicit zeros
+    dropped first: they are no interaction)."""
+    out = sp.csr_matrix(user_items, copy=True)
+    out.eliminate_zeros()
+    out.data = np.ones_like(out.data)
+    return out
+
+
+class HistorySource(CandidateSource):
+    """A source that scores a user by passing their history row (``user_items``) through
+    fitted weights; it scores nothing while unfitted (a catalog too large, nothing to fit)."""
+
+    user_items: sp.csr_matrix
+
+    @property
+    @abstractmethod
+    def fitted(self) -> bool:
+        """Whether there are weights to score with."""
+
+    @abstractmethod
+    def _through(self, history: sp.csr_matrix) -> np.ndarray:
+        """Scores (rows x items) of the history rows ``history``; only called when fitted."""
+
+    @property
+    def n_items(self) -> int:
+        return self.user_items.shape[1]
+
+    def score(self, user_row: int | None) -> np.ndarray | None:
+        if not self.fitted or user_row is None or not 0 <= user_row < self.user_items.shape[0]:
+            return None
+        return np.asarray(self._through(self.user_items[user_row])).ravel()
+
+    def score_many(self, user_rows: np.ndarray) -> np.ndarray:
+        if not self.fitted:
+            return np.full((len(user_rows), self.n_items), -np.inf, dtype=np.float32)
+        return np.asarray(self._through(self.user_items[user_rows]))
 
 
 def top_k_per_row(scores: np.ndarray, k: int) -> np.ndarray:

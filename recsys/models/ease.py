@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import CandidateSource
+from recsys.models.base import HistorySource, binarised
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class EASEParams:
         return asdict(self)
 
 
-class EASECandidates(CandidateSource):
+class EASECandidates(HistorySource):
     """Dense item-item weights; empty (scores nothing) when the catalog was too large."""
 
     name = "ease"
@@ -37,8 +37,7 @@ class EASECandidates(CandidateSource):
     @classmethod
     def fit(cls, user_items: sp.csr_matrix, params: EASEParams) -> EASECandidates:
         """Fit on the binarised (users x items) matrix; skipped above ``params.max_items``."""
-        binary = user_items.copy().tocsr()
-        binary.data = np.ones_like(binary.data)
+        binary = binarised(user_items)
         n_items = binary.shape[1]
         if n_items > params.max_items or n_items == 0:
             return cls(None, binary)
@@ -53,16 +52,5 @@ class EASECandidates(CandidateSource):
     def fitted(self) -> bool:
         return self.weights is not None
 
-    @property
-    def n_items(self) -> int:
-        return self.user_items.shape[1]
-
-    def score(self, user_row: int | None) -> np.ndarray | None:
-        if not self.fitted or user_row is None or not 0 <= user_row < self.user_items.shape[0]:
-            return None
-        return np.asarray(self.user_items[user_row] @ self.weights).ravel()
-
-    def score_many(self, user_rows: np.ndarray) -> np.ndarray:
-        if not self.fitted:
-            return np.full((len(user_rows), self.n_items), -np.inf, dtype=np.float32)
-        return np.asarray(self.user_items[user_rows] @ self.weights)
+    def _through(self, history: sp.csr_matrix) -> np.ndarray:
+        return history @ self.weights

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
-from recsys.models.base import CandidateSource
+from recsys.models.base import HistorySource, binarised
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class LowPassParams:
         return asdict(self)
 
 
-class LowPassCandidates(CandidateSource):
+class LowPassCandidates(HistorySource):
     """score(user) = (x_user @ in_factors) @ out_factors'; empty when nothing to filter."""
 
     name = "lowpass"
@@ -53,9 +53,7 @@ class LowPassCandidates(CandidateSource):
         """Fit on the binarised (users x items) matrix. The SVD keeps at most
         ``min(users, items) - 1`` factors (ARPACK's limit); with fewer than two users or items
         the source stays empty."""
-        binary = user_items.copy().tocsr().astype(np.float64)
-        binary.eliminate_zeros()
-        binary.data = np.ones_like(binary.data)
+        binary = binarised(user_items).astype(np.float64)
         k = min(params.factors, min(binary.shape) - 1)
         if k < 1 or binary.nnz == 0:
             return cls(None, None, binary)
@@ -74,16 +72,5 @@ class LowPassCandidates(CandidateSource):
     def fitted(self) -> bool:
         return self.in_factors is not None
 
-    @property
-    def n_items(self) -> int:
-        return self.user_items.shape[1]
-
-    def score(self, user_row: int | None) -> np.ndarray | None:
-        if not self.fitted or user_row is None or not 0 <= user_row < self.user_items.shape[0]:
-            return None
-        return self.out_factors @ np.asarray(self.user_items[user_row] @ self.in_factors).ravel()
-
-    def score_many(self, user_rows: np.ndarray) -> np.ndarray:
-        if not self.fitted:
-            return np.full((len(user_rows), self.n_items), -np.inf, dtype=np.float32)
-        return np.asarray(self.user_items[user_rows] @ self.in_factors) @ self.out_factors.T
+    def _through(self, history: sp.csr_matrix) -> np.ndarray:
+        return np.asarray(history @ self.in_factors) @ self.out_factors.T
