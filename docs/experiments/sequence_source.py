@@ -1,10 +1,10 @@
 """Would a source of items taken close together in time lift the pipeline? Not kept.
 
-Not part of the product: the measurement behind docs/benchmarks.md ("2026-11-29: a sequence
-source, screened and not kept"). The source: each pair of a user's distinct items ``d`` places
-apart in their time-ordered history (``d`` <= ``window``) adds ``1 / d`` to the pair's
-similarity, divided by ``(degree_i * degree_j) ** exponent``; a user is scored through it as
-item-kNN scores (``recsys.models.itemknn``). Two measurements on one split:
+Not part of the product: the measurement behind docs/benchmarks.md ("2026-11-29: figures move
+with the machine; two more sources screened, neither kept"). The source: each pair of a user's
+distinct items ``d`` places apart in their time-ordered history (``d`` <= ``window``) adds
+``1 / d`` to the pair's similarity, divided by ``(degree_i * degree_j) ** exponent``; a user is
+scored through it as item-kNN scores (``recsys.models.itemknn``). Two measurements on one split:
 
 * ``blend``: the product's own EASE, ALS, item-kNN and low-pass scores (``fit_stage`` with the
   default parameters) blended by per-user z-scores, weights found by coordinate ascent on TEST
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from quality_signals import zscore  # the sibling script: this folder is on sys.path when run
 
 import recsys.benchmark as bench
 import recsys.pipeline as pipe
@@ -64,11 +65,6 @@ class SequenceCandidates(ItemKNNCandidates):
         similarity.setdiag(0)
         similarity.eliminate_zeros()
         return cls(_prune_rows(similarity.astype(np.float32), 400), user_items)
-
-
-def zscore(s: np.ndarray) -> np.ndarray:
-    s = np.where(np.isfinite(s), s, 0.0)
-    return (s - s.mean(1, keepdims=True)) / (s.std(1, keepdims=True) + 1e-9)
 
 
 def blend(split: Path, items: Path | None, settings: list[tuple[int, float]]) -> None:
