@@ -37,7 +37,11 @@ def _hours(seconds: float | None) -> str:
 
 @features_app.command("apply")
 def apply_command() -> None:
-    """Register the feature repository (entities, sources, views, feature service)."""
+    """Register the feature repository (entities, sources, views, feature service), with
+    Feast's run-time type checks of the definitions on (see features/__init__.py)."""
+    from features import check_feast_types
+
+    check_feast_types()
     from features.store import apply_repo
 
     with console.status("applying the feature repository"):

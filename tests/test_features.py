@@ -214,6 +214,59 @@ def test_feast_finds_exactly_the_objects_of_definitions_py(monkeypatch):
     assert recorded == FEATURE_SERVICE_NAME
 
 
+FEAST_TYPES_PROBE = """
+import sys
+import features
+{before}
+import feast
+try:
+    feast.Entity(name=3, join_keys=["x"])
+except Exception as exc:
+    print(type(exc).__name__, features.feast_types_checked())
+else:
+    print("accepted", features.feast_types_checked())
+"""
+
+APPLY_FIRST = """
+from typer.testing import CliRunner
+from recsys.cli import app
+done = CliRunner().invoke(app, ["features", "apply"])
+assert done.exit_code == 0, done.output
+"""
+
+
+def test_feast_is_imported_without_typeguard_except_where_definitions_are_written(tmp_path):
+    """features/__init__.py: this package's processes import Feast without typeguard's
+    instrumentation (half of Feast's import time); `recsys features apply` and
+    RECSYS_FEAST_TYPECHECKS=1 keep Feast's run-time checks of the definitions."""
+    env = {**os.environ, "RECSYS_DATA_DIR": str(tmp_path / "data")}
+    env.pop("RECSYS_FEAST_TYPECHECKS", None)
+    runs = {
+        "default": (FEAST_TYPES_PROBE.format(before=""), env),
+        "apply": (FEAST_TYPES_PROBE.format(before=APPLY_FIRST), env),
+        "env": (FEAST_TYPES_PROBE.format(before=""), {**env, "RECSYS_FEAST_TYPECHECKS": "1"}),
+    }
+    procs = {  # at once: each is a fresh interpreter importing Feast
+        name: subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=run_env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name, (code, run_env) in runs.items()
+    }
+    said = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        said[name] = out.split()
+    assert said["default"] == ["accepted", "False"]
+    assert said["apply"] == ["TypeCheckError", "True"]
+    assert said["env"] == ["TypeCheckError", "True"]
+    assert any((tmp_path / "data").rglob("registry*")), "the apply wrote no registry"
+
+
 def test_one_factory_builds_the_store_of_each_profile(tmp_path):
     from features.store import redis_connection_string, repo_config
 
