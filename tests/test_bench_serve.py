@@ -5,33 +5,25 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
 from recsys.loadtest import histogram_quantile, stage_split, summarize_samples
-from recsys.server import PROJECT_ROOT, QUIET_ENV
 
 pytestmark = pytest.mark.slow
 
 
-def test_bench_serve_prints_a_sane_json_report(tmp_path):
-    env = {**os.environ, **QUIET_ENV, "RECSYS_DATA_DIR": str(tmp_path / "unused")}
-    world = ["--dataset", "synthetic", "--items", "60", "--users", "200", "--days", "6"]
-    world += ["--interactions", "4000"]
-    args = ["bench", "serve", "--json", "--duration", "2", "--concurrency", "2", "--warmup", "20"]
-    done = subprocess.run(
-        [sys.executable, "-m", "recsys.cli", *args, *world],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout)
+@pytest.mark.background(
+    *("bench", "serve", "--json", "--duration", "2", "--concurrency", "2", "--warmup", "20"),
+    *("--dataset", "synthetic", "--items", "60", "--users", "200", "--days", "6"),
+    *("--interactions", "4000"),
+    timeout=600,
+)
+def test_bench_serve_prints_a_sane_json_report(background_run):
+    """The command runs in the background from the start of the session (tests/conftest.py)."""
+    code, out, err, _ = background_run
+    assert code == 0, err[-3000:]
+    report = json.loads(out)
     assert report["world"]["items"] == 60 and report["world"]["source"].startswith("temporary")
     assert report["run"]["concurrency"] == 2 and report["run"]["generator"].startswith("locust")
     for endpoint in ("service", "floor"):
