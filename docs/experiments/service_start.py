@@ -1,0 +1,81 @@
+"""How long a service takes from its process start to /readyz, and Feast's import beside it.
+
+Not part of the product: the measurement behind docs/benchmarks.md ("Service start"). Builds a
+small synthetic world once in ``--dir`` (ingested, trained, registered as champion,
+materialized), then starts the real service on it ``--starts`` times without and with
+typeguard's checks in Feast (``RECSYS_FEAST_TYPECHECKS``; ``ServiceProcess``: ``bentoml
+serve`` on loopback, waiting for /readyz), and times ``import feast`` in fresh interpreters as
+this project's processes import it (``import features`` first), both ways.
+
+    python docs/experiments/service_start.py --dir /tmp/service-start
+
+About 2 minutes the first time (the world), then about 20 s per start on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from recsys.config import Settings
+from recsys.server import ServiceProcess
+
+IMPORT = "import features, feast"
+
+
+def build(folder: Path) -> Settings:
+    settings = Settings(data_dir=folder, seed=7)
+    if (folder / "service-start-ready").exists():
+        return settings
+    from features.store import materialize
+    from recsys.gate import register_with_gate
+    from recsys.ingest import ingest_all
+    from recsys.synthetic import WorldConfig, write_world
+    from recsys.train import pipeline_params, train_and_evaluate
+
+    world = WorldConfig(seed=7, n_users=300, n_items=100, n_days=8, n_interactions=6000)
+    write_world(world, settings.lake.init())
+    ingest_all(settings.lake)
+    result = train_and_evaluate(settings.lake, pipeline_params(settings), k=10, budget_s=0)
+    register_with_gate(settings, result)
+    materialize(settings)
+    (folder / "service-start-ready").write_text("")
+    return settings
+
+
+def import_seconds(checks: bool) -> float:
+    env = {**os.environ, "RECSYS_FEAST_TYPECHECKS": "1" if checks else "0"}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", IMPORT], env=env, check=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, required=True, help="the world's data directory")
+    parser.add_argument("--starts", type=int, default=3)
+    args = parser.parse_args()
+    settings = build(args.dir)
+    rows = []
+    for checks in (False, True):
+        flag = "1" if checks else "0"
+        env = {"RECSYS_RELOAD_INTERVAL_S": "0", "RECSYS_FEAST_TYPECHECKS": flag}
+        what = "service start to /readyz, checks " + ("on" if checks else "off")
+        for i in range(args.starts):
+            started = time.perf_counter()
+            with ServiceProcess(settings, env=env):
+                rows.append((what, i + 1, time.perf_counter() - started))
+    for checks in (False, True):
+        what = "import feast, typeguard checks " + ("on" if checks else "off")
+        rows += [(what, i + 1, import_seconds(checks)) for i in range(args.starts)]
+    print(f"| {'what':<38} | run | seconds |\n|{'-' * 40}|----:|--------:|")
+    for what, run, seconds in rows:
+        print(f"| {what:<38} | {run:>3} | {seconds:7.1f} |")
+
+
+if __name__ == "__main__":
+    main()
