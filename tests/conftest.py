@@ -158,11 +158,12 @@ def drilled_service(settings):
 
 class BackgroundRuns:
     """The ``recsys`` subprocesses of the tests marked ``background`` (the demos, minutes each,
-    and ``recsys bench serve``; mostly on one core), run one after another on a thread from the end of collection while
-    the rest of the suite runs: it leaves about one of the two cores idle. Each run gets a data
-    directory of its own and no ``PREFECT_HOME``, so its ephemeral Prefect API lives under that
-    directory as when a user runs the command. A marked test takes its finished run from the
-    ``background_run`` fixture; a test that was not started (no thread) runs it then."""
+    and ``recsys bench serve``; mostly on one core), run one after another on a thread from the
+    end of collection while the rest of the suite runs: it leaves about one of the two cores
+    idle. Each run gets a data directory of its own and no ``PREFECT_HOME``, so its ephemeral
+    Prefect API lives under that directory as when a user runs the command. A marked test takes
+    its finished run from the ``background_run`` fixture; a test that was not started (no
+    thread) runs it then."""
 
     def __init__(self, items: list[pytest.Item]) -> None:
         import threading
