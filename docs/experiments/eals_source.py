@@ -27,11 +27,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 from quality_signals import zscore  # the sibling scripts: this folder is on sys.path when run
-from sequence_source import BLENDED, GRID
-
-import recsys.benchmark as bench
-import recsys.pipeline as pipe
-from recsys.evaluation import ranking_metrics
+from sequence_source import BLENDED, BlendBench
 
 
 def eals_scores(
@@ -75,43 +71,15 @@ def main() -> None:
     parser.add_argument("--exponents", type=float, nargs="+", default=[-0.25, 0, 0.25, 0.5, 1])
     args = parser.parse_args()
 
-    train = bench.read_interactions_file(args.split / "train.tsv")
-    test = bench.read_interactions_file(args.split / "test.tsv")
-    item_ids = np.unique(np.concatenate([train.item_id, test.item_id]))
-    catalog = bench.read_items_file(None, item_ids, train)
-    stage = pipe.fit_stage(train, catalog, item_ids, pipe.PipelineParams())
-    rows = np.arange(len(stage.user_ids))
-    seen = stage.user_items.toarray() > 0
-    truth = (pipe.user_item_weights(test, stage.user_ids, item_ids).toarray() > 0) & ~seen
-    users = np.flatnonzero(truth.any(1))
-    relevant = [np.flatnonzero(truth[u]) for u in users]
-
-    def ndcg(scores: np.ndarray) -> float:
-        s = np.where(seen, -np.inf, scores)[users]
-        top = np.argsort(-s, axis=1, kind="stable")[:, :10]
-        return float(ranking_metrics(top, relevant, 10, n_items=len(item_ids))["ndcg"])
-
-    def ascent(z: list[np.ndarray]) -> tuple[float, list[float]]:
-        w = [1.0] + [0.5] * (len(z) - 1)
-        best = ndcg(sum(a * b for a, b in zip(w, z, strict=True)))
-        for _ in range(2):
-            for j in range(1, len(z)):
-                for g in GRID:
-                    t = [*w[:j], g, *w[j + 1 :]]
-                    v = ndcg(sum(a * b for a, b in zip(t, z, strict=True)))
-                    if v > best + 1e-6:
-                        best, w = v, t
-        return best, w
-
-    z = [zscore(np.asarray(stage.sources[n].score_many(rows), dtype=np.float64)) for n in BLENDED]
-    base, w = ascent(z)
+    b = BlendBench(args.split, None)
+    base, w = b.ascent(b.z, passes=2)
     print(f"{args.split}: blend of {', '.join(BLENDED)}: {base:.4f} (weights {w})", flush=True)
-    binary = sp.csr_matrix(seen.astype(np.float64))
+    binary = sp.csr_matrix(b.seen.astype(np.float64))
     for exponent in args.exponents:
         scores = eals_scores(binary, exponent)
-        best, w = ascent([*z, zscore(scores)])
+        best, w = b.ascent([*b.z, zscore(scores)], passes=2)
         print(
-            f"  + eALS (exponent {exponent}): alone {ndcg(scores):.4f}, "
+            f"  + eALS (exponent {exponent}): alone {b.ndcg(scores):.4f}, "
             f"blend {best:.4f} ({best - base:+.4f}; its weight {w[-1]})",
             flush=True,
         )

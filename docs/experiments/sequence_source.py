@@ -67,47 +67,60 @@ class SequenceCandidates(ItemKNNCandidates):
         return cls(_prune_rows(similarity.astype(np.float32), 400), user_items)
 
 
-def blend(split: Path, items: Path | None, settings: list[tuple[int, float]]) -> None:
-    train = bench.read_interactions_file(split / "train.tsv")
-    test = bench.read_interactions_file(split / "test.tsv")
-    item_ids = np.unique(np.concatenate([train.item_id, test.item_id]))
-    catalog = bench.read_items_file(items, item_ids, train)
-    stage = pipe.fit_stage(train, catalog, item_ids, pipe.PipelineParams())
-    rows = np.arange(len(stage.user_ids))
-    seen = stage.user_items.toarray() > 0
-    truth = pipe.user_item_weights(test, stage.user_ids, item_ids).toarray() > 0
-    truth &= ~seen
-    users = np.flatnonzero(truth.any(1))
-    relevant = [np.flatnonzero(truth[u]) for u in users]
+class BlendBench:
+    """The product's own source scores on one split (``fit_stage`` with the default parameters,
+    TRAIN only) and nDCG@10 on its TEST; :meth:`ascent` finds blend weights on TEST itself, so a
+    blend's figure is an upper bound. Shared by the screens in this folder."""
 
-    def ndcg(scores: np.ndarray) -> float:
-        s = np.where(seen, -np.inf, scores)[users]
+    def __init__(self, split: Path, items: Path | None) -> None:
+        self.train = bench.read_interactions_file(split / "train.tsv")
+        test = bench.read_interactions_file(split / "test.tsv")
+        self.item_ids = np.unique(np.concatenate([self.train.item_id, test.item_id]))
+        catalog = bench.read_items_file(items, self.item_ids, self.train)
+        self.stage = pipe.fit_stage(self.train, catalog, self.item_ids, pipe.PipelineParams())
+        self.rows = np.arange(len(self.stage.user_ids))
+        self.seen = self.stage.user_items.toarray() > 0
+        truth = pipe.user_item_weights(test, self.stage.user_ids, self.item_ids).toarray() > 0
+        truth &= ~self.seen
+        self.users = np.flatnonzero(truth.any(1))
+        self.relevant = [np.flatnonzero(truth[u]) for u in self.users]
+        self.z = [
+            zscore(np.asarray(self.stage.sources[n].score_many(self.rows), dtype=np.float64))
+            for n in BLENDED
+        ]
+
+    def ndcg(self, scores: np.ndarray) -> float:
+        s = np.where(self.seen, -np.inf, scores)[self.users]
         top = np.argsort(-s, axis=1, kind="stable")[:, :10]
-        return float(ranking_metrics(top, relevant, 10, n_items=len(item_ids))["ndcg"])
+        n_items = len(self.item_ids)
+        return float(ranking_metrics(top, self.relevant, 10, n_items=n_items)["ndcg"])
 
-    def ascent(z: list[np.ndarray]) -> tuple[float, list[float]]:
+    def ascent(self, z: list[np.ndarray], passes: int = 3) -> tuple[float, list[float]]:
+        """Coordinate ascent over ``GRID`` for every weight but the first (fixed at 1)."""
         w = [1.0] + [0.5] * (len(z) - 1)
-        best = ndcg(sum(a * b for a, b in zip(w, z, strict=True)))
-        for _ in range(3):
+        best = self.ndcg(sum(a * b for a, b in zip(w, z, strict=True)))
+        for _ in range(passes):
             for j in range(1, len(z)):
                 for g in GRID:
                     t = [*w[:j], g, *w[j + 1 :]]
-                    v = ndcg(sum(a * b for a, b in zip(t, z, strict=True)))
+                    v = self.ndcg(sum(a * b for a, b in zip(t, z, strict=True)))
                     if v > best + 1e-6:
                         best, w = v, t
         return best, w
 
-    z = [zscore(np.asarray(stage.sources[n].score_many(rows), dtype=np.float64)) for n in BLENDED]
-    base, w = ascent(z)
+
+def blend(split: Path, items: Path | None, settings: list[tuple[int, float]]) -> None:
+    b = BlendBench(split, items)
+    base, w = b.ascent(b.z)
     print(f"{split}: blend of {', '.join(BLENDED)}: {base:.4f} (weights {w})", flush=True)
     for window, exponent in settings:
         source = SequenceCandidates.fit_history(
-            train, stage.user_ids, item_ids, stage.user_items, window, exponent
+            b.train, b.stage.user_ids, b.item_ids, b.stage.user_items, window, exponent
         )
-        scores = source.score_many(rows)
-        best, w = ascent([*z, zscore(scores)])
+        scores = source.score_many(b.rows)
+        best, w = b.ascent([*b.z, zscore(scores)])
         print(
-            f"  + sequence (window {window}, exponent {exponent}): alone {ndcg(scores):.4f}, "
+            f"  + sequence (window {window}, exponent {exponent}): alone {b.ndcg(scores):.4f}, "
             f"blend {best:.4f} ({best - base:+.4f}; weights {w})",
             flush=True,
         )
