@@ -1,11 +1,12 @@
 """How long a service takes from its process start to /readyz, and Feast's import beside it.
 
 Not part of the product: the measurement behind docs/benchmarks.md ("Service start"). Builds a
-small synthetic world once in ``--dir`` (ingested, trained, registered as champion,
-materialized), then starts the real service on it ``--starts`` times without and with
-typeguard's checks in Feast (``RECSYS_FEAST_TYPECHECKS``; ``ServiceProcess``: ``bentoml
-serve`` on loopback, waiting for /readyz), and times ``import feast`` in fresh interpreters as
-this project's processes import it (``import features`` first), both ways.
+small synthetic world once in ``--dir`` (``recsys.loadtest.build_world``: ingested,
+materialized, trained, registered as champion), then starts the real service on it ``--starts``
+times without and with typeguard's checks in Feast (``RECSYS_FEAST_TYPECHECKS``;
+``ServiceProcess``: ``bentoml serve`` on loopback, waiting for /readyz), and times ``import
+feast`` in fresh interpreters as this project's processes import it (``import features``
+first), both ways.
 
     python docs/experiments/service_start.py --dir /tmp/service-start
 
@@ -21,29 +22,23 @@ import sys
 import time
 from pathlib import Path
 
-from recsys.config import Settings
+from recsys.config import Settings, get_settings
+from recsys.loadtest import WorldSpec, build_world
 from recsys.server import ServiceProcess
 
 IMPORT = "import features, feast"
+WORLD = WorldSpec(users=300, items=100, days=8, interactions=6000, seed=7)
+READY = "service-start-ready"
 
 
 def build(folder: Path) -> Settings:
-    settings = Settings(data_dir=folder, seed=7)
-    if (folder / "service-start-ready").exists():
-        return settings
-    from features.store import materialize
-    from recsys.gate import register_with_gate
-    from recsys.ingest import ingest_all
-    from recsys.synthetic import WorldConfig, write_world
-    from recsys.train import pipeline_params, train_and_evaluate
-
-    world = WorldConfig(seed=7, n_users=300, n_items=100, n_days=8, n_interactions=6000)
-    write_world(world, settings.lake.init())
-    ingest_all(settings.lake)
-    result = train_and_evaluate(settings.lake, pipeline_params(settings), k=10, budget_s=0)
-    register_with_gate(settings, result)
-    materialize(settings)
-    (folder / "service-start-ready").write_text("")
+    """The world, built once per folder."""
+    if (folder / READY).exists():
+        return get_settings(
+            data_dir=folder, profile="local", mlflow_tracking_uri=None, seed=WORLD.seed
+        )
+    settings = build_world(WORLD, folder)
+    (folder / READY).write_text("")
     return settings
 
 
