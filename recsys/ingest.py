@@ -187,9 +187,13 @@ def _quarantined_as_duplicates_of(lake: Lake, batch: str) -> list[str]:
 def accepted_elsewhere(
     lake: Lake, batch: str, raw: pd.DataFrame, *, now: datetime | None = None
 ) -> pd.DataFrame | None:
-    """The clean rows, with their ``batch``, of the other batches whose day is within a day of
-    ``raw``'s events: where an event delivered again as another day already is (the contract
+    """The clean rows, with their ``batch``, of the other batches that hold events in the time
+    span of ``raw``'s: where an event delivered again as another day already is (the contract
     quarantines such a row as ``duplicate:<batch>``). None when there is none to compare.
+
+    Every other batch is asked, whatever its day: a file delivered late under a later day and
+    then again under its own day is the same events twice either way round. Each batch's
+    row-group statistics keep the reads to the batches whose events overlap that span.
 
     Only events the contract can accept at ``now`` (default: the wall clock) count: one out of
     its range (the year 3000) is quarantined anyway, and cannot repeat an accepted one."""
@@ -200,11 +204,12 @@ def accepted_elsewhere(
     when = when[(when >= EARLIEST_TIMESTAMP) & (when <= latest)]
     if when.empty:
         return None
-    first = (when.min() - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
-    last = (when.max() + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
-    others = [b for b in lake.clean_batches() if b != batch and first <= b <= last]
-    frames = [lake.read_clean_interactions([b]).assign(batch=b) for b in others]
-    frames = [f for f in frames if len(f)]
+    start, end = when.min(), when.max()
+    frames = []
+    for other in lake.clean_batches():
+        rows = lake.read_clean_between(other, start, end) if other != batch else None
+        if rows is not None and len(rows):
+            frames.append(rows.assign(batch=other))
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
@@ -238,18 +243,29 @@ def row_count_check(
     lake: Lake, batch: str, *, trailing: int = 7, low: float = 0.5, high: float = 2.0
 ) -> RowCountCheck:
     """Flag ``batch`` when its clean rows fall outside ``[low, high]`` x the median clean rows
-    of up to ``trailing`` earlier batches (needs at least 3 of them), or when it has no clean
-    row at all (always: an empty delivery needs no history to be suspect)."""
-    rule = f"clean rows outside [{low:g}, {high:g}] x median of the {trailing} previous batches"
-    names = lake.clean_batches()
-    earlier = [n for n in names if n < batch][-trailing:]
+    of up to ``trailing`` earlier batches that have clean rows (needs at least 3 of them), or
+    when it has no clean row at all (always: an empty delivery needs no history to be suspect).
+
+    Batches without clean rows (refused whole, or empty) are no baseline: they were flagged
+    themselves, and counting them as 0 would make the next healthy batch look anomalous."""
+    rule = (
+        f"clean rows outside [{low:g}, {high:g}] x median of the {trailing} previous batches "
+        "with clean rows"
+    )
     rows = _clean_rows(lake, batch)
+    earlier: list[int] = []
+    for name in reversed([n for n in lake.clean_batches() if n < batch]):
+        count = _clean_rows(lake, name)
+        if count:
+            earlier.append(count)
+            if len(earlier) == trailing:
+                break
     if len(earlier) < 3:
         if rows == 0:
             return RowCountCheck(batch, 0, None, None, True, "no clean rows in the batch")
         return RowCountCheck(batch, rows, None, None, False, rule + " (too few batches yet)")
-    baseline = float(statistics.median(_clean_rows(lake, n) for n in earlier))
-    ratio = rows / baseline if baseline > 0 else (1.0 if rows == 0 else float("inf"))
+    baseline = float(statistics.median(earlier))
+    ratio = rows / baseline
     return RowCountCheck(batch, rows, baseline, ratio, not low <= ratio <= high, rule)
 
 

@@ -23,6 +23,14 @@ def small_world(settings):
     return settings, generate_world(cfg)
 
 
+def _shifted_day(lake, days: int = 1) -> tuple[str, pd.DataFrame]:
+    """The lake's last clean day's rows moved ``days`` days on, and the name of that day."""
+    last = lake.clean_batches()[-1]
+    rows = lake.read_clean_interactions([last])
+    rows = rows.assign(timestamp=rows["timestamp"] + pd.Timedelta(days=days))
+    return (pd.Timestamp(last) + pd.Timedelta(days=days)).strftime("%Y-%m-%d"), rows
+
+
 def _run(argv, capsys) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -124,6 +132,36 @@ def test_row_count_check_flags_a_short_batch(small_world):
     lake.write_clean_batch(last, frame.head(len(frame) // 10))
     check = row_count_check(lake, last)
     assert check.anomalous and check.ratio < 0.5
+
+
+def test_days_refused_whole_are_no_baseline_for_the_next_healthy_day(small_world, tmp_path, capsys):
+    settings, world = small_world
+    lake = settings.lake
+    batches = list(world.batches())
+    # four days in a row arrive with a renamed column: every row quarantined, 0 clean rows
+    for name, frame in batches[2:]:
+        lake.land_redelivery(
+            name,
+            pa.Table.from_pandas(frame.rename(columns={"user_id": "uid"}), preserve_index=False),
+        )
+        assert ingest_batch(lake, name, known_items=known_items(lake)).clean_rows == 0
+        assert row_count_check(lake, name).anomalous
+    last_name, last = batches[-1]
+    for shift in (1, 2):
+        day = (pd.Timestamp(last_name) + pd.Timedelta(days=shift)).strftime("%Y-%m-%d")
+        path = tmp_path / f"{day}.csv"
+        last.assign(timestamp=last["timestamp"] + pd.Timedelta(days=shift)).to_csv(
+            path, index=False
+        )
+        code, out, _ = _run(["ingest", str(path), "--json"], capsys)
+        # a healthy day after the refused ones is not a row-count anomaly (a median over the
+        # refused days' zeros would call any day one)
+        assert code == 0, out
+        check = json.loads(out)["row_count"]
+        assert not check["anomalous"]
+    # the baseline is the days with clean rows: the first two and the first healthy new one
+    counts = sorted(len(lake.read_clean_interactions([n])) for n, _ in batches[:2])
+    assert check["baseline_rows"] == float(sorted([*counts, len(last)])[1])
 
 
 def test_an_empty_batch_is_flagged_without_any_history(small_world):
@@ -243,11 +281,8 @@ def test_a_parquet_batch_with_a_year_3000_timestamp_quarantines_that_row(
     # it crashed ingest (OutOfBoundsDatetime), and the landed file blocked every later ingest
     settings, _ = small_world
     lake = settings.lake
-    last = lake.clean_batches()[-1]
-    frame = lake.read_clean_interactions([last])
-    frame["timestamp"] = frame["timestamp"] + pd.Timedelta(days=1)
+    day, frame = _shifted_day(lake)
     frame.loc[3, "timestamp"] = pd.Timestamp("3000-01-01", tz="UTC")
-    day = (pd.Timestamp(last) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
     path = tmp_path / f"{day}.parquet"
     frame.to_parquet(path, index=False)
     code, out, _ = _run(["ingest", str(path), "--json"], capsys)
@@ -302,6 +337,28 @@ def test_every_unreadable_delivery_of_a_day_is_kept_with_its_own_report(
     for text, report in kept.items():
         assert report["reasons"] == {"unreadable": 1}
         assert report["source"] == str(sent[text]) and "cannot read" in report["error"]
+
+
+def test_events_delivered_late_are_not_accepted_again_under_their_own_day(
+    small_world, tmp_path, capsys
+):
+    # a new day's file arrives first under a day weeks later (a late delivery), then again
+    # under its own day: the second copy repeats the first, whichever day is earlier
+    settings, _ = small_world
+    lake = settings.lake
+    own_day, rows = _shifted_day(lake)
+    late_day = (pd.Timestamp(own_day) + pd.Timedelta(days=19)).strftime("%Y-%m-%d")
+    path = tmp_path / "next.csv"
+    rows.to_csv(path, index=False)
+    total = len(lake.read_clean_interactions())
+    code, out, _ = _run(["ingest", str(path), "--batch", late_day, "--json"], capsys)
+    assert code == 0 and json.loads(out)["accepted"] == len(rows), out
+    code, out, _ = _run(["ingest", str(path), "--batch", own_day, "--json"], capsys)
+    assert code == 3, out
+    assert json.loads(out)["reasons"] == {f"duplicate:{late_day}": len(rows)}
+    assert len(lake.read_clean_interactions()) == total + len(rows)
+    kept = pd.read_parquet(lake.quarantine_dir(own_day) / "rows.parquet")
+    assert len(kept) == len(rows) and set(kept["reason"]) == {f"duplicate:{late_day}"}
 
 
 def test_a_redelivery_readmits_rows_another_day_quarantined_as_its_duplicates(
