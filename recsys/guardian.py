@@ -27,7 +27,9 @@ Triage order (data and system health first, then features, then the model):
               ``ctr_decay``: the unchanged champion's CTR fell against the baseline. Fix: an
               alert (the data shows why a day later; then ``drift`` retrains).
 5. canary     ``canary``: the challenger against the champion on online CTR with guardrails
-              (``recsys.canary``). Fix: promote or roll back. ``champion_ctr``: a champion that
+              (``recsys.canary``). Fix: promote or roll back. Before a verdict, a challenger
+              the service serves at canary share 0 (stopped by hand, never resumed) is a
+              stalled canary. Fix: set the policy's share. ``champion_ctr``: a champion that
               replaced another and lost CTR against it. Fix: roll back to ``previous``.
 """
 
@@ -864,7 +866,11 @@ def _epoch(iso: str) -> float:
 
 
 def check_canary(cycle: Cycle) -> Finding:
-    """Judge the running canary on the traffic since it started (``recsys.canary``)."""
+    """Judge the running canary on the traffic since it started (``recsys.canary``). Without a
+    verdict yet, a service that serves the challenger at canary share 0 (a canary stopped
+    through ``/admin/canary`` and never resumed) fails: no verdict could ever come, the
+    challenger gets no traffic. Fix: ``resume_canary``. Without a service to ask, only the
+    traffic is judged."""
     from monitoring.traffic import traffic_by_arm
     from recsys.canary import CanaryPolicy, decide_canary
     from recsys.promotion import aliases
@@ -888,6 +894,15 @@ def check_canary(cycle: Cycle) -> Finding:
         **decision.evidence,
     }
     if decision.action == "continue":
+        stalled = _stalled_challenger(cycle)
+        if stalled is not None:
+            evidence["served_challenger"] = stalled
+            evidence["canary_share"] = 0.0
+            seen = (
+                f"canary stalled: challenger v{stalled} is loaded at share 0, it gets no "
+                f"traffic ({decision.reason})"
+            )
+            return Finding("canary", "canary", False, seen, evidence, "resume_canary")
         return Finding("canary", "canary", True, f"canary continues: {decision.reason}", evidence)
     ok = False
     fix = "promote" if decision.action == "promote" else "rollback_challenger"
@@ -896,6 +911,32 @@ def check_canary(cycle: Cycle) -> Finding:
         f"({decision.reason})"
     )
     return Finding("canary", "canary", ok, seen, evidence, fix)
+
+
+def _stalled_challenger(cycle: Cycle) -> str | None:
+    """The version of the challenger the service serves at canary share 0, or None: it serves
+    none, its share is not 0, or there is no service to ask (no admin client, or it does not
+    answer)."""
+    if _service_unchecked(cycle):
+        return None
+    try:
+        status = _status(cycle)
+    except Exception as exc:  # the service cannot be asked: the traffic alone decides
+        logger.warning("canary share unknown (%s): judged on the traffic alone", exc)
+        return None
+    served = status.get("models", {}).get("challenger")
+    if served is None or status.get("canary_share") != 0:
+        return None
+    return str(served["version"])
+
+
+def fix_resume_canary(cycle: Cycle, finding: Finding) -> FixOutcome:
+    """Set the policy's canary share on the service (``start_canary``); verified when it
+    serves the registry's challenger and the canary is no longer stalled."""
+    serves = start_canary(cycle)
+    after = _stalled_challenger(cycle)
+    detail = {"canary_share": cycle.policy.canary_share, "stalled_after": after}
+    return FixOutcome("resume_canary", serves and after is None, detail)
 
 
 def fix_promote(cycle: Cycle, finding: Finding) -> FixOutcome:
@@ -1041,6 +1082,7 @@ FIXES: dict[str, Callable[[Cycle, Finding], FixOutcome]] = {
     "retrain": fix_retrain,
     "promote": fix_promote,
     "rollback_challenger": fix_rollback_challenger,
+    "resume_canary": fix_resume_canary,
     "rollback_champion": fix_rollback_champion,
     "alert": fix_alert,
 }

@@ -16,12 +16,18 @@ they answer 404 "admin disabled". ``/metrics`` carries BentoML's series and ours
 (``recsys_serving_*``).
 
 Routing: a user goes to the challenger when sha256 of its id falls under ``canary_share``
-(``serving.router``). Then candidates (the release's sources) -> features -> ranker -> filters
-(``serving.ranking``). The user and item features come from the Feast online store, with the
-release's own tables as the fallback (``serving.features``); every answer says which in
-``features`` ("online", "release": never materialized, "release_fallback": the store failed or
-lacked rows). Degraded paths never answer 5xx while anything can answer: unknown users get the
-cold-start list, a failing model the user's last cached answer or the popularity list.
+(``serving.router``). The share starts at ``RECSYS_CANARY_SHARE``; ``/admin/canary`` sets it for
+the challenger being served, and 0 stops that canary (``recsys reject`` does so). A stopped
+canary does not stop the next one: when a reload swaps in a challenger version the service did
+not hold while the share is 0, the share goes back to ``RECSYS_CANARY_SHARE`` (unless that is 0
+too); a non-zero share set through ``/admin/canary`` is kept across a new challenger.
+
+Then candidates (the release's sources) -> features -> ranker -> filters (``serving.ranking``).
+The user and item features come from the Feast online store, with the release's own tables as
+the fallback (``serving.features``); every answer says which in ``features`` ("online",
+"release": never materialized, "release_fallback": the store failed or lacked rows). Degraded
+paths never answer 5xx while anything can answer: unknown users get the cold-start list, a
+failing model the user's last cached answer or the popularity list.
 Reload (``/admin/reload`` or the poll every ``reload_interval_s``) loads a new version fully,
 then swaps one reference, so a request in flight finishes on the model it started with.
 
@@ -239,7 +245,11 @@ class RecommenderService:
     def reload(self, *, retry_refused: bool = True) -> dict[str, Any]:
         """Point each alias at the version the registry names; load new versions fully before
         swapping them in. A version that fails to load leaves the served one in place and is
-        remembered, so the poll (``retry_refused=False``) does not download it again."""
+        remembered, so the poll (``retry_refused=False``) does not download it again.
+
+        A challenger version not held before (another version, or none was held) starts a new
+        canary: a share of 0 (an earlier canary stopped through ``/admin/canary``) goes back to
+        the configured ``canary_share`` once it is swapped in. A non-zero share is kept as is."""
         with self._reload_lock:
             current = self._models
             models = dict(current)
@@ -290,6 +300,8 @@ class RecommenderService:
                 changed[alias] = loaded.version
                 logger.info("serving %s version %s", alias, loaded.version)
             self._models = models  # one reference swap: requests keep the dict they read
+            # after the swap: a stopped challenger must never get traffic back
+            self._resume_canary(changed.get(CHALLENGER))
             retired = self.cache.retire({m.version for m in models.values()})
             if changed:
                 _freeze_heap()
@@ -307,6 +319,15 @@ class RecommenderService:
                 "cache_entries_retired": retired,
             }
             return self.last_reload
+
+    def _resume_canary(self, challenger: str | None) -> None:
+        """A new ``challenger`` version was swapped in: a share of 0 is the stop of an earlier
+        canary, not of this one, so the configured share applies again (when it is not 0)."""
+        configured = self.settings.canary_share
+        if challenger is None or self.canary_share != 0 or configured == 0:
+            return
+        self.canary_share = configured
+        logger.info("canary share 0 -> %s for the new challenger v%s", configured, challenger)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.settings.reload_interval_s):
@@ -695,7 +716,9 @@ class RecommenderService:
             ),
         ],
     ) -> dict:
-        """Set the share of users the challenger serves (0 stops the canary)."""
+        """Set the share of users the challenger serves (0 stops the canary). The share holds
+        for the challenger it was set for: a share of 0 goes back to the configured
+        ``RECSYS_CANARY_SHARE`` when a reload swaps in a new challenger version."""
         denied = self._admin_denied(ctx)
         if denied is not None:
             return denied

@@ -195,6 +195,47 @@ def test_a_champion_alias_on_a_rejected_version_is_rolled_back(live):
     assert admin.served_versions() == {"champion": served}
 
 
+def test_a_canary_stopped_by_hand_and_left_in_place_is_resumed(live):
+    # `/admin/canary {"share": 0}` with the challenger alias left in place: the service served
+    # the challenger to no user and the doctor said "canary continues: collecting" forever
+    from recsys.guardian import Cycle, GuardianPolicy, check_canary
+    from recsys.registry import configure_mlflow, version_for_alias
+    from recsys.server import free_port
+
+    settings, *_, admin = live
+    client = configure_mlflow(settings)
+    name = settings.model_name
+    champion = admin.served_versions()["champion"]
+    share = admin.status()["canary_share"]
+    challenger = str(client.copy_model_version(f"models:/{name}/{champion}", name).version)
+    client.set_registered_model_alias(name, "challenger", challenger)
+    try:
+        admin.reload()
+        admin.set_canary(0.0)
+        assert admin.served_versions() == {"champion": champion, "challenger": challenger}
+        finding = assert_finds(live, "canary", "canary", "resume_canary")
+        assert finding["seen"].startswith(
+            f"canary stalled: challenger v{challenger} is loaded at share 0"
+        )
+        # a service that cannot be asked leaves the canary to the traffic, as before
+        unreachable = type(admin)(f"http://127.0.0.1:{free_port()}", admin.token)
+        for asked in (None, unreachable):
+            cycle = Cycle(settings, asked, (0.0, 1e10), None)
+            assert check_canary(cycle).ok
+        code, report = doctor(live, "--fix")
+        assert report["fixes"] == [{"check": "canary", "action": "resume_canary", "verified": True}]
+        assert code == 0
+        assert admin.status()["canary_share"] == GuardianPolicy().canary_share
+        code, report = doctor(live)
+        assert failing(report) == [] and code == 0
+    finally:
+        client.delete_registered_model_alias(name, "challenger")
+        admin.set_canary(share)
+        admin.reload()
+    assert version_for_alias(settings, "challenger") is None
+    assert admin.served_versions() == {"champion": champion}
+
+
 def test_stale_cache(live):
     *_, admin = live
     _traffic(live, 40, seed=1)  # fills the cache (fewer answers than the latency check judges)

@@ -341,7 +341,11 @@ def test_rollback_makes_the_running_service_serve_the_old_champion(registry, cap
     from recsys.server import ServiceProcess
 
     promote(registry, "2")
-    env = {"RECSYS_ADMIN_TOKEN": TOKEN, "RECSYS_RELOAD_INTERVAL_S": "0"}
+    env = {
+        "RECSYS_ADMIN_TOKEN": TOKEN,
+        "RECSYS_RELOAD_INTERVAL_S": "0",
+        "RECSYS_CANARY_SHARE": "0.2",
+    }
     monkeypatch.setenv("RECSYS_ADMIN_TOKEN", TOKEN)
     with ServiceProcess(registry, env=env) as service:
         code, out, err = run_here(capsys, "status", "--json", "--url", service.url)
@@ -375,6 +379,33 @@ def test_rollback_makes_the_running_service_serve_the_old_champion(registry, cap
         assert version_tags(registry, "3")["rejection_reason"] == "by hand"
         code, out, err = run_here(capsys, "reject")
         assert code == 2 and "no challenger to reject" in err
+
+        # the share 0 stopped that canary, not the next one: a new challenger (as `recsys
+        # train` registers it) is served at the configured share again once loaded
+        register_challenger(registry, "4")
+        assert admin.reload()["served"] == {"champion": "1", "challenger": "4"}
+        assert admin.status()["canary_share"] == 0.2
+        _wait_for_log(service, "canary share 0 -> 0.2 for the new challenger v4")
+        # a share set by hand holds for its challenger (0 included) ...
+        admin.set_canary(0.0)
+        admin.reload()
+        assert admin.status()["canary_share"] == 0.0
+        # ... and a non-zero one is kept as is across a new challenger
+        admin.set_canary(0.35)
+        name = registry.model_name
+        fifth = configure_mlflow(registry).copy_model_version(f"models:/{name}/4", name).version
+        register_challenger(registry, str(fifth))
+        assert admin.reload()["served"] == {"champion": "1", "challenger": str(fifth)}
+        assert admin.status()["canary_share"] == 0.35
+
+
+def _wait_for_log(service, line: str, timeout_s: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while line not in service.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{line!r} not in the log:\n{service.log_tail(20)}"
+        time.sleep(0.2)
 
 
 def test_concurrent_moves_do_not_interleave(registry):
