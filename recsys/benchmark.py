@@ -427,7 +427,7 @@ def benchmark_quality(
         "train_seconds": round(model.seconds, 2),
         "ranker_labels": labels,
         "metrics": metrics,
-        "lift_over_als": round(lift_over(metrics), 4),
+        "lift_over_als": None if (lift := lift_over(metrics)) is None else round(lift, 4),
         "best_single_source": max(stage.sources, key=lambda name: metrics[name]["ndcg"]),
         "notes": verdict(metrics, k, model.ranker),
         "params": params.as_dict(),

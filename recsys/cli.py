@@ -219,7 +219,7 @@ def train(
 ) -> None:
     """Search, train ALS + item-kNN + ranker, evaluate on a temporal holdout, gate, register."""
     from recsys.gate import register_with_gate
-    from recsys.train import lift_over, pipeline_params, train_and_evaluate
+    from recsys.train import lift_text, pipeline_params, train_and_evaluate
 
     settings = _settings()
     with console.status(f"searching ({budget_s:g}s budget) and training"):
@@ -243,7 +243,7 @@ def train(
         f"{decision.reason} (run {registered.run_id}, {result.fit_seconds:.1f}s)"
     )
     if "pipeline" in result.metrics:
-        console.print(f"pipeline vs ALS alone: {lift_over(result.metrics):+.1%} nDCG@{k}")
+        console.print(lift_text(result.metrics, k))
 
 
 def _print_training(result) -> None:
@@ -370,9 +370,11 @@ def benchmark_quality(
         )
         best = report["best_single_source"]
         ours, theirs = report["metrics"]["pipeline"]["ndcg"], report["metrics"][best]["ndcg"]
+        from recsys.train import lift_text
+
         console.print(
-            f"pipeline vs ALS alone: {report['lift_over_als']:+.1%} nDCG@{k}; vs the best "
-            f"single source ({best}): {ours - theirs:+.4f}"
+            f"{lift_text(report['metrics'], k)}; vs the best single source ({best}): "
+            f"{ours - theirs:+.4f}"
         )
     for note in report["notes"]:
         err_console.print(f"[bold yellow]{note}[/]")
@@ -506,9 +508,15 @@ def status(
     console.print(
         table(
             f"Aliases of {report['model']}",
-            ["alias", "version", "holdout nDCG@k", "created (UTC)"],
+            ["alias", "version", "holdout nDCG", "at k", "created (UTC)"],
             [
-                [r["alias"], r["version"] or "-", r["holdout_ndcg"] or "-", r["created"] or "-"]
+                [
+                    r["alias"],
+                    r["version"] or "-",
+                    r["holdout_ndcg"] or "-",
+                    r.get("holdout_k") or "-",
+                    r["created"] or "-",
+                ]
                 for r in report["aliases"]
             ],
         )

@@ -739,6 +739,11 @@ def _holdout_ndcg(model_version) -> float | None:
         return None
 
 
+def _holdout_k(model_version) -> int | None:
+    value = (model_version.tags or {}).get("holdout_k")
+    return int(value) if value is not None and value.isdigit() else None
+
+
 def rejected_versions(settings: Settings) -> list[dict[str, Any]]:
     """Every version tagged rejected, newest first: version, stage, reason, created."""
     client = configure_mlflow(settings)
@@ -814,6 +819,8 @@ def release_status(settings: Settings, url: str | None = None, last: int = 5) ->
                 "alias": alias,
                 "version": version,
                 "holdout_ndcg": _holdout_ndcg(mv) if mv else None,
+                # the k of that nDCG: versions trained with other --k are not comparable
+                "holdout_k": _holdout_k(mv) if mv else None,
                 "created": _created(mv.creation_timestamp) if mv else None,
             }
         )

@@ -275,6 +275,7 @@ def log_release(
                 "training_window": f"{window['start']}..{window['end']}",
                 "holdout_start": window["holdout_start"],
                 **{f"{model}_ndcg_at_k": f"{m['ndcg']:.6f}" for model, m in metrics.items()},
+                **({"holdout_k": str(meta["k"])} if meta.get("k") is not None else {}),
                 **(tags or {}),
             }
             chatter = io.StringIO()  # MLflow prints registration notices straight to stderr
@@ -388,7 +389,7 @@ def resolve_version(settings: Settings, alias: str) -> str:
         if version is None:
             raise RecsysError(
                 f"no model version has alias {alias!r} in {settings.model_name!r} at "
-                f"{settings.tracking_uri}; run `recsys train` first"
+                f"{settings.tracking_uri}; {_aliases_hint(settings)}"
             )
         return version
     from mlflow.exceptions import MlflowException
@@ -410,6 +411,20 @@ def resolve_version(settings: Settings, alias: str) -> str:
             f"{settings.tracking_uri}; {have}"
         ) from None
     return version
+
+
+def _aliases_hint(settings: Settings) -> str:
+    """What a user asking for an unset alias can ask for instead."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = configure_mlflow(settings).get_registered_model(settings.model_name)
+    except MlflowException:
+        return "run `recsys train` first"
+    set_now = ", ".join(f"{a} (v{v})" for a, v in sorted((model.aliases or {}).items()))
+    if set_now:
+        return f"the aliases set now are {set_now}"
+    return "no version has any alias yet (`recsys status` lists them; `recsys train` adds one)"
 
 
 def download_release(settings: Settings, alias: str, dest: Path) -> tuple[str, Path]:

@@ -415,18 +415,36 @@ def verdict(metrics: dict[str, dict[str, float]], k: int, ranker: Ranker | None)
     ours = metrics["pipeline"]["ndcg"]
     best_name = max(BASELINES, key=lambda n: metrics[n]["ndcg"])
     best = metrics[best_name]["ndcg"]
-    if best >= ours:
+    if best > ours:
         return [
             f"WARNING: {best_name} alone beats the full pipeline on holdout nDCG@{k} "
-            f"({best:.4f} >= {ours:.4f})"
+            f"({best:.4f} > {ours:.4f})"
+        ]
+    if best == ours:
+        return [
+            f"WARNING: {best_name} alone ties with the full pipeline on holdout nDCG@{k} "
+            f"({best:.4f}): the ranker adds nothing there"
         ]
     return []
 
 
-def lift_over(metrics: dict[str, dict[str, float]], baseline: str = "als") -> float:
-    """Relative nDCG lift of the pipeline over ``baseline`` (0.07 = +7%)."""
+def lift_over(metrics: dict[str, dict[str, float]], baseline: str = "als") -> float | None:
+    """Relative nDCG lift of the pipeline over ``baseline`` (0.07 = +7%); None when the
+    baseline's nDCG is 0 (no relative lift is defined, and JSON has no infinity)."""
     base = metrics[baseline]["ndcg"]
-    return (metrics["pipeline"]["ndcg"] - base) / base if base > 0 else float("inf")
+    return (metrics["pipeline"]["ndcg"] - base) / base if base > 0 else None
+
+
+def lift_text(metrics: dict[str, dict[str, float]], k: int, baseline: str = "als") -> str:
+    """One line for people: the pipeline's nDCG@k lift over ``baseline`` alone."""
+    lift = lift_over(metrics, baseline)
+    name = {"als": "ALS"}.get(baseline, baseline)
+    if lift is None:
+        return (
+            f"pipeline vs {name} alone: {name} scores nDCG@{k} 0, the pipeline "
+            f"{metrics['pipeline']['ndcg']:.4f} (no relative lift)"
+        )
+    return f"pipeline vs {name} alone: {lift:+.1%} nDCG@{k}"
 
 
 def holdout_rows(result: TrainResult) -> tuple[str, list[str], list[list]]:

@@ -267,6 +267,20 @@ def test_the_verdict_names_a_simpler_model_that_wins():
     notes = verdict(metrics(pipeline=0.45, **{**scores, "popularity": 0.46}), 10, object())
     assert len(notes) == 1 and "popularity alone beats" in notes[0] and "0.4600" in notes[0]
     assert "no ranker" in verdict(metrics(**scores), 10, ranker=None)[0]
+    # a tie is said as a tie, and still loudly: the ranker adds nothing there
+    (tie,) = verdict(metrics(pipeline=0.41, **scores), 10, object())
+    assert tie.startswith("WARNING: als alone ties with the full pipeline") and "0.4100" in tie
+
+
+def test_the_lift_over_als_is_undefined_when_als_scores_nothing():
+    from recsys.train import lift_over, lift_text
+
+    metrics = {"pipeline": {"ndcg": 0.12}, "als": {"ndcg": 0.10}}
+    assert lift_over(metrics) == pytest.approx(0.2)
+    assert lift_text(metrics, 10) == "pipeline vs ALS alone: +20.0% nDCG@10"
+    zero = {"pipeline": {"ndcg": 0.05}, "als": {"ndcg": 0.0}}
+    assert lift_over(zero) is None  # JSON has no infinity: --json writes null
+    assert "ALS scores nDCG@10 0, the pipeline 0.0500" in lift_text(zero, 10)
 
 
 def test_half_stars_survive_a_split(tmp_path):

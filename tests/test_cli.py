@@ -146,9 +146,15 @@ def test_evaluate_takes_a_version_number_for_its_alias(trained_world):
     assert_one_line_error(missing, 2, "model version 9 of 'recsys-recommender' does not exist")
     assert "the latest is version 1" in missing.stderr
 
+    from recsys.errors import RecsysError
     from recsys.registry import resolve_version
 
     assert [resolve_version(settings, ref) for ref in ("1", "v1", " V1 ", "champion")] == ["1"] * 4
+    # an alias that is not set names the ones that are, not "train first"
+    with pytest.raises(
+        RecsysError, match=r"alias 'previous'.*aliases set now are .*champion \(v1\)"
+    ):
+        resolve_version(settings, "previous")
 
 
 def test_evaluate_refuses_a_holdout_that_leaves_no_day_to_fit_on(trained_world):

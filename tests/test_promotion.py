@@ -286,7 +286,9 @@ def write_incidents(settings: Settings, n: int) -> None:
     path.write_text("\n".join(lines) + "\n{torn")
 
 
-def test_rollback_command_and_status_without_a_service(registry, capsys, monkeypatch):
+def test_rollback_command_and_status_without_a_service(
+    registry, trained_world, capsys, monkeypatch
+):
     promote(registry, "2")
     write_incidents(registry, 7)
     code, out, err = run_here(capsys, "rollback", "--reason", "bad day")
@@ -300,6 +302,7 @@ def test_rollback_command_and_status_without_a_service(registry, capsys, monkeyp
     champion = report["aliases"][0]
     assert champion["alias"] == "champion" and champion["version"] == "1"
     assert champion["holdout_ndcg"] > 0 and champion["created"].startswith("20")
+    assert champion["holdout_k"] == trained_world[2].release.meta["k"]  # that nDCG's cut-off
     assert report["rejected"] == [
         {
             "version": "2",
