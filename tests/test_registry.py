@@ -62,8 +62,14 @@ def test_pyfunc_flavour_predicts_from_the_alias_uri(trained_world):
 def test_missing_alias_is_a_readable_error(trained_world):
     settings, _, _ = trained_world
     assert version_for_alias(settings, "no-such-alias") is None
-    with pytest.raises(RecsysError, match="recsys train"):
+    # the model exists: the error names the aliases that are set, not "train first"
+    with pytest.raises(RecsysError, match=r"alias 'no-such-alias'.*set now are .*champion \(v1\)"):
         load_release(settings, "no-such-alias")
+
+
+def test_an_alias_of_a_registry_with_no_model_says_to_train_first(settings):
+    with pytest.raises(RecsysError, match=r"no model version has alias 'champion'.*recsys train"):
+        load_release(settings, "champion")
 
 
 def test_only_our_dead_or_hour_old_runs_are_marked_killed(settings):
