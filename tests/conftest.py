@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,20 @@ def online(trained_world, tmp_path_factory):
     }
     with ServiceProcess(copy, env=env) as proc:
         yield proc, copy, result.release, stale_end, snapshot_time(days[-1])
+
+
+def wait_for_log(proc, lines: list[str], timeout_s: float = 10.0) -> str:
+    """Wait until every one of ``lines`` is in the log of the ServiceProcess ``proc`` (the
+    service writes it asynchronously); returns the log's text, fails naming the missing ones."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = proc.log_path.read_text(errors="replace")
+        missing = [line for line in lines if line not in text]
+        if not missing or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    assert not missing, f"not in {proc.log_path}: {missing}\n{proc.log_tail(20)}"
+    return text
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import wait_for_log
 
 from recsys.config import Settings
 from recsys.errors import RecsysError
@@ -388,7 +389,7 @@ def test_rollback_makes_the_running_service_serve_the_old_champion(registry, cap
         register_challenger(registry, "4")
         assert admin.reload()["served"] == {"champion": "1", "challenger": "4"}
         assert admin.status()["canary_share"] == 0.2
-        _wait_for_log(service, "canary share 0 -> 0.2 for the new challenger v4")
+        wait_for_log(service, ["canary share 0 -> 0.2 for the new challenger v4"])
         # a share set by hand holds for its challenger (0 included) ...
         admin.set_canary(0.0)
         admin.reload()
@@ -400,15 +401,6 @@ def test_rollback_makes_the_running_service_serve_the_old_champion(registry, cap
         register_challenger(registry, str(fifth))
         assert admin.reload()["served"] == {"champion": "1", "challenger": str(fifth)}
         assert admin.status()["canary_share"] == 0.35
-
-
-def _wait_for_log(service, line: str, timeout_s: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while line not in service.log_path.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"{line!r} not in the log:\n{service.log_tail(20)}"
-        time.sleep(0.2)
 
 
 def test_concurrent_moves_do_not_interleave(registry):

@@ -14,6 +14,7 @@ import time
 
 import httpx
 import pytest
+from conftest import wait_for_log
 
 from recsys.config import Settings
 from recsys.registry import configure_mlflow, log_release, version_for_alias
@@ -305,14 +306,7 @@ def test_the_service_log_has_its_own_info_lines(live):
     admin(proc, "/admin/canary", {"share": 0.25})
     admin(proc, "/admin/canary", {"share": 0.0})
     wanted = [f"serving champion version {champion}", "canary share 0.25 -> 0.0"]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        text = proc.log_path.read_text(errors="replace")
-        if all(line in text for line in wanted):
-            break
-        time.sleep(0.2)
-    missing = [line for line in wanted if line not in text]
-    assert not missing, f"not in {proc.log_path}: {missing}\n{proc.log_tail(20)}"
+    text = wait_for_log(proc, wanted)
     line = next(row for row in text.splitlines() if wanted[1] in row)
     assert "[INFO]" in line  # through BentoML's handler and format
 
