@@ -207,7 +207,9 @@ def accepted_elsewhere(
     start, end = when.min(), when.max()
     frames = []
     for other in lake.clean_batches():
-        rows = lake.read_clean_between(other, start, end) if other != batch else None
+        if other == batch:
+            continue
+        rows = lake.read_clean_between(other, start, end)
         if rows is not None and len(rows):
             frames.append(rows.assign(batch=other))
     return pd.concat(frames, ignore_index=True) if frames else None
