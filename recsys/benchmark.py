@@ -415,7 +415,7 @@ def benchmark_quality(
     recs, _ = rank_users(stage, model.ranker, rows, k, params.candidates)
     metrics = {"pipeline": score(recs)}
     for name, source in stage.sources.items():
-        metrics[name] = score(top_k_unseen(source, rows, stage.user_items, k))
+        metrics[name] = score(top_k_unseen(source, rows, stage.seen, k))
     if recs_out is not None:
         _write_recs(recs_out, test_users[known], recs, stage, test_users[~known], k)
     return {

@@ -77,6 +77,7 @@ def champion_on_same_holdout(
         catalog_ids,
         champion.params,
         as_of=result.holdout["timestamp"].min().floor("D"),
+        earlier=result.earlier,
     )
     metrics = evaluate_stage(
         stage, champion.ranker, result.holdout, k, champion.params.candidates, baselines=()

@@ -22,7 +22,7 @@ from features.compute import ITEM_NUMERIC, USER_NUMERIC, category_vocabulary
 from features.compute import item_features as compute_item_features
 from features.compute import user_features as compute_user_features
 from recsys.models.als import ALSCandidates, ALSParams
-from recsys.models.base import CandidateSource, one_blas_thread, top_k_per_row
+from recsys.models.base import CandidateSource, binarised, one_blas_thread, top_k_per_row
 from recsys.models.ease import EASECandidates, EASEParams
 from recsys.models.itemknn import ItemKNNCandidates, ItemKNNParams
 from recsys.models.lowpass import LowPassCandidates, LowPassParams
@@ -127,6 +127,60 @@ def ranker_view(names: tuple[str, ...], raw: np.ndarray) -> np.ndarray:
     return _compress(names, raw)
 
 
+@dataclass(frozen=True)
+class SeenBefore:
+    """Which items each user interacted with before a history began: a stage fit on a window
+    (``recsys train --window-days``, the guardian's retrain) knows only the window's events,
+    and without this would recommend items a user had before it, and treat users active only
+    before it as never seen. Rows: ``user_ids`` (sorted); columns: a stage's item rows."""
+
+    user_ids: np.ndarray
+    matrix: sp.csr_matrix  # (len(user_ids), n_items), 1 where seen
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, item_ids: np.ndarray) -> SeenBefore:
+        """Who had what in ``frame`` (any event counts); items outside ``item_ids`` dropped:
+        they cannot be recommended anyway."""
+        user_ids = np.unique(frame["user_id"].to_numpy()).astype(np.int64)
+        matrix = binarised(user_item_weights(frame, user_ids, item_ids))
+        return cls(user_ids, matrix)
+
+    @classmethod
+    def from_arrays(cls, user_ids, indices, indptr, n_items: int) -> SeenBefore:
+        """Raises ValueError when the arrays do not form such an index (a corrupt file)."""
+        data = np.ones(len(indices), dtype=np.float32)
+        matrix = sp.csr_matrix((data, indices, indptr), shape=(len(user_ids), n_items))
+        matrix.check_format(full_check=True)
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        if len(user_ids) > 1 and not (np.diff(user_ids) > 0).all():
+            raise ValueError("user ids are not sorted and unique")
+        return cls(user_ids, matrix)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    def item_rows(self, user_id: int) -> np.ndarray:
+        """Item rows ``user_id`` had (empty for a user without earlier events)."""
+        pos = int(np.searchsorted(self.user_ids, user_id))
+        if pos >= len(self.user_ids) or self.user_ids[pos] != user_id:
+            return np.zeros(0, dtype=np.int64)
+        m = self.matrix
+        return m.indices[m.indptr[pos] : m.indptr[pos + 1]].astype(np.int64)
+
+    def aligned(self, user_ids: np.ndarray) -> sp.csr_matrix:
+        """The rows of ``user_ids`` (empty rows for users without earlier events)."""
+        pos = np.minimum(np.searchsorted(self.user_ids, user_ids), max(self.n_users - 1, 0))
+        found = (
+            self.user_ids[pos] == user_ids if self.n_users else np.zeros(len(user_ids), dtype=bool)
+        )
+        pick = sp.csr_matrix(
+            (np.ones(int(found.sum()), dtype=np.float32), (np.flatnonzero(found), pos[found])),
+            shape=(len(user_ids), self.n_users),
+        )
+        return (pick @ self.matrix).tocsr()
+
+
 @dataclass
 class CandidateList:
     """One user's merged candidates: item rows with each source's score and rank."""
@@ -151,6 +205,18 @@ class Stage:
     item_table: np.ndarray  # (n_items, len(ITEM_NUMERIC)), compressed
     item_category: np.ndarray  # (n_items,), -1 when unknown
     categories: list[str]
+    seen_before: sp.csr_matrix | None = None  # (n_users, n_items): had before ``user_items``
+    _seen: sp.csr_matrix | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def seen(self) -> sp.csr_matrix:
+        """Every (user, item) this stage's users interacted with: its history and, for a stage
+        fit on a window, what they had before it. Never recommended; never relevant."""
+        if self.seen_before is None or not self.seen_before.nnz:
+            return self.user_items
+        if self._seen is None:
+            self._seen = binarised(binarised(self.user_items) + self.seen_before)
+        return self._seen
 
     def user_rows(self, user_ids: np.ndarray) -> np.ndarray:
         """Rows of ``user_ids`` in this stage (-1 for users it has never seen)."""
@@ -171,7 +237,7 @@ class Stage:
         n = min(n, len(self.item_ids))
         for start in range(0, len(user_rows), 256):
             rows = user_rows[start : start + 256]
-            seen = self.user_items[rows].tocoo()
+            seen = self.seen[rows].tocoo()
             tops, mats = [], []
             for name in SOURCES:
                 scores = np.asarray(self.sources[name].score_many(rows), dtype=np.float32)
@@ -279,11 +345,13 @@ def fit_stage(
     *,
     count_scale: float = 1.0,
     show_progress: bool = False,
+    earlier: SeenBefore | None = None,
 ) -> Stage:
     """Fit every candidate source and compute the feature tables on ``history``.
 
     ``count_scale`` rescales count features (see _compress) when ``history`` is a random
-    share of the data the ranker will later be applied to."""
+    share of the data the ranker will later be applied to. ``earlier``: what users had before
+    ``history`` began (a training window): never recommended, never relevant, no signal."""
     as_of = as_of if as_of is not None else history["timestamp"].max() + pd.Timedelta(seconds=1)
     user_ids = np.unique(history["user_id"].to_numpy())
     matrix = user_item_weights(history, user_ids, item_ids)
@@ -322,13 +390,14 @@ def fit_stage(
         item_table=item_table,
         item_category=item_category,
         categories=categories,
+        seen_before=earlier.aligned(user_ids) if earlier is not None and earlier.n_users else None,
     )
 
 
 def relevant_rows(stage: Stage, future: pd.DataFrame, user_rows: np.ndarray) -> list[np.ndarray]:
     """For each user row, the item rows it interacted with in ``future`` and had not seen."""
     matrix = user_item_weights(future, stage.user_ids, stage.item_ids)[user_rows]
-    matrix = matrix - matrix.multiply(stage.user_items[user_rows] > 0)
+    matrix = matrix - matrix.multiply(stage.seen[user_rows] > 0)
     matrix.eliminate_zeros()
     return [matrix.indices[matrix.indptr[i] : matrix.indptr[i + 1]] for i in range(len(user_rows))]
 

@@ -6,6 +6,8 @@
     als_user_factors.npy         ALS factors (float32)
     als_item_factors.npy
     user_items_{data,indices,indptr}.npy   the weights users gave items (seen filter, item-kNN)
+    seen_before_{user_ids,indices,indptr}.npy  items users had before the training window (seen
+                                 filter; only for releases trained on a window of the lake)
     knn_{data,indices,indptr}.npy          pruned item-item similarity
     ease_weights.npy             EASE item-item weights (only for catalogs EASE was fit on)
     popularity.npy, trending.npy           non-personal scores (also the cold-start list)
@@ -40,7 +42,7 @@ from recsys.models.itemknn import ItemKNNCandidates
 from recsys.models.lowpass import LowPassCandidates
 from recsys.models.popularity import PopularityCandidates
 from recsys.models.ranker import Ranker
-from recsys.pipeline import CandidateList, PipelineParams, Stage
+from recsys.pipeline import CandidateList, PipelineParams, SeenBefore, Stage
 
 FORMAT_VERSION = 3
 _DENSE = (
@@ -113,11 +115,17 @@ class Release:
         stage: Stage,
         ranker: Ranker | None,
         params: PipelineParams,
+        seen_before: SeenBefore | None = None,
     ) -> None:
         self.meta = meta
         self.stage = stage
         self.ranker = ranker
         self.params = params
+        # what users had before the training window: the stage masks it for the users it
+        # knows; users it does not know (active only before the window) are looked up here
+        self.seen_before = seen_before if seen_before is not None and seen_before.n_users else None
+        if self.seen_before is not None and stage.seen_before is None:
+            stage.seen_before = self.seen_before.aligned(stage.user_ids)
         self._user_row = {int(u): i for i, u in enumerate(stage.user_ids)}
         self._item_row = {int(v): i for i, v in enumerate(stage.item_ids)}
         cold = stage.sources["trending"].item_scores
@@ -147,13 +155,29 @@ class Release:
         return self._user_row.get(int(user_id))
 
     def seen_rows(self, user_row: int) -> np.ndarray:
-        matrix = self.stage.user_items
+        """Item rows the user of ``user_row`` has seen (in the window and before it)."""
+        matrix = self.stage.seen
         return matrix.indices[matrix.indptr[user_row] : matrix.indptr[user_row + 1]]
 
-    def cold_start(self, k: int, exclude: list[int] | None = None) -> Recommendation:
-        """The list for users the model does not know: trending (or popular) items."""
-        excluded = np.asarray([self._item_row[i] for i in exclude or [] if i in self._item_row])
-        rows = top_n(self._cold_scores, k, excluded.astype(np.int64))
+    def seen_item_ids(self, user_id: int) -> np.ndarray:
+        """Items ``user_id`` has seen up to the training cut, as far as this release knows:
+        its window's events and, for a release trained on a window, the lake before it."""
+        row = self.user_row(user_id)
+        if row is not None:
+            return self.item_ids[self.seen_rows(row)]
+        if self.seen_before is not None:
+            return self.item_ids[self.seen_before.item_rows(int(user_id))]
+        return np.zeros(0, dtype=self.item_ids.dtype)
+
+    def cold_start(
+        self, k: int, exclude: list[int] | None = None, user_id: int | None = None
+    ) -> Recommendation:
+        """The list for users the model does not know: trending (or popular) items, without
+        ``exclude`` and, for a ``user_id`` active before the training window, what they had."""
+        excluded = self.item_rows(exclude or [])
+        if user_id is not None and self.seen_before is not None:
+            excluded = np.concatenate([excluded, self.seen_before.item_rows(int(user_id))])
+        rows = top_n(self._cold_scores, k, excluded)
         return Recommendation(self.item_ids[rows], self._cold_scores[rows], "cold_start")
 
     def recommend(self, user_id: int, k: int, exclude: list[int] | None = None) -> Recommendation:
@@ -161,7 +185,7 @@ class Release:
         cold-start list. Items in ``exclude`` never appear."""
         row = self.user_row(user_id)
         if row is None:
-            return self.cold_start(k, exclude)
+            return self.cold_start(k, exclude, user_id)
         ranked = self.rank_row(row, k, self.item_rows(exclude or []))
         return Recommendation(self.item_ids[ranked.rows], ranked.scores)
 
@@ -324,6 +348,10 @@ class Release:
         if lowpass.fitted:
             arrays["lowpass_in_factors"] = lowpass.in_factors
             arrays["lowpass_out_factors"] = lowpass.out_factors
+        if self.seen_before is not None:
+            arrays["seen_before_user_ids"] = self.seen_before.user_ids
+            arrays["seen_before_indices"] = self.seen_before.matrix.indices
+            arrays["seen_before_indptr"] = self.seen_before.matrix.indptr
         if self.ranker is not None:
             arrays["ranker_mean"] = self.ranker.mean
             arrays["ranker_std"] = self.ranker.std
@@ -339,6 +367,7 @@ class Release:
             "has_ranker": self.ranker is not None,
             "has_ease": bool(ease.fitted),
             "has_lowpass": bool(lowpass.fitted),
+            "has_seen_before": self.seen_before is not None,
         }
         (folder / "release.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         return folder
@@ -374,6 +403,8 @@ class Release:
         names += ["ease_weights"] if meta.get("has_ease") else []
         if meta.get("has_lowpass"):
             names += ["lowpass_in_factors", "lowpass_out_factors"]
+        if meta.get("has_seen_before"):  # absent in releases written before it existed
+            names += [f"seen_before_{p}" for p in ("user_ids", "indices", "indptr")]
         try:
             a = {n: np.load(folder / f"{n}.npy", allow_pickle=False) for n in names}
             params = PipelineParams.from_dict(meta["pipeline_params"])
@@ -421,7 +452,20 @@ class Release:
         )
         if stage.user_table.shape[0] != n_users or stage.item_table.shape[0] != n_items:
             raise RecsysError(f"release at {folder} has arrays of mismatched sizes; rebuild it")
-        return cls(meta, stage, ranker, params)
+        seen_before = None
+        if meta.get("has_seen_before"):
+            try:
+                seen_before = SeenBefore.from_arrays(
+                    a["seen_before_user_ids"],
+                    a["seen_before_indices"],
+                    a["seen_before_indptr"],
+                    n_items,
+                )
+            except ValueError as exc:
+                raise UnreadableRelease(
+                    f"release at {folder} has a corrupt seen-before index: {exc}"
+                ) from None
+        return cls(meta, stage, ranker, params, seen_before)
 
 
 def _not_in(items: np.ndarray, excluded: np.ndarray) -> np.ndarray:

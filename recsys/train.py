@@ -34,6 +34,7 @@ from recsys.models.itemknn import ItemKNNParams
 from recsys.models.ranker import Ranker
 from recsys.pipeline import (
     PipelineParams,
+    SeenBefore,
     Stage,
     feature_names,
     fit_ranker,
@@ -65,6 +66,7 @@ class TrainResult:
     ranker_stats: dict[str, float] = field(default_factory=dict)
     holdout: pd.DataFrame | None = None
     pre_holdout: pd.DataFrame | None = None
+    earlier: SeenBefore | None = None  # what users had before the training window
 
 
 def library_versions() -> dict[str, str]:
@@ -205,7 +207,7 @@ def evaluate_stage(
     if ranker is not None:
         results["pipeline"] = score(rank_users(stage, ranker, rows, k, n_candidates)[0])
     for name in baselines:
-        results[name] = score(top_k_unseen(stage.sources[name], rows, stage.user_items, k))
+        results[name] = score(top_k_unseen(stage.sources[name], rows, stage.seen, k))
     return results
 
 
@@ -240,6 +242,7 @@ def search_sources(
     budget_s: float,
     k: int,
     on_trial: Callable[[dict], None] | None = None,
+    earlier: SeenBefore | None = None,
 ) -> tuple[PipelineParams, list[dict]]:
     """Random search of source hyperparameters within ``budget_s`` seconds, scored by nDCG@k
     of each source alone on ``validation`` (never the holdout). Trial 0 is ``base``, so the
@@ -252,7 +255,7 @@ def search_sources(
     while trial == 0 or time.perf_counter() - started < budget_s:
         params = base if trial == 0 else search_space_sample(rng, base)
         t0 = time.perf_counter()
-        stage = fit_stage(history, catalog, item_ids, params)
+        stage = fit_stage(history, catalog, item_ids, params, earlier=earlier)
         scores = evaluate_stage(stage, None, validation, k, params.candidates, baselines=TUNED)
         record = {"trial": trial, "seconds": 0.0}
         for name in TUNED:
@@ -286,8 +289,10 @@ def train_ranker(
     cuts: list[pd.Timestamp],
     label_days: int,
     k: int,
+    earlier: SeenBefore | None = None,
 ) -> tuple[Ranker | None, dict[str, float]]:
-    """Stack (features, labels) from every label window and fit one ranker (early stopping)."""
+    """Stack (features, labels) from every label window and fit one ranker (early stopping).
+    ``earlier``: what users had before ``frame`` began (never a candidate, never a label)."""
     sets = []
     stats: dict[str, float] = {"windows": 0.0}
     for j, cut in enumerate(cuts):
@@ -297,7 +302,7 @@ def train_ranker(
         ]
         if history.empty or future.empty:
             continue
-        stage = fit_stage(history, catalog, item_ids, params, as_of=cut)
+        stage = fit_stage(history, catalog, item_ids, params, as_of=cut, earlier=earlier)
         x, y, groups, window_stats = training_set(stage, future, params)
         if len(x):
             sets.append((x, y, groups))
@@ -327,12 +332,18 @@ def train_and_evaluate(
     """
     params = params or PipelineParams()
     batches = lake.clean_batches()
-    frame = select_window(lake.read_clean_interactions(batches), window_days)
+    everything = lake.read_clean_interactions(batches)
+    frame = select_window(everything, window_days)
     if frame.empty:
         raise RecsysError("the training window holds no interactions")
     n_days, test_days = holdout_days(frame, test_days)
     catalog = lake.read_clean_catalog("items")
     item_ids = np.unique(np.concatenate([catalog["item_id"].to_numpy(), frame["item_id"]]))
+    # seen-item filter over the whole lake, not only the window: what users had before it
+    earlier = SeenBefore.from_frame(
+        everything.loc[everything["timestamp"] < frame["timestamp"].min()], item_ids
+    )
+    del everything
     start_of_test = holdout_start(frame, test_days)
     label_days = max(1, min(test_days, (n_days - test_days) // (label_windows + 1)))
     cuts = label_cuts(start_of_test, label_days, label_windows)
@@ -350,12 +361,17 @@ def train_and_evaluate(
             budget_s=budget_s,
             k=k,
             on_trial=on_trial,
+            earlier=earlier,
         )
-    ranker, ranker_stats = train_ranker(frame, catalog, item_ids, params, cuts, label_days, k)
+    ranker, ranker_stats = train_ranker(
+        frame, catalog, item_ids, params, cuts, label_days, k, earlier
+    )
 
     pre_holdout = frame.loc[frame["timestamp"] < start_of_test]
     holdout = frame.loc[frame["timestamp"] >= start_of_test]
-    eval_stage = fit_stage(pre_holdout, catalog, item_ids, params, as_of=start_of_test)
+    eval_stage = fit_stage(
+        pre_holdout, catalog, item_ids, params, as_of=start_of_test, earlier=earlier
+    )
     metrics = evaluate_stage(eval_stage, ranker, holdout, k, params.candidates)
     notes = verdict(metrics, k, ranker)
 
@@ -387,11 +403,15 @@ def train_and_evaluate(
         "feature_names": feature_names(),
         "ranker_stats": ranker_stats,
         "search_trials": len(trials),
+        # the seen filter's share from before the window (0 when trained on the whole lake)
+        "seen_before": {"users": earlier.n_users, "pairs": int(earlier.matrix.nnz)},
         "library_versions": library_versions(),
         "notes": notes,
     }
-    stage = fit_stage(frame, catalog, item_ids, params, show_progress=show_progress)
-    release = Release(meta, stage, ranker, params)
+    stage = fit_stage(
+        frame, catalog, item_ids, params, show_progress=show_progress, earlier=earlier
+    )
+    release = Release(meta, stage, ranker, params, seen_before=earlier)
     return TrainResult(
         release,
         metrics,
@@ -402,6 +422,7 @@ def train_and_evaluate(
         ranker_stats,
         holdout,
         pre_holdout,
+        earlier,
     )
 
 

@@ -46,7 +46,7 @@ def rank_for_user(
     """
     row = release.user_row(user_id)
     if row is None:
-        cold = release.cold_start(k, exclude)
+        cold = release.cold_start(k, exclude, user_id)
         return RankedList(cold.item_ids, cold.scores, cold.fallback)
     rows = FeatureRows("release")
     overrides = None

@@ -831,12 +831,13 @@ def _filtered(
 
 
 def _seen_items(models: dict[str, LoadedModel], user_id: int) -> list[int]:
-    """The items ``user_id`` has seen, by the first loaded release that can tell (none: [])."""
+    """The items ``user_id`` has seen, by the first loaded release that can tell (none: []):
+    one that knows the user, or had their events from before its training window."""
     for model in models.values():
         try:
-            row = model.release.user_row(user_id)
-            if row is not None:
-                return model.release.item_ids[model.release.seen_rows(row)].tolist()
+            seen = model.release.seen_item_ids(user_id)
+            if len(seen) or model.release.user_row(user_id) is not None:
+                return seen.tolist()
         except Exception:  # a broken release says nothing; the next may
             continue
     return []

@@ -13,6 +13,7 @@ import threading
 import time
 
 import httpx
+import pandas as pd
 import pytest
 from conftest import wait_for_log
 
@@ -262,6 +263,29 @@ def test_reload_under_load_swaps_the_version_without_a_failed_request(live):
     # the cache's total, not the admin call's own
     assert status["cache"]["retired"] > retired_before
     assert status["cache"]["stale_entries"] == 0
+
+
+def test_a_release_trained_on_a_window_never_serves_what_users_had_before_it(live):
+    # the guardian's retrain sees the last 14 days only; its release still knows the lake's past
+    from recsys.train import pipeline_params, train_and_evaluate
+
+    proc, settings, _, _ = live
+    windowed = train_and_evaluate(
+        settings.lake, pipeline_params(settings), window_days=5, test_days=1, k=10
+    )
+    events = settings.lake.read_clean_interactions()
+    earlier = events[events["timestamp"] < pd.Timestamp(windowed.window["start"])]
+    before = earlier.groupby("user_id")["item_id"].agg(set)
+    new = log_release(settings, windowed.release, windowed.metrics, aliases=("champion",))
+    assert admin(proc, "/admin/reload").json()["served"]["champion"] == new.version
+    shown = 0
+    for user in before.index[:40]:
+        body = recommend(proc, int(user), k=10)
+        assert body["model_version"] == new.version
+        items = {i["item_id"] for i in body["items"]}
+        assert len(items) == 10 and not items & before[user], user
+        shown += len(items)
+    assert shown == 400
 
 
 def test_the_poll_follows_an_alias_move_without_a_reload_call(live):
