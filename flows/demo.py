@@ -408,7 +408,9 @@ def demo_flow(settings: Settings, opts: DemoOptions) -> DemoOutcome:
         "RECSYS_RELOAD_INTERVAL_S": "0",
         "RECSYS_FAULT_INJECTION": "true",
     }
-    policy = GuardianPolicy(retrain_budget_s=opts.budget_s, min_requests=200)
+    # half the users on a canary (production's default is RECSYS_CANARY_SHARE, 0.1): a verdict
+    # within a simulated day's traffic
+    policy = GuardianPolicy(retrain_budget_s=opts.budget_s, min_requests=200, canary_share=0.5)
     days: list[Any] = []
     windows: list[tuple[float, float]] = []
     healed_so_far: list[Any] = []

@@ -210,7 +210,12 @@ def train(
         int | None, typer.Option(min=1, help="Days held out for evaluation (default 15%).")
     ] = None,
     budget_s: Annotated[
-        float, float_option(min=0, help="Seconds for the hyperparameter search (0: none).")
+        float,
+        float_option(
+            min=0,
+            max=86_400,
+            help="Seconds for the hyperparameter search (0: none; 1 day at most).",
+        ),
     ] = 30.0,
     k: Annotated[int, typer.Option(min=1, max=1000, help="Cut-off of the metrics.")] = 10,
     tolerance: Annotated[
@@ -539,9 +544,12 @@ def status(
     service = report["service"]
     if service["reachable"]:
         served = ", ".join(f"{a} v{v}" for a, v in sorted(service["served"].items())) or "nothing"
+        stalled = "challenger" in service["served"] and service["canary_share"] == 0
         console.print(
             f"service at {service['url']}: serves {served}; canary share "
-            f"{service['canary_share']}" + ("" if service.get("ready") else " (not ready)")
+            f"{service['canary_share']}"
+            + (" (stopped: the challenger gets no traffic)" if stalled else "")
+            + ("" if service.get("ready") else " (not ready)")
         )
     else:
         console.print(f"service: served versions unknown ({service['note']})")

@@ -88,7 +88,7 @@ class GuardianPolicy:
     drift_share_threshold: float = 0.3
     ctr_drop: float = 0.10
     min_requests: int = 200
-    canary_share: float = 0.5
+    canary_share: float | None = None  # None: the configured RECSYS_CANARY_SHARE (0.1)
     retrain_window_days: int | None = 14
     retrain_budget_s: float = 3.0
     feature_skew_sample: int = 200
@@ -805,7 +805,7 @@ def fix_retrain(cycle: Cycle, finding: Finding) -> FixOutcome:
         ),
     )
     verified = start_canary(cycle)
-    detail["canary_share"] = cycle.policy.canary_share
+    detail["canary_share"] = canary_share(cycle)
     return FixOutcome("retrain", verified, detail)
 
 
@@ -822,14 +822,21 @@ def _train_recent(cycle: Cycle):
     )
 
 
+def canary_share(cycle: Cycle) -> float:
+    """The share a canary the guardian starts or resumes gets: the policy's, else the one the
+    service is configured with (``RECSYS_CANARY_SHARE``), so one setting rules both."""
+    share = cycle.policy.canary_share
+    return cycle.settings.canary_share if share is None else share
+
+
 def start_canary(cycle: Cycle) -> bool:
-    """Point the service at the new challenger with the policy's share; True when it serves it."""
+    """Point the service at the new challenger with the canary share; True when it serves it."""
     from recsys.registry import CHALLENGER, version_for_alias
 
     if cycle.admin is None:
         return True
     cycle.admin.reload()
-    cycle.admin.set_canary(cycle.policy.canary_share)
+    cycle.admin.set_canary(canary_share(cycle))
     cycle.cache.pop("status", None)
     return cycle.admin.served_versions().get(CHALLENGER) == version_for_alias(
         cycle.settings, CHALLENGER
@@ -915,9 +922,9 @@ def check_canary(cycle: Cycle) -> Finding:
 
 def _stalled_challenger(cycle: Cycle) -> str | None:
     """The version of the challenger the service serves at canary share 0, or None: it serves
-    none, its share is not 0, or there is no service to ask (no admin client, or it does not
-    answer)."""
-    if _service_unchecked(cycle):
+    none, its share is not 0, there is no service to ask (no admin client, or it does not
+    answer), or the configured share is 0 itself (canaries turned off: nothing to resume)."""
+    if _service_unchecked(cycle) or canary_share(cycle) == 0:
         return None
     try:
         status = _status(cycle)
@@ -931,11 +938,11 @@ def _stalled_challenger(cycle: Cycle) -> str | None:
 
 
 def fix_resume_canary(cycle: Cycle, finding: Finding) -> FixOutcome:
-    """Set the policy's canary share on the service (``start_canary``); verified when it
-    serves the registry's challenger and the canary is no longer stalled."""
+    """Set the canary share on the service (``start_canary``); verified when it serves the
+    registry's challenger and the canary is no longer stalled."""
     serves = start_canary(cycle)
     after = _stalled_challenger(cycle)
-    detail = {"canary_share": cycle.policy.canary_share, "stalled_after": after}
+    detail = {"canary_share": canary_share(cycle), "stalled_after": after}
     return FixOutcome("resume_canary", serves and after is None, detail)
 
 

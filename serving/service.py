@@ -231,6 +231,7 @@ class RecommenderService:
         # the requests that wait on the online store share its calls (see _reads_store)
         self.user_reads = Coalescer(self.features.prefetch_users, parallel=STORE_CALLS)
         self._reload_lock = threading.Lock()
+        self._share_lock = threading.Lock()  # /admin/canary vs a reload's resume
         self._refused: dict[str, tuple[str, str]] = {}
         self.last_reload: dict[str, Any] = {}
         self.reload()
@@ -324,9 +325,10 @@ class RecommenderService:
         """A new ``challenger`` version was swapped in: a share of 0 is the stop of an earlier
         canary, not of this one, so the configured share applies again (when it is not 0)."""
         configured = self.settings.canary_share
-        if challenger is None or self.canary_share != 0 or configured == 0:
-            return
-        self.canary_share = configured
+        with self._share_lock:  # a share set by hand meanwhile is not overwritten
+            if challenger is None or self.canary_share != 0 or configured == 0:
+                return
+            self.canary_share = configured
         logger.info("canary share 0 -> %s for the new challenger v%s", configured, challenger)
 
     def _poll(self) -> None:
@@ -722,7 +724,8 @@ class RecommenderService:
         denied = self._admin_denied(ctx)
         if denied is not None:
             return denied
-        previous, self.canary_share = self.canary_share, share
+        with self._share_lock:
+            previous, self.canary_share = self.canary_share, share
         logger.info("canary share %s -> %s", previous, share)
         return {"canary_share": share, "previous": previous}
 

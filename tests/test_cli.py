@@ -51,6 +51,8 @@ def test_config_schema_is_the_json_schema_of_the_settings(data_dir):
 def test_user_errors_are_one_readable_line(data_dir, tmp_path):
     assert_one_line_error(run(["trian"], data_dir), 2, "No such command")
     assert_one_line_error(run(["train", "--window-days", "0"], data_dir), 2, "--window-days")
+    # a budget of 1e308 s searched until stopped: a unit mistake is refused up front
+    assert_one_line_error(run(["train", "--budget-s", "1e308"], data_dir), 2, "--budget-s")
     assert_one_line_error(
         run(["data", "movielens", "--data-path", str(tmp_path / "nope")], data_dir),
         2,

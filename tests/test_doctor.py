@@ -58,14 +58,19 @@ def live(tmp_path_factory):
         yield settings, world, SourceSystem(world), names, admin
 
 
-def doctor(live, *args: str) -> tuple[int, dict]:
-    """`recsys doctor --json --url URL [ARGS]` as a user runs it: (exit code, the JSON report)."""
+def doctor(live, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict]:
+    """`recsys doctor --json --url URL [ARGS]` as a user runs it: (exit code, the JSON report).
+    ``env``: more environment for the run."""
     from typer.testing import CliRunner
 
     from recsys.cli import app
 
     settings, *_, admin = live
-    env = {"RECSYS_DATA_DIR": str(settings.data_dir), "RECSYS_ADMIN_TOKEN": admin.token}
+    env = {
+        "RECSYS_DATA_DIR": str(settings.data_dir),
+        "RECSYS_ADMIN_TOKEN": admin.token,
+        **(env or {}),
+    }
     result = CliRunner().invoke(app, ["doctor", "--json", "--url", admin.url, *args], env=env)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     start = result.stdout.index('{\n  "healthy"')
@@ -222,10 +227,15 @@ def test_a_canary_stopped_by_hand_and_left_in_place_is_resumed(live):
         for asked in (None, unreachable):
             cycle = Cycle(settings, asked, (0.0, 1e10), None)
             assert check_canary(cycle).ok
-        code, report = doctor(live, "--fix")
+        # canaries turned off where the guardian runs (share 0 configured): nothing to resume
+        off = settings.model_copy(update={"canary_share": 0.0})
+        assert check_canary(Cycle(off, admin, (0.0, 1e10), None)).ok
+        # resumed at the one configured share (RECSYS_CANARY_SHARE), not a guardian default
+        code, report = doctor(live, "--fix", env={"RECSYS_CANARY_SHARE": "0.3"})
         assert report["fixes"] == [{"check": "canary", "action": "resume_canary", "verified": True}]
         assert code == 0
-        assert admin.status()["canary_share"] == GuardianPolicy().canary_share
+        assert admin.status()["canary_share"] == 0.3
+        assert GuardianPolicy().canary_share is None
         code, report = doctor(live)
         assert failing(report) == [] and code == 0
     finally:

@@ -68,7 +68,7 @@ def _cycle(settings, current, baseline=None) -> Cycle:
         admin=None,
         current=current,
         baseline=baseline,
-        policy=GuardianPolicy(min_requests=200),
+        policy=GuardianPolicy(min_requests=200, canary_share=0.5),
     )
 
 

@@ -63,7 +63,9 @@ def _cycle(settings, batch, source, admin=None, **kw) -> Cycle:
         baseline=kw.pop("baseline", None),
         batches=[batch] if batch else [],
         source=source,
-        policy=kw.pop("policy", GuardianPolicy(retrain_budget_s=0.0, min_requests=150)),
+        policy=kw.pop(
+            "policy", GuardianPolicy(retrain_budget_s=0.0, min_requests=150, canary_share=0.5)
+        ),
         day=kw.pop("day", 1),
     )
 

@@ -380,7 +380,7 @@ def test_a_demo_cycle_on_the_prod_profile(stack, prod_env):
                 baseline=None,
                 batches=[new_batch],
                 source=source,
-                policy=GuardianPolicy(retrain_budget_s=0.0, min_requests=150),
+                policy=GuardianPolicy(retrain_budget_s=0.0, min_requests=150, canary_share=0.5),
                 day=1,
             )
             _findings, incidents = guardian_flow(cycle)

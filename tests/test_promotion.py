@@ -394,6 +394,9 @@ def test_rollback_makes_the_running_service_serve_the_old_champion(registry, cap
         admin.set_canary(0.0)
         admin.reload()
         assert admin.status()["canary_share"] == 0.0
+        code, out, err = run_here(capsys, "status", "--url", service.url)
+        assert code == 0, err
+        assert "canary share 0.0 (stopped: the challenger gets no traffic)" in out
         # ... and a non-zero one is kept as is across a new challenger
         admin.set_canary(0.35)
         name = registry.model_name
@@ -401,6 +404,8 @@ def test_rollback_makes_the_running_service_serve_the_old_champion(registry, cap
         register_challenger(registry, str(fifth))
         assert admin.reload()["served"] == {"champion": "1", "challenger": str(fifth)}
         assert admin.status()["canary_share"] == 0.35
+        code, out, err = run_here(capsys, "status", "--url", service.url)
+        assert "canary share 0.35" in out and "(stopped:" not in out
 
 
 def test_concurrent_moves_do_not_interleave(registry):
