@@ -358,6 +358,62 @@ def test_the_low_pass_source_stays_empty_when_there_is_nothing_to_factor():
     assert LowPassCandidates.fit(_two_taste_matrix(), LowPassParams(factors=500)).fitted
 
 
+def test_the_low_pass_source_survives_a_spectrum_arpack_cannot_handle(monkeypatch, caplog):
+    import recsys.models.lowpass as lowpass
+    from recsys.models.lowpass import LowPassCandidates, LowPassParams
+
+    matrix = _two_taste_matrix()
+    params = LowPassParams(factors=6)
+    expected = LowPassCandidates.fit(matrix, params)
+    projector = lambda s: s.in_factors @ s.out_factors.T  # noqa: E731 - what scores use
+    svds, calls = lowpass.svds, []
+
+    def failing(times):
+        def fake(*args, **kwargs):
+            calls.append(kwargs.get("ncv"))
+            if len(calls) <= times:
+                raise lowpass.ArpackError(3)
+            return svds(*args, **kwargs)
+
+        return fake
+
+    # ARPACK error 3 on a small matrix: its exact SVD, the same filter
+    monkeypatch.setattr(lowpass, "svds", failing(1))
+    dense = LowPassCandidates.fit(matrix, params)
+    np.testing.assert_allclose(projector(dense), projector(expected), atol=1e-4)
+    assert calls == [None]
+    # too large for a dense SVD: ARPACK again, with a wider Krylov space
+    monkeypatch.setattr(lowpass, "DENSE_SVD_LIMIT", 0)
+    calls.clear()
+    monkeypatch.setattr(lowpass, "svds", failing(1))
+    wider = LowPassCandidates.fit(matrix, params)
+    np.testing.assert_allclose(projector(wider), projector(expected), atol=1e-4)
+    assert calls == [None, 25]
+    # and when that fails too, the source stays empty and says why; training goes on
+    calls.clear()
+    monkeypatch.setattr(lowpass, "svds", failing(2))
+    assert not LowPassCandidates.fit(matrix, params).fitted
+    assert "low-pass source left empty: ARPACK failed on the 60 x 40 matrix" in caplog.text
+
+
+def test_a_window_of_one_item_days_trains(tmp_path):
+    # `recsys data generate --users 300 --items 150 --days 30 --interactions 9000 --seed 3`
+    # then `recsys train --window-days 10 --budget-s 0` died in ARPACK: a label window's stage
+    # of one day, users with one or two items, has a spectrum of many equal singular values
+    from recsys.config import Settings
+    from recsys.ingest import ingest_all
+    from recsys.synthetic import WorldConfig, write_world
+    from recsys.train import pipeline_params, train_and_evaluate
+
+    settings = Settings(data_dir=tmp_path, seed=3)
+    world = WorldConfig(seed=3, n_users=300, n_items=150, n_days=30, n_interactions=9000)
+    write_world(world, settings.lake.init())
+    ingest_all(settings.lake)
+    result = train_and_evaluate(settings.lake, pipeline_params(settings), window_days=10)
+    assert result.release.stage.sources["lowpass"].fitted
+    assert result.metrics["pipeline"]["users"] > 0
+
+
 def test_a_release_keeps_the_low_pass_factors(trained_world, tmp_path):
     _, _, result = trained_world
     folder = result.release.save(tmp_path / "release")

@@ -9,19 +9,27 @@ degree-normalised matrix, with item popularity put back on the way out.
 Why a source of its own: on MovieLens-100K per-item splits it ranks worse than EASE or ALS
 alone, but it is wrong on other users and items than they are; blended with both, it added
 +0.001 to +0.007 nDCG@10 on four splits (docs/benchmarks.md, 2026-11-28). Its fit is one
-truncated SVD of a sparse matrix (ARPACK, deterministic start vector), so it scales with the
-number of interactions, not with the catalog squared as EASE does.
+truncated SVD of a sparse matrix (ARPACK, deterministic start vector; the exact SVD of the
+dense matrix where ARPACK fails on a degenerate spectrum), so it scales with the number of
+interactions, not with the catalog squared as EASE does.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import svds
+from scipy.sparse.linalg import ArpackError, svds
 
 from recsys.models.base import HistorySource, binarised
+
+logger = logging.getLogger(__name__)
+
+DENSE_SVD_LIMIT = 25_000_000
+"""Most matrix entries (users x items) whose exact dense SVD is taken when ARPACK fails
+(200 MB of float64)."""
 
 
 @dataclass(frozen=True)
@@ -62,9 +70,9 @@ class LowPassCandidates(HistorySource):
         inv_user = 1.0 / np.sqrt(np.maximum(user_deg, 1.0))
         inv_item = 1.0 / np.sqrt(np.maximum(item_deg, 1.0))
         normalised = sp.diags(inv_user) @ binary @ sp.diags(inv_item)
-        # a fixed start vector: ARPACK's default is random, and so would the release be
-        start = np.full(min(binary.shape), 1.0 / np.sqrt(min(binary.shape)))
-        _, _, vt = svds(normalised, k=k, v0=start, solver="arpack")
+        vt = _top_right_singular_vectors(normalised, k)
+        if vt is None:
+            return cls(None, None, binary)
         v = vt.T  # items x k; the order and signs of the vectors do not matter to V V'
         return cls(v * inv_item[:, None], v / inv_item[:, None], binary)
 
@@ -74,3 +82,33 @@ class LowPassCandidates(HistorySource):
 
     def _through(self, history: sp.csr_matrix) -> np.ndarray:
         return np.asarray(history @ self.in_factors) @ self.out_factors.T
+
+
+def _top_right_singular_vectors(matrix: sp.spmatrix, k: int) -> np.ndarray | None:
+    """The top ``k`` right singular vectors (k x items) of ``matrix``; None when they cannot be
+    computed (the source then stays empty, with a warning).
+
+    ARPACK, from a fixed start vector (its default is random, and so would the release be).
+    It fails on some spectra with many equal singular values ("ARPACK error 3: no shifts could
+    be applied"), which a short history gives: a label window's stage of a day or two, each
+    user with one or two items. Then the exact SVD of the dense matrix, when it is small
+    enough; else ARPACK once more with a wider Krylov space."""
+    n = min(matrix.shape)
+    start = np.full(n, 1.0 / np.sqrt(n))
+    try:
+        return svds(matrix, k=k, v0=start, solver="arpack")[2]
+    except ArpackError as exc:
+        failure = exc
+    if matrix.shape[0] * matrix.shape[1] <= DENSE_SVD_LIMIT:
+        vt = np.linalg.svd(matrix.toarray(), full_matrices=False)[2]
+        return vt[:k]
+    try:
+        return svds(matrix, k=k, v0=start, solver="arpack", ncv=min(n, 4 * k + 1))[2]
+    except ArpackError as exc:
+        logger.warning(
+            "low-pass source left empty: ARPACK failed on the %d x %d matrix (%s, then %s)",
+            *matrix.shape,
+            failure,
+            exc,
+        )
+        return None
