@@ -851,6 +851,18 @@ def _cold_or_none(model: LoadedModel, user_id: int) -> str | None:
     return "cold_start" if model.release.user_row(user_id) is None else None
 
 
+def _refuse_unknown_fields(service) -> None:
+    """A body field an endpoint does not have is a 400 naming it (``K: Extra inputs are not
+    permitted``): pydantic's default, which BentoML's input models keep, ignores it, so a typo
+    such as ``{"user_id": 1, "K": 5}`` silently answered 10 items. The OpenAPI document says
+    ``additionalProperties: false``."""
+    for method in service.apis.values():
+        spec = method.input_spec
+        spec.model_config["extra"] = "forbid"  # the model's own config (pydantic copies it)
+        spec.model_rebuild(force=True)
+
+
+_refuse_unknown_fields(RecommenderService)
 # Bounds the body before BentoML parses it, makes 400s name the field, and publishes an OpenAPI
 # document whose error answers and required bodies are the real ones (serving/http.py).
 RecommenderService.add_asgi_middleware(RequestGuard, max_body_bytes=_SETTINGS.max_body_kb * 1024)

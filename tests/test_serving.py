@@ -67,6 +67,8 @@ def test_unknown_user_gets_a_cold_start_answer(service):
         ({"user_id": -5}, "user_id"),
         ({"user_id": "abc"}, "user_id"),
         ({"k": 3}, "user_id"),
+        # a misspelt field was ignored: 10 items answered for "K": 3
+        ({"user_id": 1, "K": 3}, "K: Extra inputs are not permitted"),
     ],
 )
 def test_invalid_input_is_a_4xx_that_says_what_is_wrong(service, payload, needle):
@@ -74,6 +76,19 @@ def test_invalid_input_is_a_4xx_that_says_what_is_wrong(service, payload, needle
     reply = httpx.post(f"{proc.url}/recommend", json=payload)
     assert 400 <= reply.status_code < 500
     assert needle in reply.text
+
+
+def test_every_endpoint_refuses_a_field_it_does_not_have(service):
+    proc, _, _ = service
+    spec = httpx.get(f"{proc.url}/docs.json").json()
+    posts = [path for path, item in spec["paths"].items() if "post" in item]
+    assert {"/recommend", "/feedback", "/admin/canary", "/admin/status"} <= set(posts)
+    for path in posts:
+        reply = httpx.post(f"{proc.url}{path}", json={"unknown_field": 1})
+        assert reply.status_code == 400, (path, reply.text)
+        assert "unknown_field: Extra inputs are not permitted" in reply.json()["error"]
+    schemas = spec["components"]["schemas"]
+    assert schemas["recommend__Input"]["additionalProperties"] is False
 
 
 def test_malformed_json_is_a_400(service):
