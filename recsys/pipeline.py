@@ -160,8 +160,8 @@ class SeenBefore:
     def n_users(self) -> int:
         return len(self.user_ids)
 
-    def item_rows(self, user_id: int) -> np.ndarray:
-        """Item rows ``user_id`` had (empty for a user without earlier events)."""
+    def rows_of(self, user_id: int) -> np.ndarray:
+        """The item rows ``user_id`` had (empty for a user without earlier events)."""
         pos = int(np.searchsorted(self.user_ids, user_id))
         if pos >= len(self.user_ids) or self.user_ids[pos] != user_id:
             return np.zeros(0, dtype=np.int64)

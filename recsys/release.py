@@ -127,7 +127,6 @@ class Release:
         if self.seen_before is not None and stage.seen_before is None:
             stage.seen_before = self.seen_before.aligned(stage.user_ids)
         self._user_row = {int(u): i for i, u in enumerate(stage.user_ids)}
-        self._item_row = {int(v): i for i, v in enumerate(stage.item_ids)}
         cold = stage.sources["trending"].item_scores
         self._cold_scores = cold if cold.any() else stage.sources["popularity"].item_scores
         self._memo: OrderedDict[int, CandidateBlock] = OrderedDict()
@@ -166,7 +165,7 @@ class Release:
         if row is not None:
             return self.item_ids[self.seen_rows(row)]
         if self.seen_before is not None:
-            return self.item_ids[self.seen_before.item_rows(int(user_id))]
+            return self.item_ids[self.seen_before.rows_of(int(user_id))]
         return np.zeros(0, dtype=self.item_ids.dtype)
 
     def cold_start(
@@ -176,7 +175,7 @@ class Release:
         ``exclude`` and, for a ``user_id`` active before the training window, what they had."""
         excluded = self.item_rows(exclude or [])
         if user_id is not None and self.seen_before is not None:
-            excluded = np.concatenate([excluded, self.seen_before.item_rows(int(user_id))])
+            excluded = np.concatenate([excluded, self.seen_before.rows_of(int(user_id))])
         rows = top_n(self._cold_scores, k, excluded)
         return Recommendation(self.item_ids[rows], self._cold_scores[rows], "cold_start")
 
