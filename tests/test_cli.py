@@ -174,8 +174,11 @@ def test_evaluate_refuses_a_holdout_that_leaves_no_day_to_fit_on(trained_world):
 
 def test_float_options_refuse_inf_and_nan(data_dir):
     # a search budget of inf never ended; bounds let inf through a minimum, nan through none
-    proc = run(["train", "--budget-s", "inf"], data_dir)
-    assert_one_line_error(proc, 2, "'--budget-s': inf is not a finite number")
+    for value in ("inf", "nan"):  # the budget has a maximum now, a day
+        proc = run(["train", "--budget-s", value], data_dir)
+        assert_one_line_error(proc, 2, "'--budget-s': Input should be less than or equal to 86400")
+    proc = run(["bench", "serve", "--duration", "inf"], data_dir)
+    assert_one_line_error(proc, 2, "'--duration': inf is not a finite number")
     proc = run(["data", "generate", "--new-item-share", "nan"], data_dir)
     assert_one_line_error(proc, 2, "'--new-item-share': nan is not a finite number")
     assert not data_dir.exists()
