@@ -8,7 +8,10 @@ and what materialization copies to the online store.
 User features (entity ``user_id``):
     user_events_1d/7d/30d, user_events_total, user_items_total, user_days_since_last,
     user_days_since_first, user_mean_weight, user_mean_rating, user_category_affinity
-    (share of the user's implicit weight per category, in ``category_vocabulary`` order)
+    (share of the user's implicit weight per category, in ``category_vocabulary`` order),
+    user_recent_items (the distinct items of the user's last RECENT_ITEMS_DAYS days, newest
+    first, at most RECENT_ITEMS_MAX: not a ranker input; serving leaves them out of answers,
+    so items a user had after a release's training cut are not recommended again)
 Item features (entity ``item_id``):
     item_events_1d/7d/30d, item_events_total, item_users_total, item_trend (last day vs the
     7-day daily mean), item_age_days, item_mean_rating, item_category_index
@@ -40,6 +43,9 @@ ITEM_NUMERIC = (
     "item_mean_rating",
 )
 NEVER_DAYS = 3650.0  # "days since" for an entity with no event yet
+RECENT_ITEMS = "user_recent_items"
+RECENT_ITEMS_DAYS = 7
+RECENT_ITEMS_MAX = 100
 
 
 def category_vocabulary(items: pd.DataFrame) -> list[str]:
@@ -61,13 +67,19 @@ def _window_counts(frame: pd.DataFrame, key: str, as_of: pd.Timestamp, prefix: s
 
 
 def user_features(
-    interactions: pd.DataFrame, items: pd.DataFrame, as_of: pd.Timestamp | str
+    interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    as_of: pd.Timestamp | str,
+    *,
+    recent: bool = True,
 ) -> pd.DataFrame:
-    """One row per user seen before ``as_of``: ``user_id``, ``event_timestamp`` and features."""
+    """One row per user seen before ``as_of``: ``user_id``, ``event_timestamp`` and features
+    (``recent=False``: without RECENT_ITEMS, which the ranker does not use)."""
     as_of = pd.Timestamp(as_of)
     frame = _before(interactions, as_of)
     vocab = category_vocabulary(items)
     columns = ["user_id", "event_timestamp", *USER_NUMERIC, "user_category_affinity"]
+    columns += [RECENT_ITEMS] if recent else []
     if frame.empty:
         return pd.DataFrame(columns=columns)
     frame = frame.assign(weight=implicit_weight(frame))
@@ -94,7 +106,22 @@ def user_features(
     out = stats.reset_index(names="user_id")
     out.insert(1, "event_timestamp", as_of)
     out["user_category_affinity"] = list(affinity)
+    if recent:
+        out[RECENT_ITEMS] = recent_items(frame, users, as_of)
     return out[columns].astype({c: "float32" for c in USER_NUMERIC})
+
+
+def recent_items(frame: pd.DataFrame, users: np.ndarray, as_of: pd.Timestamp) -> list[np.ndarray]:
+    """Per user of ``users`` (sorted), the distinct items of their events in the last
+    RECENT_ITEMS_DAYS days before ``as_of``, newest first, at most RECENT_ITEMS_MAX (int64)."""
+    recent = frame.loc[frame["timestamp"] >= as_of - pd.Timedelta(days=RECENT_ITEMS_DAYS)]
+    recent = recent.sort_values(["user_id", "timestamp"], ascending=[True, False], kind="stable")
+    recent = recent.drop_duplicates(["user_id", "item_id"])
+    recent = recent.groupby("user_id", sort=False).head(RECENT_ITEMS_MAX)  # keeps the order
+    ids = recent["user_id"].to_numpy()
+    items = recent["item_id"].to_numpy(dtype=np.int64)
+    starts, ends = np.searchsorted(ids, users, "left"), np.searchsorted(ids, users, "right")
+    return [items[a:b] for a, b in zip(starts, ends, strict=True)]
 
 
 def item_features(

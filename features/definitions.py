@@ -27,12 +27,19 @@ from feast import (
 from feast.data_format import ParquetFormat
 from feast.types import Array, Float32, Int64
 
-from features.compute import ITEM_NUMERIC, USER_NUMERIC
+from features.compute import (
+    ITEM_NUMERIC,
+    RECENT_ITEMS,
+    RECENT_ITEMS_DAYS,
+    RECENT_ITEMS_MAX,
+    USER_NUMERIC,
+)
 from features.spec import (
     AFFINITY,
     FEATURE_SERVICE_NAME,
     FEATURE_SERVICE_VERSION,
     ITEM_VIEW,
+    RANKER_USER_FEATURES,
     TIMESTAMP_FIELD,
     USER_PUSH_SOURCE,
     USER_VIEW,
@@ -118,6 +125,12 @@ def build_definitions(paths: FeaturePaths) -> FeatureDefinitions:
                 description="Share of the user's implicit weight per category, in the order "
                 "of features/offline/category_vocabulary.json.",
             ),
+            Field(
+                name=RECENT_ITEMS,
+                dtype=Array(Int64),
+                description=f"The user's distinct items of the last {RECENT_ITEMS_DAYS} days, "
+                f"newest first (at most {RECENT_ITEMS_MAX}): serving leaves them out of answers.",
+            ),
         ],
         source=user_push,
         online=True,
@@ -142,7 +155,8 @@ def build_definitions(paths: FeaturePaths) -> FeatureDefinitions:
     )
     service = FeatureService(
         name=FEATURE_SERVICE_NAME,
-        features=[user_view, item_view],
+        # the ranker's inputs: the recent items are the serving filter's, not a ranker feature
+        features=[user_view[list(RANKER_USER_FEATURES)], item_view],
         description="The features the ranker is trained against and served from.",
         tags={"version": str(FEATURE_SERVICE_VERSION)},
         owner=OWNER,

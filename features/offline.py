@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from features.compute import ITEM_NUMERIC, USER_NUMERIC, category_vocabulary
+from features.compute import ITEM_NUMERIC, RECENT_ITEMS, USER_NUMERIC, category_vocabulary
 from features.compute import item_features as compute_item_features
 from features.compute import user_features as compute_user_features
 from features.spec import (
@@ -49,6 +49,7 @@ USER_SCHEMA = pa.schema(
         pa.field(TIMESTAMP_FIELD, pa.timestamp("us", tz="UTC"), nullable=False),
         *(pa.field(name, pa.float32()) for name in USER_NUMERIC),
         pa.field(AFFINITY, pa.list_(pa.float32())),
+        pa.field(RECENT_ITEMS, pa.list_(pa.int64())),
     ]
 )
 ITEM_SCHEMA = pa.schema(
@@ -122,7 +123,12 @@ def _to_table(frame: pd.DataFrame, view: str) -> pa.Table:
         return schema.empty_table()
     frame = frame.sort_values(schema.names[0], kind="stable").reset_index(drop=True)
     if view == USER_VIEW:
-        frame = frame.assign(**{AFFINITY: [list(map(float, v)) for v in frame[AFFINITY]]})
+        frame = frame.assign(
+            **{
+                AFFINITY: [list(map(float, v)) for v in frame[AFFINITY]],
+                RECENT_ITEMS: [list(map(int, v)) for v in frame[RECENT_ITEMS]],
+            }
+        )
     table = pa.Table.from_pandas(frame[list(schema.names)], preserve_index=False)
     return table.cast(schema).replace_schema_metadata(None)
 

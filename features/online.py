@@ -77,6 +77,8 @@ def _scalar(value: Any) -> Any:
     if kind is None:
         return None
     raw = getattr(value, kind)
+    if kind == "int64_list_val":
+        return np.asarray(raw.val, dtype=np.int64)
     return np.asarray(raw.val, dtype=np.float32) if kind.endswith("_list_val") else raw
 
 

@@ -33,6 +33,7 @@ from features.offline import offline_days, read_snapshot, read_vocabulary, snaps
 from features.spec import (
     AFFINITY,
     JOIN_KEYS,
+    RECENT_ITEMS,
     TIMESTAMP_FIELD,
     VIEW_FEATURES,
     VIEW_TTL,
@@ -44,11 +45,14 @@ from recsys.errors import RecsysError
 
 PRESENT = 1  # FieldStatus.PRESENT
 FLOAT_KIND, INT_KIND, FLOAT_LIST_KIND = "float_val", "int64_val", "float_list_val"
+INT_LIST_KIND = "int64_list_val"
 
 
 def _expected_kind(feature: str) -> str:
     if feature == AFFINITY:
         return FLOAT_LIST_KIND
+    if feature == RECENT_ITEMS:
+        return INT_LIST_KIND
     return INT_KIND if feature == "item_category_index" else FLOAT_KIND
 
 
@@ -244,6 +248,9 @@ def _compare(
     expected = _expected_kind(feature)
     if kind != expected:
         return "type", math.inf
+    if expected == INT_LIST_KIND:  # ids: equal, in the same order
+        a, b = list(map(int, online)), list(map(int, offline))
+        return (None, 0.0) if a == b else ("value", math.inf)
     if expected == FLOAT_LIST_KIND:
         a = np.asarray(online, dtype=np.float64)
         b = np.asarray(offline, dtype=np.float64)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from features.compute import ITEM_NUMERIC, USER_NUMERIC
+from features.compute import ITEM_NUMERIC, RECENT_ITEMS, USER_NUMERIC
 
 FEATURE_REPO_DIR = Path(__file__).resolve().parent
 """The Feast repository folder (``feature_store.yaml``, ``definitions.py``)."""
@@ -40,7 +40,9 @@ VIEWS = (USER_VIEW, ITEM_VIEW)
 USER_PUSH_SOURCE = "user_activity_push"
 
 AFFINITY = "user_category_affinity"
-USER_FEATURES: tuple[str, ...] = (*USER_NUMERIC, AFFINITY)
+USER_FEATURES: tuple[str, ...] = (*USER_NUMERIC, AFFINITY, RECENT_ITEMS)
+RANKER_USER_FEATURES: tuple[str, ...] = (*USER_NUMERIC, AFFINITY)
+"""The user features of the ranker's feature service (RECENT_ITEMS is for serving's filter)."""
 ITEM_FEATURES: tuple[str, ...] = (*ITEM_NUMERIC, "item_category_index")
 VIEW_FEATURES: dict[str, tuple[str, ...]] = {USER_VIEW: USER_FEATURES, ITEM_VIEW: ITEM_FEATURES}
 JOIN_KEYS: dict[str, str] = {USER_VIEW: "user_id", ITEM_VIEW: "item_id"}
@@ -52,7 +54,7 @@ VIEW_TTL: dict[str, timedelta] = {USER_VIEW: timedelta(days=2), ITEM_VIEW: timed
 REGISTRY_STORE_TYPE = "features.registry_store.AtomicFileRegistryStore"
 """Feast's file registry with atomic writes (``features/registry_store.py``)."""
 
-FEATURE_CODE_VERSION = "1"
+FEATURE_CODE_VERSION = "2"  # 2: user_recent_items
 """Bump when features/compute.py changes meaning: every offline snapshot is then recomputed."""
 
 

@@ -365,7 +365,8 @@ def fit_stage(
             history, item_ids, as_of, params.trending_half_life_days
         ),
     }
-    users = compute_user_features(history, catalog, as_of).set_index("user_id").reindex(user_ids)
+    users = compute_user_features(history, catalog, as_of, recent=False)
+    users = users.set_index("user_id").reindex(user_ids)
     user_table = _compress(
         USER_NUMERIC, users[list(USER_NUMERIC)].fillna(0).to_numpy(), count_scale
     )

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from features.compute import ITEM_NUMERIC, USER_NUMERIC
-from features.spec import ITEM_FEATURES, USER_FEATURES, FeaturePaths
+from features.spec import AFFINITY, ITEM_FEATURES, RECENT_ITEMS, FeaturePaths
 from recsys.pipeline import ranker_view
 
 logger = logging.getLogger("recsys.serving")
@@ -76,6 +76,7 @@ AHEAD_TICK_S = 1.0
 """Longest pause of the read-ahead thread between two looks at what is due."""
 
 ONLINE, RELEASE, RELEASE_FALLBACK = "online", "release", "release_fallback"
+_NO_ITEMS = np.zeros(0, dtype=np.int64)
 _CATEGORY = ITEM_FEATURES.index("item_category_index")
 _ITEM_NUMERIC_COLUMNS = [ITEM_FEATURES.index(name) for name in ITEM_NUMERIC]
 
@@ -273,6 +274,24 @@ class ServingFeatures:
             for reason in rows.reasons:
                 self.fallbacks[reason] += 1
         return rows
+
+    def recent_items(self, user_id: int) -> np.ndarray:
+        """The items the online store says ``user_id`` had in its last days (``RECENT_ITEMS``:
+        events after a release's training cut included, as far as materialized or pushed),
+        for the answer's seen filter; empty when the store is not read (not materialized,
+        unreachable) or has no row of the user. Never raises; the row read is kept for
+        :meth:`rows`, so ranking the same request reads nothing more."""
+        reader = self._reader
+        if reader is None or reader is self._broken or time.monotonic() < self._retry_at:
+            return _NO_ITEMS
+        try:
+            user = self._user_row(reader, int(user_id))
+        except Exception as exc:  # unreachable or unreadable store: rows() falls back too
+            self._failed(exc, reader)
+            return _NO_ITEMS
+        if user is None:
+            return _NO_ITEMS
+        return np.asarray(user.get(RECENT_ITEMS, _NO_ITEMS), dtype=np.int64)
 
     def reads_store(self, user_id: int) -> bool:
         """Whether :meth:`rows` for ``user_id`` would read the online store now: the store is
@@ -626,7 +645,7 @@ def _user_view(user: dict[str, Any], to_release: np.ndarray, n_categories: int) 
         return kept[1], kept[2]
     raw = np.array([[user[name] for name in USER_NUMERIC]], dtype=np.float32)
     values = ranker_view(USER_NUMERIC, raw)[0]
-    shares = np.asarray(user[USER_FEATURES[-1]], dtype=np.float32)
+    shares = np.asarray(user[AFFINITY], dtype=np.float32)
     affinity = np.zeros(n_categories, dtype=np.float32)
     known = to_release[: len(shares)] >= 0
     affinity[to_release[: len(shares)][known]] = shares[known]

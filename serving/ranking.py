@@ -39,7 +39,9 @@ def rank_for_user(
     exclude: list[int] | None = None,
     features: ServingFeatures | None = None,
 ) -> RankedList:
-    """Top-``k`` unseen items for ``user_id`` that are not in ``exclude``, best first.
+    """Top-``k`` unseen items for ``user_id`` that are not in ``exclude``, best first. Unseen:
+    neither in the release's history of the user nor, when ``features`` reads the online store,
+    in the user's recent items there (events after the release's training cut).
 
     Unknown users get the release's cold-start list. ``features=None`` ranks with the release's
     own feature tables. Raises whatever the model raises (the service degrades on it).
@@ -50,14 +52,18 @@ def rank_for_user(
         return RankedList(cold.item_ids, cold.scores, cold.fallback)
     rows = FeatureRows("release")
     overrides = None
+    avoid = list(exclude or [])
     if features is not None and release.ranker is not None:
+        # what the user had since the release's training cut (the online store's recent
+        # items): seen too, though the release never saw it
+        avoid.extend(features.recent_items(user_id).tolist())
 
         def overrides(item_rows: np.ndarray) -> dict[str, np.ndarray | None]:
             nonlocal rows
             rows = features.rows(release, user_id, row, item_rows)
             return rows.overrides()
 
-    ranked = release.rank_row(row, k, release.item_rows(exclude or []), overrides)
+    ranked = release.rank_row(row, k, release.item_rows(avoid), overrides)
     ranker_ran = release.ranker is not None and len(ranked.rows) > 0
     return RankedList(
         release.item_ids[ranked.rows],

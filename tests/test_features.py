@@ -30,6 +30,8 @@ from features.spec import (
     FEATURE_SERVICE_NAME,
     FEATURE_SERVICE_VERSION,
     ITEM_FEATURES,
+    RANKER_USER_FEATURES,
+    RECENT_ITEMS,
     USER_FEATURES,
     FeaturePaths,
 )
@@ -187,6 +189,26 @@ def test_offline_snapshots_are_daily_incremental_and_idempotent(tmp_path):
 # ---- the Feast repository -------------------------------------------------------------------
 
 
+def test_recent_items_are_each_users_distinct_items_of_the_last_days_newest_first():
+    from features.compute import RECENT_ITEMS_DAYS, RECENT_ITEMS_MAX, recent_items
+
+    as_of = pd.Timestamp("2026-03-10", tz="UTC")
+    day = pd.Timedelta(days=1)
+    rows = [
+        (1, 5, as_of - (RECENT_ITEMS_DAYS + 1) * day),  # before the window: not recent
+        (1, 6, as_of - 3 * day),
+        (1, 7, as_of - day),
+        (1, 6, as_of - day / 2),  # again: once, at its newest place
+        (2, 9, as_of - 2 * day),
+        *((3, 1000 + i, as_of - day + i * pd.Timedelta(seconds=1)) for i in range(150)),
+    ]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    lists = recent_items(frame, np.array([1, 2, 3, 4]), as_of)
+    assert [lst.tolist() for lst in lists[:2]] == [[6, 7], [9]]
+    assert len(lists[2]) == RECENT_ITEMS_MAX and lists[2][0] == 1149  # the newest hundred
+    assert lists[3].tolist() == [] and all(lst.dtype == np.int64 for lst in lists)
+
+
 def test_feast_finds_exactly_the_objects_of_definitions_py(monkeypatch):
     from feast.repo_operations import parse_repo
 
@@ -205,8 +227,10 @@ def test_feast_finds_exactly_the_objects_of_definitions_py(monkeypatch):
     assert f"ranker_v{FEATURE_SERVICE_VERSION}" == FEATURE_SERVICE_NAME
     assert service.tags["version"] == str(FEATURE_SERVICE_VERSION)
     served = [f.name for p in service.feature_view_projections for f in p.features]
-    assert served == [*USER_FEATURES, *ITEM_FEATURES]
+    assert served == [*RANKER_USER_FEATURES, *ITEM_FEATURES]  # the recent items: serving's
     views = {fv.name: fv for fv in repo.feature_views}
+    assert [f.name for f in views["user_features"].features] == list(USER_FEATURES)
+    assert USER_FEATURES[-1] == RECENT_ITEMS
     assert views["user_features"].stream_source.name == "user_activity_push"
     assert str(views["user_features"].ttl) == "2 days, 0:00:00"
     from features.store_meta import FEATURE_SERVICE_NAME as recorded
@@ -368,7 +392,8 @@ def test_training_set_is_point_in_time_correct(fresh):
     np.testing.assert_allclose(out.loc[10, "user_category_affinity"], truth.user_category_affinity)
     item_truth = snapshot(fresh, "item_features", day).set_index("item_id")
     assert out.loc[11, "item_events_7d"] == item_truth.loc[item_b, "item_events_7d"]
-    assert set(USER_FEATURES + ITEM_FEATURES) <= set(out.columns)
+    assert set(RANKER_USER_FEATURES + ITEM_FEATURES) <= set(out.columns)
+    assert RECENT_ITEMS not in out.columns  # serving's filter, not a ranker input
 
 
 # ---- online reads ---------------------------------------------------------------------------
@@ -392,6 +417,9 @@ def test_online_reader_serves_what_was_materialized_and_reports_age(fresh):
         np.testing.assert_array_equal(
             row["user_category_affinity"], users.iloc[0]["user_category_affinity"]
         )
+        # serving's seen filter: the item ids, newest first, as the snapshot has them
+        assert row[RECENT_ITEMS].dtype == np.int64 and len(row[RECENT_ITEMS])
+        np.testing.assert_array_equal(row[RECENT_ITEMS], users.iloc[0][RECENT_ITEMS])
         assert row["age_seconds"] == 6 * 3600 and not row["expired"]
         assert reader.user_features(99_999) is None
 
@@ -461,6 +489,12 @@ def test_pushed_rows_reach_online_reads_and_are_not_skew(fresh):
     assert reader.user_features(user)["user_events_1d"] == 77.0
     report = skew_report(fresh)
     assert report.ok and report.views["user_features"].ahead_entities == 1
+    # a user with no item in the last days has an empty list: a row still, not a missing one
+    row[RECENT_ITEMS] = [np.zeros(0, dtype=np.int64)]
+    row["event_timestamp"] = NEWEST + pd.Timedelta(hours=2)
+    assert push_user_features(fresh, row) == 1
+    quiet = reader.user_features(user)
+    assert quiet is not None and quiet[RECENT_ITEMS].tolist() == []
 
 
 # ---- skew check and backfill ----------------------------------------------------------------
@@ -756,6 +790,18 @@ def test_list_feature_columns_get_content_tokens_in_dask():
     assert token_with([rows[0], rows[1], np.array([0.5, 0.6])]) != base  # a value
     assert token_with([rows[0][:2], np.r_[rows[0][2:], rows[1]], rows[2]]) != base  # boundaries
     assert token_with([r.astype(np.float32) for r in rows]) != base  # the dtype
+    # the user view's two list columns, float and int, in one pandas block: still the fast path
+    both = frame.assign(
+        items=pd.Series(
+            [np.array([5, 6]), np.array([], dtype=np.int64)] * 1 + [np.array([7])], dtype=object
+        )
+    )
+    both._consolidate_inplace()
+    (block,) = [b.values for b in both._mgr.blocks if b.dtype == object]
+    assert block.shape == (2, 3) and numeric_rows(block) is not None
+    changed = both.copy(deep=True)
+    changed["items"] = pd.Series([np.array([5, 6]), np.array([8]), np.array([7])], dtype=object)
+    assert tokenize(both) == tokenize(both.copy(deep=True)) != tokenize(changed)
     # anything else keeps dask's own token: mixed rows, strings, numbers
     mixed = np.array([rows[0], [1.0, 2.0]], dtype=object)
     assert numeric_rows(mixed) is None and tokenize(mixed) == tokenize(mixed.copy())

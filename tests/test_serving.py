@@ -11,6 +11,7 @@ import time
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import ONLINE_READ_AHEAD, ONLINE_TOKEN
 
@@ -659,3 +660,63 @@ def test_bentoml_serve_without_host_binds_loopback(tmp_path):
             proc.terminate()
         for proc in procs.values():
             proc.wait(timeout=30)
+
+
+def test_items_a_user_had_after_the_training_cut_are_not_recommended_once_materialized(
+    online, tmp_path
+):
+    """The release knows the lake up to its training cut; a user who then watched the item it
+    ranks first was shown it again until the next release. The online store's recent items
+    (features/compute.py) reach the filter with the next materialization."""
+    import shutil
+
+    from features.spec import RECENT_ITEMS
+    from features.store import materialize
+    from recsys.contract import INTERACTIONS_SCHEMA, conform
+    from recsys.ingest import ingest_all
+    from serving.features import ServingFeatures
+    from serving.ranking import rank_for_user
+
+    _, settings, release, _, _ = online
+    folder = tmp_path / "data"
+    shutil.copytree(settings.data_dir, folder, ignore=shutil.ignore_patterns("logs", "bentoml"))
+    copy = Settings(data_dir=folder, seed=settings.seed, user_rows_ahead=0)
+    user = release.users_by_activity(1)[0]
+    before = ServingFeatures(copy, row_ttl_s=0.0)
+    try:
+        before.cover(release.item_ids)
+        shown = rank_for_user(release, user, 5, features=before)
+    finally:
+        before.close()
+    assert shown.features is not None  # ranked with the online store's rows
+    watched = int(shown.item_ids[0])
+
+    lake = copy.lake  # a new day lands: the user watched it
+    newest = pd.Timestamp(lake.clean_batches()[-1], tz="UTC")
+    day = (newest + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    event = pd.DataFrame(
+        {
+            "user_id": [user],
+            "item_id": [watched],
+            "event_type": ["view"],
+            "value": [1.0],
+            "timestamp": [pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=9)],
+        }
+    )
+    lake.write_raw(lake.raw_batch_path(day), conform(event, INTERACTIONS_SCHEMA))
+    ingest_all(lake)
+    materialize(copy)
+    after = ServingFeatures(copy, row_ttl_s=0.0)
+    try:
+        after.cover(release.item_ids)
+        assert watched in after.recent_items(user).tolist()
+        again = rank_for_user(release, user, 5, features=after)
+    finally:
+        after.close()
+    assert watched not in again.item_ids.tolist() and len(again.item_ids) == 5
+    assert again.features == "online"
+    assert RECENT_ITEMS not in release.meta.get("feature_names", [])  # not a ranker input
+    with ServiceProcess(copy, env={"RECSYS_RELOAD_INTERVAL_S": "0"}) as proc:  # through HTTP
+        body = httpx.post(f"{proc.url}/recommend", json={"user_id": user, "k": 5}).json()
+    assert body["features"] == "online" and body["model_version"]
+    assert [i["item_id"] for i in body["items"]] == again.item_ids.tolist()
