@@ -29,7 +29,8 @@ Triage order (data and system health first, then features, then the model):
 5. canary     ``canary``: the challenger against the champion on online CTR with guardrails
               (``recsys.canary``). Fix: promote or roll back. Before a verdict, a challenger
               the service serves at canary share 0 (stopped by hand, never resumed) is a
-              stalled canary. Fix: set the policy's share. ``champion_ctr``: a champion that
+              stalled canary. Fix: set the canary share again (``RECSYS_CANARY_SHARE``
+              unless the policy names one). ``champion_ctr``: a champion that
               replaced another and lost CTR against it. Fix: roll back to ``previous``.
 """
 

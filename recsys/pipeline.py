@@ -215,7 +215,7 @@ class Stage:
         if self.seen_before is None or not self.seen_before.nnz:
             return self.user_items
         if self._seen is None:
-            self._seen = binarised(binarised(self.user_items) + self.seen_before)
+            self._seen = binarised(self.user_items + self.seen_before)  # weights >= 0
         return self._seen
 
     def user_rows(self, user_ids: np.ndarray) -> np.ndarray:
