@@ -13,7 +13,15 @@ from typing import Annotated
 import typer
 
 from recsys.config import get_settings
-from recsys.console import console, float_option, ingest_table, quarantine_table, table, url_option
+from recsys.console import (
+    clip,
+    console,
+    float_option,
+    ingest_table,
+    quarantine_table,
+    table,
+    url_option,
+)
 from recsys.errors import RecsysError
 
 flows_app = typer.Typer(help="Prefect deployments of the flows.", no_args_is_help=True)
@@ -256,21 +264,7 @@ def doctor_command(
         }
         print(json.dumps(payload, indent=2, default=str))
     else:
-        rows = []
-        for f in findings:
-            done = outcome.get(f.check)
-            if f.ok:
-                action = "-"
-            elif done is None:
-                action = f"{f.fix} (not applied: --fix)"
-            elif done.action == "alert":
-                action = "alert: " + (
-                    "delivered, needs a person" if done.verified else "NOT delivered"
-                )
-            else:
-                action = f"{done.action}: {'verified' if done.verified else 'NOT verified'}"
-            status = "FAIL" if not f.ok else "ok" if f.checked else "skipped"
-            rows.append([f.layer, f.check, status, f.seen[:90], action])
+        rows = [doctor_row(f, outcome.get(f.check)) for f in findings]
         console.print(
             table("recsys doctor", ["layer", "check", "status", "evidence", "action"], rows)
         )
@@ -294,6 +288,22 @@ def doctor_command(
         )
     if not healthy:
         raise typer.Exit(1)
+
+
+def doctor_row(finding, done) -> list[str]:
+    """One row of the doctor's table: layer, check, status, evidence (whole up to 240
+    characters: it ends in the advice) and what was done about it (``done``: the incident of
+    ``--fix``, or None)."""
+    if finding.ok:
+        action = "-"
+    elif done is None:
+        action = f"{finding.fix} (not applied: --fix)"
+    elif done.action == "alert":
+        action = "alert: " + ("delivered, needs a person" if done.verified else "NOT delivered")
+    else:
+        action = f"{done.action}: {'verified' if done.verified else 'NOT verified'}"
+    status = "FAIL" if not finding.ok else "ok" if finding.checked else "skipped"
+    return [finding.layer, finding.check, status, clip(finding.seen, 240), action]
 
 
 @flows_app.command("serve")

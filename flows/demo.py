@@ -39,7 +39,7 @@ from flows.ingest import ingest_flow
 from flows.train import train_flow
 from recsys.admin import ServiceAdmin
 from recsys.config import Settings
-from recsys.console import console, table
+from recsys.console import clip, console, table
 from recsys.errors import RecsysError
 from recsys.faults import FAULTS, corrupt_delivery, sabotage_ranker
 from recsys.guardian import Cycle, GuardianPolicy
@@ -578,7 +578,7 @@ def print_summary(outcome: DemoOutcome) -> None:
                 "Other incidents",
                 ["day", "layer/check", "seen", "action", "verified"],
                 [
-                    [i.day, f"{i.layer}/{i.check}", i.seen[:80], i.action, i.verified]
+                    [i.day, f"{i.layer}/{i.check}", clip(i.seen, 120), i.action, i.verified]
                     for i in unplanned
                 ],
             )

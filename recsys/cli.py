@@ -32,6 +32,7 @@ from features.cli import features_app
 from flows import cli as flows_cli
 from recsys.config import Settings, get_settings
 from recsys.console import (
+    clip,
     console,
     err_console,
     float_option,
@@ -477,11 +478,6 @@ def benchmark_train(
 # ---- release management ---------------------------------------------------------------------
 
 
-def _short(text: object, width: int = 70) -> str:
-    text = str(text) if text is not None else "-"
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def _alias_change(move: dict) -> str:
     before, after = move["aliases_before"], move["aliases_after"]
     changed = [
@@ -494,7 +490,7 @@ def _alias_change(move: dict) -> str:
 
 def _incident_row(incident: dict) -> list:
     keys = ("day", "layer", "check", "seen", "action", "verified")
-    return [_short(incident.get(key), 60) for key in keys]
+    return [clip(incident.get(key), 60) for key in keys]
 
 
 @app.command("status")
@@ -536,7 +532,7 @@ def status(
                 "Rejected versions (kept)",
                 ["version", "stage", "reason"],
                 [
-                    [r["version"], r["stage"] or "-", _short(r["reason"], 100)]
+                    [r["version"], r["stage"] or "-", clip(r["reason"], 100)]
                     for r in report["rejected"]
                 ],
             )
@@ -558,7 +554,7 @@ def status(
             "Last promotion moves",
             ["at (UTC)", "action", "by", "aliases", "reason"],
             [
-                [m["at"][:19], m["action"], m["actor"], _alias_change(m), _short(m["reason"])]
+                [m["at"][:19], m["action"], m["actor"], _alias_change(m), clip(m["reason"])]
                 for m in report["moves"]
             ],
         )

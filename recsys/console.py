@@ -78,6 +78,12 @@ def quiet_libraries(verbose: bool = False) -> None:
         os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 
+def clip(text: object, width: int = 70) -> str:
+    """``text`` for a table cell: at most ``width`` characters, ending in "…" where cut."""
+    text = str(text) if text is not None else "-"
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def table(
     title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric: int = 4
 ) -> Table:

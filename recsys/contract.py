@@ -231,7 +231,8 @@ def describe_reason(code: str) -> str:
         "type:user_id": "user_id is not a non-negative integer",
         "type:item_id": "item_id is not a non-negative integer",
         "type:value": "value is not a number",
-        "type:timestamp": "timestamp is not a date",
+        "type:timestamp": "timestamp is not a date (ISO 8601; bare numbers are refused: epoch "
+        "seconds or milliseconds would be a guess)",
         "range:value": f"a rating outside {lo:g}-{hi:g} or an event value outside "
         f"0-{MAX_EVENT_VALUE:g}",
         "range:timestamp": f"timestamp before {EARLIEST_TIMESTAMP:%Y-%m-%d} or in the future",

@@ -233,6 +233,10 @@ def test_all_naive_text_timestamps_are_utc_and_epoch_text_is_not_a_timestamp():
         pd.Timestamp("2026-05-01 11:00:00.5", tz="UTC"),
     ]
     assert result.reason_counts() == {"type:timestamp": 1}
+    from recsys.contract import describe_reason
+
+    # the producer of epoch seconds is told why, not only that it is "not a date"
+    assert "bare numbers are refused" in describe_reason("type:timestamp")
 
 
 def _seconds(*days: str) -> pd.Series:

@@ -335,3 +335,25 @@ def test_latency_and_degraded_answers(live):
     answer = httpx.post(f"{admin.url}/recommend", json={"user_id": user, "k": 5}, timeout=30)
     answer = answer.json()
     assert answer["fallback"] is None and answer["model_version"] is not None
+
+
+def test_the_table_shows_each_finding_whole_up_to_240_characters(tmp_path):
+    # the evidence was cut at 90 characters, and with it the advice at its end: on a new data
+    # dir the skew check's row read "... no offline features under DIR; run `"
+    from features.offline import newest_snapshot
+    from features.store import FeaturePaths
+    from flows.cli import doctor_row
+    from recsys.errors import RecsysError
+    from recsys.guardian import Finding, FixOutcome
+
+    with pytest.raises(RecsysError) as refused:
+        newest_snapshot(FeaturePaths(tmp_path / "a-data-dir-of-a-new-user"))
+    seen = f"nothing to compare yet: {refused.value}"
+    assert 90 < len(seen) <= 240
+    row = doctor_row(Finding("features", "feature_skew", True, seen), None)
+    assert row == ["features", "feature_skew", "ok", seen, "-"]
+    assert row[3].endswith("run `recsys features materialize`")
+    long = Finding("model", "drift", False, "x" * 300, fix="retrain")
+    row = doctor_row(long, FixOutcome("retrain", verified=True))
+    assert row[2:] == ["FAIL", "x" * 239 + "…", "retrain: verified"]
+    assert doctor_row(long, None)[4] == "retrain (not applied: --fix)"
