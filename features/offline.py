@@ -18,6 +18,7 @@ import logging
 from datetime import date, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -287,6 +288,24 @@ def newest_snapshot(paths: FeaturePaths) -> pd.Timestamp:
             f"no offline features under {paths.offline_dir}; run `recsys features materialize`"
         )
     return snapshot_time(days[-1])
+
+
+def users_with_recent_items(paths: FeaturePaths, until: pd.Timestamp) -> np.ndarray:
+    """Sorted ids of the users whose ``RECENT_ITEMS`` are not empty in the newest user snapshot
+    at or before ``until`` (the end of a materialized window: the rows the online store holds,
+    snapshots being cumulative); empty when there is none."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    days = [d for d in offline_days(paths) if snapshot_time(d) <= until]
+    if not days:
+        return np.zeros(0, dtype=np.int64)
+    table = pq.read_table(
+        paths.snapshot_path(USER_VIEW, days[-1]), columns=["user_id", RECENT_ITEMS]
+    )
+    lengths = pc.fill_null(pc.list_value_length(table[RECENT_ITEMS]), 0)
+    users = table["user_id"].filter(pc.greater(lengths, 0)).to_numpy()
+    return np.unique(users.astype(np.int64))
 
 
 def read_snapshot(paths: FeaturePaths, view: str, day: str) -> pd.DataFrame:

@@ -51,9 +51,10 @@ from itertools import islice
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from features.compute import ITEM_NUMERIC, USER_NUMERIC
-from features.spec import AFFINITY, ITEM_FEATURES, RECENT_ITEMS, FeaturePaths
+from features.spec import AFFINITY, ITEM_FEATURES, RECENT_ITEMS, USER_VIEW, FeaturePaths
 from recsys.pipeline import ranker_view
 
 logger = logging.getLogger("recsys.serving")
@@ -155,6 +156,10 @@ class ServingFeatures:
         self._ahead_thread: threading.Thread | None = None
         self.read_ahead: Counter[str] = Counter()
         self._item_layouts: dict[int, tuple] = {}
+        # users the online store holds recent items of (materialization stamp, sorted ids): a
+        # user the release does not know is read only if listed (new since the cut)
+        self._recent_users: tuple[str | None, np.ndarray] = (None, _NO_ITEMS)
+        self._recent_loading: str | None = None
         self.answers: Counter[str] = Counter()
         self.fallbacks: Counter[str] = Counter()
 
@@ -205,6 +210,7 @@ class ServingFeatures:
                 self._retry_at = 0.0
             self._set_state("online", None)
             self._start_reading_ahead()
+            self._recent_users_due()
             return True
 
     def _open_in_background(self) -> None:
@@ -292,6 +298,58 @@ class ServingFeatures:
         if user is None:
             return _NO_ITEMS
         return np.asarray(user.get(RECENT_ITEMS, _NO_ITEMS), dtype=np.int64)
+
+    def has_recent_items(self, user_id: int) -> bool:
+        """Whether the last materialization gave ``user_id`` recent items in the online store:
+        the question for a user the release does not know (new since its training cut), whose
+        row is read only then, so that ids never seen cost no store read. The list of such
+        users is loaded in the background when a materialization is seen (until then the
+        previous one answers); a row pushed for a user not in it is not looked for."""
+        loaded, users = self._recent_users
+        if self._reader is None:
+            return False
+        if loaded != self._stamp():
+            self._recent_users_due()
+        pos = int(np.searchsorted(users, user_id))
+        return pos < len(users) and int(users[pos]) == user_id
+
+    def recent_users_current(self) -> bool:
+        """Whether :meth:`has_recent_items` answers for the last materialization (not still for
+        the one before it, while the new list loads)."""
+        return self._reader is None or self._recent_users[0] == self._stamp()
+
+    def _recent_users_due(self) -> None:
+        """Load the users with recent items of the current materialization on a thread, once."""
+        stamp = self._stamp()
+        with self._lock:
+            if stamp is None or stamp in (self._recent_users[0], self._recent_loading):
+                return
+            self._recent_loading = stamp
+        threading.Thread(
+            target=self.load_recent_users, name="recsys-recent-users", daemon=True
+        ).start()
+
+    def load_recent_users(self) -> int:
+        """Load, now, which users have recent items as of the current materialization (the
+        newest offline user snapshot it covers); returns how many. A failure is logged and
+        leaves the previous list in place until the next materialization."""
+        from features.offline import users_with_recent_items
+
+        marker = self.marker()
+        stamp = str(marker.get("at")) if marker else None
+        end = ((marker or {}).get("views") or {}).get(USER_VIEW, {}).get("end")
+        try:
+            users = users_with_recent_items(self.paths, pd.Timestamp(end)) if end else _NO_ITEMS
+        except Exception:  # tried once per materialization: the previous list goes on
+            logger.exception("reading the users with recent items failed")
+            with self._lock:
+                self._recent_users = (stamp, self._recent_users[1])
+                self._recent_loading = None
+            return len(self._recent_users[1])
+        with self._lock:
+            self._recent_users = (stamp, users)
+            self._recent_loading = None
+        return len(users)
 
     def reads_store(self, user_id: int) -> bool:
         """Whether :meth:`rows` for ``user_id`` would read the online store now: the store is
@@ -604,6 +662,7 @@ class ServingFeatures:
                 "read_ahead_limit": self.ahead_limit,
                 "read_ahead": dict(self.read_ahead),
                 "read_ahead_pending": len(self._refetch) + len(self._warm),
+                "with_recent_items": len(self._recent_users[1]),
             }
         return {
             "source": self.state,

@@ -22,7 +22,8 @@ STAGES = ("candidates", "features", "ranking")
 class RankedList:
     """A ranked answer. ``fallback`` is ``cold_start`` for users the release does not know;
     ``features`` says where the ranker's features came from (None when no ranker ran, or it had
-    no candidate left to rank)."""
+    no candidate left to rank); ``cacheable`` is False for a cold-start list made before the
+    service knew which users the last materialization gave recent items."""
 
     item_ids: np.ndarray
     scores: np.ndarray
@@ -30,6 +31,7 @@ class RankedList:
     features: str | None = None
     feature_reasons: tuple[str, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)
+    cacheable: bool = True
 
 
 def rank_for_user(
@@ -43,13 +45,20 @@ def rank_for_user(
     neither in the release's history of the user nor, when ``features`` reads the online store,
     in the user's recent items there (events after the release's training cut).
 
-    Unknown users get the release's cold-start list. ``features=None`` ranks with the release's
+    Unknown users get the release's cold-start list, without their recent items in the online
+    store when it has some (users new since the cut). ``features=None`` ranks with the release's
     own feature tables. Raises whatever the model raises (the service degrades on it).
     """
     row = release.user_row(user_id)
     if row is None:
-        cold = release.cold_start(k, exclude, user_id)
-        return RankedList(cold.item_ids, cold.scores, cold.fallback)
+        avoid, current = list(exclude or []), True
+        if features is not None:
+            current = features.recent_users_current()
+            if features.has_recent_items(user_id):
+                # a user new since the training cut: what they had since is seen too
+                avoid.extend(features.recent_items(user_id).tolist())
+        cold = release.cold_start(k, avoid, user_id)
+        return RankedList(cold.item_ids, cold.scores, cold.fallback, cacheable=current)
     rows = FeatureRows("release")
     overrides = None
     avoid = list(exclude or [])

@@ -387,9 +387,11 @@ class RecommenderService:
         the other requests' reads of that moment. Everything else runs on the event loop: a
         sub-millisecond computation, cheaper than the hop to a thread and back (the hop alone
         cost more than the whole pipeline: see ``docs/benchmarks.md``)."""
-        if model is None or model.release.ranker is None:
+        if model is None:
             return False
-        return model.release.user_row(user_id) is not None and self.features.reads_store(user_id)
+        if model.release.user_row(user_id) is None:  # only for what they had since the cut
+            return self.features.has_recent_items(user_id) and self.features.reads_store(user_id)
+        return model.release.ranker is not None and self.features.reads_store(user_id)
 
     def _recommend(
         self,
@@ -469,12 +471,13 @@ class RecommenderService:
         store_s: float = 0.0,
     ) -> tuple:
         """The answer tuple of a ranked list; cached unless its features were a fallback (the
-        next request should try the online store again). ``store_s``: the user row's read
-        before the pipeline ran, part of its features stage."""
+        next request should try the online store again) or it is a cold-start list made while
+        the users with recent items were loading (``RankedList.cacheable``). ``store_s``: the
+        user row's read before the pipeline ran, part of its features stage."""
         for stage, seconds in ranked.seconds.items():
             self.metrics.observe_stage(stage, seconds + (store_s if stage == "features" else 0))
         items, scores = _filtered(ranked.item_ids, ranked.scores, exclude, k)
-        if ranked.features != RELEASE_FALLBACK:
+        if ranked.features != RELEASE_FALLBACK and ranked.cacheable:
             self.cache.put(
                 key, CachedAnswer(model.version, variant, items, scores, ranked.features)
             )

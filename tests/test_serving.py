@@ -667,7 +667,9 @@ def test_items_a_user_had_after_the_training_cut_are_not_recommended_once_materi
 ):
     """The release knows the lake up to its training cut; a user who then watched the item it
     ranks first was shown it again until the next release. The online store's recent items
-    (features/compute.py) reach the filter with the next materialization."""
+    (features/compute.py) reach the filter with the next materialization. So for a user new
+    since the cut, whose cold-start list held what they had just watched; an id nobody has
+    used costs no store read."""
     import shutil
 
     from features.spec import RECENT_ITEMS
@@ -690,17 +692,19 @@ def test_items_a_user_had_after_the_training_cut_are_not_recommended_once_materi
         before.close()
     assert shown.features is not None  # ranked with the online store's rows
     watched = int(shown.item_ids[0])
+    newcomer, stranger = int(release.user_ids.max()) + 1000, int(release.user_ids.max()) + 2000
+    trending = int(release.cold_start(1).item_ids[0])  # what a new user is shown first
 
     lake = copy.lake  # a new day lands: the user watched it
     newest = pd.Timestamp(lake.clean_batches()[-1], tz="UTC")
     day = (newest + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
     event = pd.DataFrame(
         {
-            "user_id": [user],
-            "item_id": [watched],
-            "event_type": ["view"],
-            "value": [1.0],
-            "timestamp": [pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=9)],
+            "user_id": [user, newcomer],
+            "item_id": [watched, trending],
+            "event_type": ["view", "click"],
+            "value": [1.0, 1.0],
+            "timestamp": [pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=9)] * 2,
         }
     )
     lake.write_raw(lake.raw_batch_path(day), conform(event, INTERACTIONS_SCHEMA))
@@ -711,12 +715,28 @@ def test_items_a_user_had_after_the_training_cut_are_not_recommended_once_materi
         after.cover(release.item_ids)
         assert watched in after.recent_items(user).tolist()
         again = rank_for_user(release, user, 5, features=after)
+        assert after.load_recent_users() >= 2 and after.recent_users_current()
+        assert after.has_recent_items(newcomer) and not after.has_recent_items(stranger)
+        new = rank_for_user(release, newcomer, 5, features=after)
+        cold = rank_for_user(release, stranger, 5, features=after)
+        assert after.status()["user_rows"]["kept"] == 2  # the stranger's id was never read
     finally:
         after.close()
     assert watched not in again.item_ids.tolist() and len(again.item_ids) == 5
+    assert new.fallback == "cold_start" and new.cacheable
+    assert trending not in new.item_ids.tolist() and len(new.item_ids) == 5
+    assert cold.item_ids[0] == trending  # nothing to leave out for an id nobody used
     assert again.features == "online"
     assert RECENT_ITEMS not in release.meta.get("feature_names", [])  # not a ranker input
     with ServiceProcess(copy, env={"RECSYS_RELOAD_INTERVAL_S": "0"}) as proc:  # through HTTP
         body = httpx.post(f"{proc.url}/recommend", json={"user_id": user, "k": 5}).json()
+        deadline = time.monotonic() + 30  # the users with recent items load in the background
+        while True:
+            answer = httpx.post(f"{proc.url}/recommend", json={"user_id": newcomer, "k": 5})
+            items = [i["item_id"] for i in answer.json()["items"]]
+            if trending not in items or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     assert body["features"] == "online" and body["model_version"]
     assert [i["item_id"] for i in body["items"]] == again.item_ids.tolist()
+    assert answer.json()["fallback"] == "cold_start" and items == new.item_ids.tolist()
