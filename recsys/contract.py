@@ -239,6 +239,10 @@ def describe_reason(code: str) -> str:
         "domain:event_type": f"event_type is not one of {', '.join(EVENT_TYPES)}",
         "duplicate": "repeats an earlier row exactly",
         "unknown_item": "item_id is not in the catalog",
+        "null:category": "neither a category nor genres",
+        "type:created_at": "created_at is not a date (ISO 8601)",
+        "range:created_at": "created_at is in the future",
+        "conflict:item_id": "the item is listed again with other values",
         "unreadable": "the file cannot be read as a table",
     }
     if code in words:
@@ -252,7 +256,7 @@ def describe_reason(code: str) -> str:
         column = column.replace("%3B", ";").replace("%25", "%")
         hint = "; a ;-separated file? the contract's CSV is comma-separated"
         hint = hint if ";" in column else ""
-        return f"the batch's columns changed ({what.replace('_', ' ')} {column}{hint})"
+        return f"the file's columns changed ({what.replace('_', ' ')} {column}{hint})"
     return code
 
 
@@ -260,6 +264,36 @@ def _code_safe(column: str) -> str:
     """A column name fit for a reason code: ``;`` separates a row's codes, so it is escaped
     (``%3B``, and ``%`` as ``%25``); :func:`describe_reason` shows it as it was."""
     return column.replace("%", "%25").replace(";", "%3B")
+
+
+class _Reasons(list):
+    """The reasons of a contract check, each a (code, row mask); call it to flag rows."""
+
+    def __call__(self, code: str, mask: pd.Series | np.ndarray) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.any():
+            self.append((code, mask))
+
+    def split(self, frame: pd.DataFrame, normalized: pd.DataFrame) -> tuple:
+        """(clean rows of ``normalized``, rejected rows of ``frame`` with their ``reason``)."""
+        bad = np.zeros(len(frame), dtype=bool)
+        reason = np.full(len(frame), "", dtype=object)
+        for code, mask in self:
+            reason[mask] = np.where(reason[mask] == "", code, reason[mask] + ";" + code)
+            bad |= mask
+        rejected = frame.loc[bad].copy()
+        rejected["reason"] = reason[bad]
+        return normalized.loc[~bad].reset_index(drop=True), rejected.reset_index(drop=True)
+
+
+def _refused_whole(
+    frame: pd.DataFrame, columns: list[str], schema_errors: list[str], empty: pd.DataFrame
+) -> ContractResult:
+    """Every row rejected for a changed schema, its columns kept as they came."""
+    rejected = frame.copy()
+    rejected.columns = columns
+    rejected["reason"] = ";".join(schema_errors)
+    return ContractResult(empty, rejected.reset_index(drop=True), schema_errors)
 
 
 def validate_interactions(
@@ -291,19 +325,10 @@ def validate_interactions(
     schema_errors = [f"schema:missing_column:{c}" for c in missing]
     schema_errors += [f"schema:unknown_column:{_code_safe(c)}" for c in unknown]
     if schema_errors:
-        rejected = frame.copy()
-        rejected.columns = columns
-        rejected["reason"] = ";".join(schema_errors)
-        return ContractResult(_empty_interactions(), rejected.reset_index(drop=True), schema_errors)
+        return _refused_whole(frame, columns, schema_errors, _empty_interactions())
 
     frame = frame.reset_index(drop=True)
-    reasons: list[tuple[str, np.ndarray]] = []
-
-    def flag(code: str, mask: pd.Series | np.ndarray) -> None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.any():
-            reasons.append((code, mask))
-
+    flag = _Reasons()
     for col in INTERACTION_COLUMNS:
         flag(f"null:{col}", frame[col].isna())
 
@@ -356,18 +381,107 @@ def validate_interactions(
         for other in sorted(found.dropna().unique()):
             flag(f"duplicate:{other}", complete & (found == other).to_numpy())
 
-    bad = np.zeros(len(frame), dtype=bool)
-    reason = np.full(len(frame), "", dtype=object)
-    for code, mask in reasons:
-        reason[mask] = np.where(reason[mask] == "", code, reason[mask] + ";" + code)
-        bad |= mask
-
-    clean = normalized.loc[~bad].reset_index(drop=True)
+    clean, rejected = flag.split(frame, normalized)
     clean = clean.astype({"user_id": "int64", "item_id": "int64", "event_type": "object"})
     clean["timestamp"] = clean["timestamp"].astype("datetime64[us, UTC]")
-    rejected = frame.loc[bad].copy()
-    rejected["reason"] = reason[bad]
-    return ContractResult(clean, rejected.reset_index(drop=True), [])
+    return ContractResult(clean, rejected, [])
+
+
+ITEM_DELIVERY_COLUMNS = ("item_id", "title", "category", "genres", "created_at")
+"""Columns a delivered item catalog may have: ``item_id`` and ``category`` or ``genres`` are
+needed, ``title`` and ``created_at`` optional."""
+UNKNOWN_CREATED_AT = EARLIEST_TIMESTAMP
+"""``created_at`` of a delivered item without one (and not in the catalog before): it counts as
+available from the contract's earliest time on, so it has features on every past day."""
+
+
+def validate_items(frame: pd.DataFrame, *, now: datetime | None = None) -> ContractResult:
+    """Check a delivered item catalog against the contract.
+
+    Returns:
+        A :class:`ContractResult` whose ``clean`` rows are in ``ITEMS_SCHEMA``'s columns: a
+        missing title is ``item <id>``, a missing category the first of the genres, missing
+        genres the category; a missing ``created_at`` is NaT (the caller keeps the catalog's
+        date, else :data:`UNKNOWN_CREATED_AT`). Schema problems (no ``item_id``, neither
+        ``category`` nor ``genres``, a column the contract does not know) reject every row with
+        a ``schema:`` reason. Row problems reject only that row: ``null:item_id``,
+        ``type:item_id``, ``null:category`` (neither a category nor genres),
+        ``type:created_at`` (not a date), ``range:created_at`` (more than a day in the
+        future), ``duplicate`` (an exact copy of an earlier row) and ``conflict:item_id``
+        (an item listed again with other values: every one of its rows, since which is right
+        cannot be told).
+    """
+    now = now or datetime.now(UTC)
+    columns = [str(c) for c in frame.columns]
+    schema_errors = [] if "item_id" in columns else ["schema:missing_column:item_id"]
+    if "category" not in columns and "genres" not in columns:
+        schema_errors.append("schema:missing_column:category")
+    schema_errors += [
+        f"schema:unknown_column:{_code_safe(c)}" for c in columns if c not in ITEM_DELIVERY_COLUMNS
+    ]
+    if schema_errors:
+        return _refused_whole(frame, columns, schema_errors, ITEMS_SCHEMA.empty_table().to_pandas())
+
+    frame = frame.reset_index(drop=True)
+    flag = _Reasons()
+
+    def text(column: str) -> pd.Series:
+        if column not in frame:
+            return pd.Series(pd.NA, index=frame.index, dtype="string")
+        values = frame[column].astype("string").str.strip()
+        return values.where(values != "")
+
+    item_id, bad_item = as_int_ids(frame["item_id"])
+    flag("null:item_id", frame["item_id"].isna())
+    flag("type:item_id", bad_item)
+    category, genres = text("category"), text("genres")
+    genres = (
+        genres.str.split("|")
+        .map(
+            lambda parts: (
+                "|".join(p.strip() for p in parts if p.strip()) or pd.NA
+                if isinstance(parts, list)
+                else pd.NA
+            )
+        )
+        .astype("string")
+    )
+    category = category.fillna(genres.str.split("|").str[0])
+    genres = genres.fillna(category)
+    flag("null:category", category.isna())
+    title = text("title")
+    title = title.fillna("item " + item_id.astype("string"))
+    if "created_at" in frame:
+        given = text("created_at").notna().to_numpy() & frame["created_at"].notna().to_numpy()
+        created, beyond = _utc_timestamps(frame["created_at"].where(given))
+        flag("type:created_at", given & created.isna().to_numpy() & ~beyond)
+        future = (created > now + FUTURE_TOLERANCE).fillna(False).to_numpy()
+        flag("range:created_at", beyond | future)
+    else:
+        created = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
+
+    normalized = pd.DataFrame(
+        {
+            "item_id": item_id,
+            "title": title,
+            "category": category,
+            "genres": genres,
+            "created_at": created,
+        }
+    )
+    known = item_id.notna().to_numpy()
+    exact = normalized.duplicated(keep="first").to_numpy() & known
+    flag("duplicate", exact)
+    distinct = normalized.loc[known & ~exact]
+    clashing = distinct["item_id"][distinct["item_id"].duplicated(keep=False)]
+    flag("conflict:item_id", known & item_id.isin(clashing.unique()).fillna(False).to_numpy())
+
+    clean, rejected = flag.split(frame, normalized)
+    clean = clean.astype(
+        {"item_id": "int64", "title": "object", "category": "object", "genres": "object"}
+    )
+    clean["created_at"] = clean["created_at"].astype("datetime64[us, UTC]")
+    return ContractResult(clean, rejected, [])
 
 
 def row_keys(frame: pd.DataFrame) -> pd.Series:

@@ -87,17 +87,13 @@ def land_dataset(lake: Lake, dataset: Dataset) -> list[str]:
 
 
 def ingest_catalog(lake: Lake) -> tuple[int, int]:
-    """Copy the raw item and user catalogs to the clean zone. Returns (items, users) counts."""
-    import pyarrow.parquet as pq
+    """Write the clean item and user catalogs from the raw zone (the landed data set's, then
+    every delivered item catalog in order: :func:`recsys.catalog.rebuild_catalog`). Returns
+    (items, users) counts."""
+    from recsys.catalog import rebuild_catalog
 
-    paths = {what: lake.raw_catalog_path(what) for what in ("items", "users")}
-    for what, path in paths.items():
-        if not path.exists():
-            raise RecsysError(f"no raw {what} catalog at {path}; land a data set first")
-    items = pq.read_table(paths["items"]).to_pandas()
-    users = pq.read_table(paths["users"]).to_pandas()
-    lake.write_clean_catalog(items, users)
-    return len(items), len(users)
+    rebuild_catalog(lake)
+    return len(lake.read_clean_catalog("items")), len(lake.read_clean_catalog("users"))
 
 
 def ingest_batch(
@@ -352,12 +348,13 @@ def check_batch_day_of_rows(batch: str, frame: pd.DataFrame, *, now: datetime | 
 def require_catalog(lake: Lake) -> None:
     """Raise unless an item catalog is in the lake (clean, or raw ready to ingest): a batch's
     items are checked against it, so nothing is landed before one is there."""
-    raw = all(lake.raw_catalog_path(what).exists() for what in ("items", "users"))
+    raw = lake.raw_catalog_path("items").exists() or bool(lake.catalog_deliveries())
     if not raw and not lake.clean_catalog_path("items").exists():
         raise RecsysError(
             f"no item catalog in {lake.root} yet (a batch's items are checked against it): "
-            "load one with `recsys data movielens --data-path DIR` or `recsys data generate`, "
-            "then ingest the file again"
+            "deliver yours with `recsys data catalog FILE` (item_id, category or genres; "
+            "title, created_at optional), or land a data set with `recsys data generate` or "
+            "`recsys data movielens --data-path DIR`; then ingest the file again"
         )
 
 

@@ -127,6 +127,15 @@ class Lake:
     def raw_catalog_path(self, what: str) -> Path:
         return self.zone("raw") / "catalog" / f"{what}.parquet"
 
+    def catalog_deliveries(self) -> list[Path]:
+        """Item catalogs delivered by ``recsys data catalog``, oldest first
+        (``raw/catalog/deliveries/items-<n>.parquet``, as delivered)."""
+        folder = self.zone("raw") / "catalog" / "deliveries"
+        return sorted(folder.glob("items-*.parquet")) if folder.exists() else []
+
+    def catalog_delivery_path(self, number: int) -> Path:
+        return self.zone("raw") / "catalog" / "deliveries" / f"items-{number:04d}.parquet"
+
     def write_raw(self, path: Path, table: pa.Table) -> bool:
         """Land ``table`` at ``path`` in the raw zone. Returns True if written, False if identical.
 

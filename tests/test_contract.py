@@ -264,3 +264,25 @@ def test_a_timestamp_beyond_pandas_nanosecond_range_is_out_of_range_not_a_crash(
     assert result.reason_counts() == {"range:timestamp": 1}
     assert list(result.clean["user_id"]) == [7, 9]
     assert result.rejected.loc[0, "user_id"] == 8
+
+
+def test_a_delivered_catalog_with_changed_columns_is_refused_whole():
+    from recsys.contract import describe_reason, validate_items
+
+    frame = pd.DataFrame({"id": [1, 2], "title": ["a", "b"], "price": [3, 4]})
+    result = validate_items(frame)
+    assert result.clean.empty and len(result.rejected) == 2
+    assert result.schema_errors == [
+        "schema:missing_column:item_id",
+        "schema:missing_column:category",
+        "schema:unknown_column:id",
+        "schema:unknown_column:price",
+    ]
+    assert "missing column category" in describe_reason(result.schema_errors[1])
+    # genres alone name the category (their first); a category alone is the genres
+    ok = validate_items(pd.DataFrame({"item_id": ["7", "8"], "genres": ["Sci-Fi | Drama", None]}))
+    assert ok.reason_counts() == {"null:category": 1}
+    assert ok.clean[["item_id", "category", "genres"]].values.tolist() == [
+        [7, "Sci-Fi", "Sci-Fi|Drama"]
+    ]
+    assert ok.clean["created_at"].isna().all()  # the lake fills it, not the contract

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from recsys.cli import main
-from recsys.contract import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA, conform
+from recsys.contract import INTERACTIONS_SCHEMA, conform
 from recsys.ingest import ingest_all, ingest_batch, known_items, reingest_window, row_count_check
 from recsys.synthetic import WorldConfig, generate_world, write_world
 
@@ -424,15 +424,96 @@ def test_a_delivery_before_any_catalog_lands_nothing_and_says_what_to_do(
     code, _, err = _run(["ingest", str(path)], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("recsys: error: "), err
-    assert "catalog" in lines[0] and "recsys data" in lines[0]
+    assert "catalog" in lines[0] and "recsys data catalog FILE" in lines[0]
     assert lake.raw_batches() == [] and lake.clean_batches() == []
-    # once a catalog is there, the same command ingests the file
-    lake.init()
-    lake.write_raw(lake.raw_catalog_path("items"), conform(world.items, ITEMS_SCHEMA))
-    lake.write_raw(lake.raw_catalog_path("users"), conform(world.users, USERS_SCHEMA))
+    # once the team has delivered its catalog, the same command ingests the file
+    items = tmp_path / "items.csv"
+    world.items.drop(columns=["created_at"]).to_csv(items, index=False)
+    code, out, _ = _run(["data", "catalog", str(items), "--json"], capsys)
+    assert code == 0 and json.loads(out)["new_items"] == len(world.items), out
     code, out, _ = _run(["ingest", str(path), "--json"], capsys)
     assert code in (0, 4), out
     assert json.loads(out)["accepted"] == len(frame)
+
+
+def test_a_team_delivers_its_own_catalog_and_events_that_waited_for_it_are_accepted(
+    settings, tmp_path, capsys
+):
+    # the lake took a catalog only from a generated or MovieLens world: a team's own catalog
+    # had no way in, so its events could never be ingested
+    import pyarrow.parquet as pq
+
+    lake = settings.lake
+    first = tmp_path / "items.csv"
+    first.write_text(
+        "item_id,title,genres,created_at\n"
+        "1,Alpha,Drama|Comedy,2025-06-01\n"
+        "2,,Horror,\n"  # no title, no date: "item 2", available from the contract's start
+        "x,Broken,Drama,\n"  # not an id
+        "3,Future,Drama,3000-01-01\n"  # not created yet
+        "4,Delta,Drama,2025-01-01\n"
+        "4,Delta,Drama,2025-01-01\n"  # an exact copy
+        "5,Eps,Drama,2025-01-01\n"
+        "5,Epsilon,Drama,2025-01-01\n"  # the same item with other values: which is right?
+    )
+    code, out, _ = _run(["data", "catalog", str(first), "--json"], capsys)
+    report = json.loads(out)
+    assert code == 3
+    assert report["raw_rows"] == 8 and report["accepted"] == 3 and report["quarantined_rows"] == 5
+    assert report["reasons"] == {
+        "conflict:item_id": 2,
+        "duplicate": 1,
+        "range:created_at": 1,
+        "type:item_id": 1,
+    }
+    kept = pd.read_parquet(lake.zone("quarantine") / "catalog" / "items-0001" / "rows.parquet")
+    assert len(kept) == 5 and set(kept["title"]) == {"Broken", "Future", "Delta", "Eps", "Epsilon"}
+    catalog = lake.read_clean_catalog("items").set_index("item_id")
+    assert list(catalog.index) == [1, 2, 4]
+    assert catalog.loc[2, "title"] == "item 2" and catalog.loc[1, "category"] == "Drama"
+    assert catalog.loc[2, "created_at"] == pd.Timestamp("1990-01-01", tz="UTC")
+
+    events = pd.DataFrame(
+        {
+            "user_id": [7, 7, 8, 8],
+            "item_id": [1, 3, 3, 4],
+            "event_type": ["view", "click", "view", "purchase"],
+            "value": [1.0, 1.0, 1.0, 1.0],
+            "timestamp": ["2026-02-10T10:00:00Z"] * 4,
+        }
+    )
+    batch = tmp_path / "2026-02-10.csv"
+    events.to_csv(batch, index=False)
+    code, out, _ = _run(["ingest", str(batch), "--json"], capsys)
+    assert code == 3 and json.loads(out)["reasons"] == {"unknown_item": 2}
+
+    second = tmp_path / "items-fixed.csv"  # item 3 dated right, item 1 renamed
+    second.write_text("item_id,title,category\n3,Future,Drama\n1,Alpha (restored),Drama\n")
+    code, out, _ = _run(["data", "catalog", str(second)], capsys)
+    assert code == 0, out
+    assert "2 event(s) quarantined as unknown_item" in out and "2026-02-10" in out
+    assert len(lake.read_clean_interactions(["2026-02-10"])) == 4  # nothing left waiting
+    assert not (lake.quarantine_dir("2026-02-10") / "rows.parquet").exists()
+    catalog = lake.read_clean_catalog("items").set_index("item_id")
+    assert catalog.loc[1, "title"] == "Alpha (restored)"
+    assert catalog.loc[1, "created_at"] == pd.Timestamp("2025-06-01", tz="UTC")  # kept
+    assert list(catalog.index) == [1, 2, 3, 4]
+
+    # the same file again lands nothing new; the catalog is the raw zone's, replayed
+    code, out, _ = _run(["data", "catalog", str(second), "--json"], capsys)
+    assert code == 0 and json.loads(out)["already_delivered"] is True
+    assert len(lake.catalog_deliveries()) == 2
+    before = pq.read_table(lake.clean_catalog_path("items"))
+    code, _, _ = _run(["data", "ingest"], capsys)
+    assert code is None or code == 0
+    assert pq.read_table(lake.clean_catalog_path("items")).equals(before)
+
+    unreadable = tmp_path / "broken.parquet"
+    unreadable.write_bytes(b"not parquet")
+    code, _, err = _run(["data", "catalog", str(unreadable)], capsys)
+    assert code == 2 and "cannot read broken.parquet" in err and "kept as" in err
+    assert len(lake.catalog_deliveries()) == 2
+    assert list((lake.zone("quarantine") / "catalog" / "refused").glob("unreadable-1*"))
 
 
 def test_the_doctor_sees_a_newest_delivery_that_could_not_be_read(small_world, tmp_path, capsys):
