@@ -176,30 +176,33 @@ def merge_items(items: pd.DataFrame, accepted: pd.DataFrame) -> tuple[pd.DataFra
 
 
 def recheck_unknown_items(lake: Lake) -> dict[str, int]:
-    """Ingest again every batch whose newest delivery quarantined rows as ``unknown_item`` and
-    whose items are now all or partly in the catalog; returns, per batch re-checked, how many
-    more rows it accepted."""
+    """Ingest again every batch whose newest delivery quarantined rows as ``unknown_item`` of
+    items the catalog has now; returns, per batch re-checked, how many more rows it accepted."""
+    from recsys.contract import as_int_ids
     from recsys.ingest import _clean_rows, ingest_batch, known_items
 
     folder = lake.zone("quarantine")
-    waiting = []
+    known = None
+    done = {}
     for report_path in sorted(folder.glob("*/report.json")) if folder.exists() else []:
         delivery = report_path.parent.name
-        if delivery == QUARANTINE:
-            continue
         try:
             report = json.loads(report_path.read_text())
+            if "unknown_item" not in report.get("reasons", {}):
+                continue
             batch = batch_of(delivery)
-            newest = lake.deliveries(batch)[-1]
-        except (OSError, ValueError, RecsysError):
+            if lake.deliveries(batch)[-1] != delivery:
+                continue  # an older delivery: the batch's rows are another one's now
+            rows = pd.read_parquet(
+                report_path.parent / "rows.parquet", columns=["item_id", "reason"]
+            )
+        except (OSError, ValueError, KeyError, RecsysError):
             continue
-        if newest == delivery and "unknown_item" in report.get("reasons", {}):
-            waiting.append(batch)
-    if not waiting:
-        return {}
-    known = known_items(lake)
-    done = {}
-    for batch in waiting:
+        known = known_items(lake) if known is None else known
+        waiting = rows.loc[rows["reason"].str.contains("unknown_item", regex=False), "item_id"]
+        ids, _ = as_int_ids(waiting)
+        if not ids.dropna().isin(known).any():
+            continue  # none of its items came: nothing to accept
         before = _clean_rows(lake, batch)
         ingest_batch(lake, batch, known_items=known)
         gained = _clean_rows(lake, batch) - before
