@@ -5,7 +5,7 @@ and before, nothing later); its ``event_timestamp`` is that midnight. Recomputin
 its file whole, and the same inputs give the same bytes, so a recompute never duplicates rows.
 
 A manifest keeps, per day, a fingerprint of everything the snapshot depends on (the code
-version, the item catalog and every clean batch up to that day). ``build_offline_features``
+version, the item catalog's feature columns and every clean batch up to that day). ``build_offline_features``
 without ``days`` recomputes exactly the days whose fingerprint changed: new days, and every day
 from a re-ingested batch on (features are cumulative, so a changed batch changes later days).
 """
@@ -74,11 +74,25 @@ def _calendar_days(first: str, last: str) -> list[str]:
     return [(start + timedelta(days=i)).isoformat() for i in range((stop - start).days + 1)]
 
 
+FEATURE_CATALOG_COLUMNS = ("item_id", "category", "created_at")
+"""The catalog columns the features are computed from: a delivery that changes only titles or
+genres recomputes no day."""
+
+
+def _catalog_fingerprint(lake) -> str:
+    """SHA-256 of the catalog's :data:`FEATURE_CATALOG_COLUMNS`, rows in item order."""
+    items = lake.read_clean_catalog("items")[list(FEATURE_CATALOG_COLUMNS)]
+    items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
+    rows = pd.util.hash_pandas_object(items, index=False).to_numpy()
+    return hashlib.sha256(rows.tobytes()).hexdigest()
+
+
 def _fingerprints(settings: Settings, days: list[str]) -> dict[str, str]:
-    """Chain fingerprint per day: code version + item catalog + every clean batch up to it."""
+    """Chain fingerprint per day: code version + the catalog's feature columns + every clean
+    batch up to it."""
     lake = settings.lake
     base = hashlib.sha256(
-        f"{FEATURE_CODE_VERSION}|{file_sha256(lake.clean_catalog_path('items'))}".encode()
+        f"{FEATURE_CODE_VERSION}|{_catalog_fingerprint(lake)}".encode()
     ).hexdigest()
     present = set(lake.clean_batches())
     out: dict[str, str] = {}

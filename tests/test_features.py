@@ -182,6 +182,24 @@ def test_offline_snapshots_are_daily_incremental_and_idempotent(tmp_path):
     assert all(after[f"user_features/{d}"] == before[f"user_features/{d}"] for d in DAYS[:3])
     assert all(after[f"user_features/{d}"] != before[f"user_features/{d}"] for d in DAYS[3:])
 
+    # A delivered catalog that renames items recomputes nothing; a new category, everything.
+    from recsys.catalog import deliver_catalog
+
+    item = int(items["item_id"].iloc[0])
+    renamed = tmp_path / "renamed.csv"
+    pd.DataFrame(
+        {"item_id": [item], "title": ["A new title"], "category": [items["category"].iloc[0]]}
+    ).to_csv(renamed, index=False)
+    assert deliver_catalog(settings.lake, renamed).updated_items == 1
+    assert build_offline_features(settings)["computed"] == []
+    moved = tmp_path / "moved.csv"
+    pd.DataFrame({"item_id": [item], "category": ["a category nobody had"]}).to_csv(
+        moved, index=False
+    )
+    assert deliver_catalog(settings.lake, moved).updated_items == 1
+    assert build_offline_features(settings)["computed"] == DAYS
+    assert "a category nobody had" in json.loads(paths.vocabulary_path.read_text())["categories"]
+
     with pytest.raises(RecsysError, match="outside the clean batches"):
         build_offline_features(settings, days=["1999-01-01"])
 
