@@ -5,9 +5,10 @@ and before, nothing later); its ``event_timestamp`` is that midnight. Recomputin
 its file whole, and the same inputs give the same bytes, so a recompute never duplicates rows.
 
 A manifest keeps, per day, a fingerprint of everything the snapshot depends on (the code
-version, the item catalog's feature columns and every clean batch up to that day). ``build_offline_features``
-without ``days`` recomputes exactly the days whose fingerprint changed: new days, and every day
-from a re-ingested batch on (features are cumulative, so a changed batch changes later days).
+version, the item catalog's feature columns and every clean batch up to that day).
+``build_offline_features`` without ``days`` recomputes exactly the days whose fingerprint
+changed: new days, and every day from a re-ingested batch on (features are cumulative, so a
+changed batch changes later days).
 """
 
 from __future__ import annotations
