@@ -139,9 +139,14 @@ def temporal_split(frame: pd.DataFrame, test_days: int) -> tuple[pd.DataFrame, p
 
 
 def holdout_days(
-    frame: pd.DataFrame, test_days: int | None, *, for_training: bool = True
+    frame: pd.DataFrame,
+    test_days: int | None,
+    *,
+    for_training: bool = True,
+    windowed: bool = False,
 ) -> tuple[int, int]:
     """(days of data in ``frame``, days to hold out: ``test_days`` or 15% of them).
+    ``windowed``: ``frame`` is a ``--window-days`` window of the lake (the error says so).
 
     Raises:
         RecsysError: too few days are left before the holdout: training needs a label window
@@ -150,8 +155,9 @@ def holdout_days(
     n_days = int(frame["timestamp"].dt.floor("D").nunique())
     test_days = test_days or max(1, round(n_days * 0.15))
     if n_days < test_days + (2 if for_training else 1):
-        data, keep = ("the window", "a label window") if for_training else ("the lake", "a day")
-        more = "a wider --window-days or more days of data" if for_training else "more days"
+        data = "the window" if windowed else "the lake"
+        keep = "a label window" if for_training else "a day"
+        more = "a wider --window-days or more days of data" if windowed else "more days of data"
         hint = f"lower --test-days or use {more}" if test_days > 1 else f"use {more}"
         raise RecsysError(
             f"{data} has {n_days} day(s) of data: too few to hold out {test_days} day(s) and "
@@ -336,7 +342,7 @@ def train_and_evaluate(
     frame = select_window(everything, window_days)
     if frame.empty:
         raise RecsysError("the training window holds no interactions")
-    n_days, test_days = holdout_days(frame, test_days)
+    n_days, test_days = holdout_days(frame, test_days, windowed=window_days is not None)
     catalog = lake.read_clean_catalog("items")
     item_ids = np.unique(np.concatenate([catalog["item_id"].to_numpy(), frame["item_id"]]))
     # seen-item filter over the whole lake, not only the window: what users had before it

@@ -170,6 +170,18 @@ def test_evaluate_refuses_a_holdout_that_leaves_no_day_to_fit_on(trained_world):
     assert_one_line_error(proc, 2, "too few to hold out 1 day(s) and keep a label window")
     assert "use a wider --window-days or more days of data" in proc.stderr
     assert "--test-days" not in proc.stderr
+    # without a window nothing names --window-days: `recsys bench serve`, which has no such
+    # option, said "use a wider --window-days" of a one-day synthetic world
+    from recsys.errors import RecsysError
+    from recsys.train import holdout_days
+
+    one_day = settings.lake.read_clean_interactions(settings.lake.clean_batches()[:1])
+    with pytest.raises(RecsysError) as refused:
+        holdout_days(one_day, None)
+    assert str(refused.value) == (
+        "the lake has 1 day(s) of data: too few to hold out 1 day(s) and keep a label window "
+        "before them; use more days of data"
+    )
 
 
 def test_float_options_refuse_inf_and_nan(data_dir):
