@@ -587,6 +587,8 @@ def status(
             ],
         )
     )
+    if report["registry_note"]:
+        console.print(report["registry_note"])
     for problem in report["problems"]:
         err_console.print(
             f"WARNING: {problem} (the next move repairs it)", markup=False, style="bold yellow"

@@ -804,12 +804,43 @@ def recent_incidents(settings: Settings, n: int = 5) -> list[dict[str, Any]]:
     return records[-n:] if n > 0 else []
 
 
+def registry_exists(settings: Settings) -> bool:
+    """False only for the local profile's SQLite registry file before anything was registered
+    (other tracking URIs are servers: asked, not assumed)."""
+    uri = settings.tracking_uri
+    prefix = "sqlite:///"
+    return not uri.startswith(prefix) or Path(uri[len(prefix) :]).exists()
+
+
 def release_status(settings: Settings, url: str | None = None, last: int = 5) -> dict[str, Any]:
     """Everything ``recsys status`` shows, as JSON values: the aliases with each version's
     holdout nDCG and creation time, what makes the aliases and the history disagree
     (``release_problems``), the rejected versions with reasons, what the service at
     ``url`` (default ``http://serve_host:serve_port``) serves and its canary share (or a note
-    why that is unknown), the ``last`` promotion moves and the ``last`` incidents."""
+    why that is unknown), the ``last`` promotion moves and the ``last`` incidents. In a data dir
+    with no registry yet nothing is created and ``registry_note`` says so (else None)."""
+    if not registry_exists(settings) and not settings.data_dir.is_file():
+        # a new data dir: say so, do not create the registry (a file is refused as ever)
+        return {
+            "model": settings.model_name,
+            "registry_note": f"no model registry yet ({settings.tracking_uri}): `recsys train` "
+            "registers the first model",
+            "aliases": [
+                {
+                    "alias": a,
+                    "version": None,
+                    "holdout_ndcg": None,
+                    "holdout_k": None,
+                    "created": None,
+                }
+                for a in ALIASES
+            ],
+            "problems": [],
+            "rejected": [],
+            "service": _service_status(settings, url),
+            "moves": [],
+            "incidents": recent_incidents(settings, last),
+        }
     client = configure_mlflow(settings)
     rows = []
     for alias, version in aliases(settings).items():
@@ -826,6 +857,7 @@ def release_status(settings: Settings, url: str | None = None, last: int = 5) ->
         )
     return {
         "model": settings.model_name,
+        "registry_note": None,
         "aliases": rows,
         "problems": release_problems(settings),
         "rejected": rejected_versions(settings),

@@ -259,6 +259,20 @@ def test_serve_on_a_port_in_use_is_one_line(data_dir):
     assert_one_line_error(proc, 2, f"cannot serve on 127.0.0.1:{port}: Address already in use")
 
 
+def test_status_of_a_new_data_dir_says_what_to_do_and_creates_nothing(data_dir):
+    # it created a 0.9 MB mlflow.db (MLflow's migrations) to say that no alias is set
+    proc = run(["status", "--json"], data_dir)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert "no model registry yet" in report["registry_note"]
+    assert "`recsys train`" in report["registry_note"]
+    assert [row["version"] for row in report["aliases"]] == [None, None, None]
+    assert not data_dir.exists()
+    proc = run(["status"], data_dir)
+    assert proc.returncode == 0 and "no model registry yet" in proc.stdout, proc.stderr
+    assert not data_dir.exists()
+
+
 def test_a_data_dir_that_is_a_file_is_one_line(tmp_path):
     # NotADirectoryError / FileExistsError were internal errors
     afile = tmp_path / "data"
