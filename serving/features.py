@@ -288,7 +288,7 @@ class ServingFeatures:
         unreachable) or has no row of the user. Never raises; the row read is kept for
         :meth:`rows`, so ranking the same request reads nothing more."""
         reader = self._reader
-        if reader is None or reader is self._broken or time.monotonic() < self._retry_at:
+        if not self._usable(reader):
             return _NO_ITEMS
         try:
             user = self._user_row(reader, int(user_id))
@@ -299,24 +299,21 @@ class ServingFeatures:
             return _NO_ITEMS
         return np.asarray(user.get(RECENT_ITEMS, _NO_ITEMS), dtype=np.int64)
 
-    def has_recent_items(self, user_id: int) -> bool:
-        """Whether the last materialization gave ``user_id`` recent items in the online store:
-        the question for a user the release does not know (new since its training cut), whose
-        row is read only then, so that ids never seen cost no store read. The list of such
-        users is loaded in the background when a materialization is seen (until then the
-        previous one answers); a row pushed for a user not in it is not looked for."""
-        loaded, users = self._recent_users
+    def has_recent_items(self, user_id: int) -> tuple[bool, bool]:
+        """(whether the last materialization gave ``user_id`` recent items in the online store,
+        whether that answer is the last materialization's and not still the one before it's,
+        while the new list loads). The question for a user the release does not know (new
+        since its training cut), whose row is read only when listed, so that ids never seen
+        cost no store read. The list of such users is loaded in the background when a
+        materialization is seen; a row pushed for a user not in it is not looked for."""
         if self._reader is None:
-            return False
-        if loaded != self._stamp():
+            return False, True
+        loaded, users = self._recent_users
+        current = loaded == self._stamp()
+        if not current:
             self._recent_users_due()
         pos = int(np.searchsorted(users, user_id))
-        return pos < len(users) and int(users[pos]) == user_id
-
-    def recent_users_current(self) -> bool:
-        """Whether :meth:`has_recent_items` answers for the last materialization (not still for
-        the one before it, while the new list loads)."""
-        return self._reader is None or self._recent_users[0] == self._stamp()
+        return pos < len(users) and int(users[pos]) == user_id, current
 
     def _recent_users_due(self) -> None:
         """Load the users with recent items of the current materialization on a thread, once."""

@@ -51,12 +51,10 @@ def rank_for_user(
     """
     row = release.user_row(user_id)
     if row is None:
-        avoid, current = list(exclude or []), True
-        if features is not None:
-            current = features.recent_users_current()
-            if features.has_recent_items(user_id):
-                # a user new since the training cut: what they had since is seen too
-                avoid.extend(features.recent_items(user_id).tolist())
+        avoid = list(exclude or [])
+        listed, current = (False, True) if features is None else features.has_recent_items(user_id)
+        if listed:  # a user new since the training cut: what they had since is seen too
+            avoid.extend(features.recent_items(user_id).tolist())
         cold = release.cold_start(k, avoid, user_id)
         return RankedList(cold.item_ids, cold.scores, cold.fallback, cacheable=current)
     rows = FeatureRows("release")

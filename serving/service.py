@@ -390,7 +390,7 @@ class RecommenderService:
         if model is None:
             return False
         if model.release.user_row(user_id) is None:  # only for what they had since the cut
-            return self.features.has_recent_items(user_id) and self.features.reads_store(user_id)
+            return self.features.has_recent_items(user_id)[0] and self.features.reads_store(user_id)
         return model.release.ranker is not None and self.features.reads_store(user_id)
 
     def _recommend(
