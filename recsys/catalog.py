@@ -17,7 +17,6 @@ delivered are checked again once it is, and accepted.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ import pandas as pd
 
 from recsys.contract import ITEMS_SCHEMA, UNKNOWN_CREATED_AT, USERS_SCHEMA, validate_items
 from recsys.errors import RecsysError
-from recsys.lake import Lake, batch_of, file_sha256, parquet_bytes
+from recsys.lake import Lake, file_sha256, parquet_bytes
 
 QUARANTINE = "catalog"
 """The quarantine folder of catalog deliveries (``quarantine/catalog/items-<n>/``; a file that
@@ -179,28 +178,17 @@ def recheck_unknown_items(lake: Lake) -> dict[str, int]:
     """Ingest again every batch whose newest delivery quarantined rows as ``unknown_item`` of
     items the catalog has now; returns, per batch re-checked, how many more rows it accepted."""
     from recsys.contract import as_int_ids
-    from recsys.ingest import _clean_rows, ingest_batch, known_items
+    from recsys.ingest import _clean_rows, batches_quarantining, ingest_batch, known_items
 
-    folder = lake.zone("quarantine")
-    known = None
+    waiting = batches_quarantining(lake, "unknown_item")
+    known = known_items(lake) if waiting else set()
     done = {}
-    for report_path in sorted(folder.glob("*/report.json")) if folder.exists() else []:
-        delivery = report_path.parent.name
-        try:
-            report = json.loads(report_path.read_text())
-            if "unknown_item" not in report.get("reasons", {}):
-                continue
-            batch = batch_of(delivery)
-            if lake.deliveries(batch)[-1] != delivery:
-                continue  # an older delivery: the batch's rows are another one's now
-            rows = pd.read_parquet(
-                report_path.parent / "rows.parquet", columns=["item_id", "reason"]
-            )
-        except (OSError, ValueError, KeyError, RecsysError):
-            continue
-        known = known_items(lake) if known is None else known
-        waiting = rows.loc[rows["reason"].str.contains("unknown_item", regex=False), "item_id"]
-        ids, _ = as_int_ids(waiting)
+    for batch in waiting:
+        kept = lake.quarantine_dir(lake.deliveries(batch)[-1]) / "rows.parquet"
+        rows = pd.read_parquet(kept, columns=["item_id", "reason"])
+        ids, _ = as_int_ids(
+            rows.loc[rows["reason"].str.contains("unknown_item", regex=False), "item_id"]
+        )
         if not ids.dropna().isin(known).any():
             continue  # none of its items came: nothing to accept
         before = _clean_rows(lake, batch)

@@ -168,15 +168,16 @@ def _row_keys_of_clean(lake: Lake, batch: str) -> pd.Series | None:
 
 def _quarantined_as_duplicates_of(lake: Lake, batch: str) -> list[str]:
     """The other batches whose newest delivery quarantined rows as ``duplicate:<batch>``."""
+    return [b for b in batches_quarantining(lake, f"duplicate:{batch}") if b != batch]
+
+
+def batches_quarantining(lake: Lake, reason: str) -> list[str]:
+    """The batches whose newest delivery quarantined rows as ``reason``."""
     found = []
-    for other in lake.raw_batches():
-        if other == batch:
-            continue
-        report = lake.quarantine_dir(lake.deliveries(other)[-1]) / "report.json"
-        if report.exists() and f"duplicate:{batch}" in json.loads(report.read_text()).get(
-            "reasons", {}
-        ):
-            found.append(other)
+    for batch in lake.raw_batches():
+        report = lake.quarantine_dir(lake.deliveries(batch)[-1]) / "report.json"
+        if report.exists() and reason in json.loads(report.read_text()).get("reasons", {}):
+            found.append(batch)
     return found
 
 
