@@ -819,31 +819,11 @@ def release_status(settings: Settings, url: str | None = None, last: int = 5) ->
     ``url`` (default ``http://serve_host:serve_port``) serves and its canary share (or a note
     why that is unknown), the ``last`` promotion moves and the ``last`` incidents. In a data dir
     with no registry yet nothing is created and ``registry_note`` says so (else None)."""
-    if not registry_exists(settings) and not settings.data_dir.is_file():
-        # a new data dir: say so, do not create the registry (a file is refused as ever)
-        return {
-            "model": settings.model_name,
-            "registry_note": f"no model registry yet ({settings.tracking_uri}): `recsys train` "
-            "registers the first model",
-            "aliases": [
-                {
-                    "alias": a,
-                    "version": None,
-                    "holdout_ndcg": None,
-                    "holdout_k": None,
-                    "created": None,
-                }
-                for a in ALIASES
-            ],
-            "problems": [],
-            "rejected": [],
-            "service": _service_status(settings, url),
-            "moves": [],
-            "incidents": recent_incidents(settings, last),
-        }
-    client = configure_mlflow(settings)
+    # a new data dir: say so, do not create the registry (a file is refused as ever)
+    fresh = not registry_exists(settings) and not settings.data_dir.is_file()
+    client = None if fresh else configure_mlflow(settings)
     rows = []
-    for alias, version in aliases(settings).items():
+    for alias, version in (dict.fromkeys(ALIASES) if fresh else aliases(settings)).items():
         mv = _version(client, settings, version) if version else None
         rows.append(
             {
@@ -855,12 +835,13 @@ def release_status(settings: Settings, url: str | None = None, last: int = 5) ->
                 "created": _created(mv.creation_timestamp) if mv else None,
             }
         )
+    note = "no model registry yet ({}): `recsys train` registers the first model"
     return {
         "model": settings.model_name,
-        "registry_note": None,
+        "registry_note": note.format(settings.tracking_uri) if fresh else None,
         "aliases": rows,
-        "problems": release_problems(settings),
-        "rejected": rejected_versions(settings),
+        "problems": [] if fresh else release_problems(settings),
+        "rejected": [] if fresh else rejected_versions(settings),
         "service": _service_status(settings, url),
         "moves": [m.as_dict() for m in promotion_history(settings)[-last:]] if last > 0 else [],
         "incidents": recent_incidents(settings, last),
