@@ -21,34 +21,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
+import ranker_knobs  # beside this file: run as a script, its folder is on sys.path
 import torch
 
-import recsys.benchmark as bench
 import recsys.models.ranker as rk
-import recsys.pipeline as pipe
 
 SHIPPED = rk._listwise_steps
 
 
-def padded_lists(groups: np.ndarray, train_mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each training user's candidate rows, padded: (row index, valid) of users x width."""
-    rows = np.flatnonzero(train_mask)
-    order = rows[np.argsort(groups[rows], kind="stable")]
-    starts = np.flatnonzero(np.r_[True, groups[order][1:] != groups[order][:-1]])
-    ends = np.r_[starts[1:], len(order)]
-    width = int((ends - starts).max())
-    index = np.zeros((len(starts), width), dtype=np.int64)
-    valid = np.zeros((len(starts), width), dtype=bool)
-    for g, (a, b) in enumerate(zip(starts, ends, strict=True)):
-        index[g, : b - a] = order[a:b]
-        valid[g, : b - a] = True
-    return torch.from_numpy(index), torch.from_numpy(valid)
-
-
 def steps(loss: str, temperature: float):
     def make(xt, yt, groups, train_mask, params):
-        index, valid_all = padded_lists(groups, train_mask)
+        index, valid_all = rk.padded_lists(groups, train_mask)
         discounts = 1.0 / torch.log2(torch.arange(2, index.shape[1] + 2, dtype=torch.float32))
         ideal_by_count = torch.cat([torch.ones(1), torch.cumsum(discounts, 0)])
 
@@ -84,16 +67,10 @@ def run(split: Path, items: Path | None, seed: int, variant: str) -> float:
     if loss not in ("ce", "approx", "mix"):
         raise SystemExit(f"unknown loss {variant!r}: ce, approx[:T] or mix[:T]")
     rk._listwise_steps = steps(loss, float(temperature or 1.0))
-    try:
-        report = bench.benchmark_quality(
-            split / "train.tsv",
-            split / "test.tsv",
-            items_path=items,
-            params=bench.with_seed(pipe.PipelineParams(), seed),
-        )
+    try:  # the shipped benchmark_quality, as ranker_knobs.py runs it
+        return ranker_knobs.run(split, items, seed, None)
     finally:
         rk._listwise_steps = SHIPPED
-    return report["metrics"]["pipeline"]["ndcg"]
 
 
 def main() -> None:

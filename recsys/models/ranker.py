@@ -196,8 +196,8 @@ def _pointwise_steps(xt, yt, groups, train_mask, params: RankerParams):
     return batches
 
 
-def _listwise_steps(xt, yt, groups, train_mask, params: RankerParams):
-    """Mini-batches of users; softmax cross-entropy over each user's padded candidate list."""
+def padded_lists(groups: np.ndarray, train_mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each training user's candidate rows, padded: (row index, valid), users x longest list."""
     rows = np.flatnonzero(train_mask)
     order = rows[np.argsort(groups[rows], kind="stable")]
     starts = np.flatnonzero(np.r_[True, groups[order][1:] != groups[order][:-1]])
@@ -208,10 +208,15 @@ def _listwise_steps(xt, yt, groups, train_mask, params: RankerParams):
     for g, (a, b) in enumerate(zip(starts, ends, strict=True)):
         index[g, : b - a] = order[a:b]
         mask[g, : b - a] = True
-    index_t, mask_t = torch.from_numpy(index), torch.from_numpy(mask)
+    return torch.from_numpy(index), torch.from_numpy(mask)
+
+
+def _listwise_steps(xt, yt, groups, train_mask, params: RankerParams):
+    """Mini-batches of users; softmax cross-entropy over each user's padded candidate list."""
+    index_t, mask_t = padded_lists(groups, train_mask)
 
     def batches(net, generator):
-        perm = torch.randperm(len(starts), generator=generator)
+        perm = torch.randperm(len(index_t), generator=generator)
         for start in range(0, len(perm), params.batch_users):
             users = perm[start : start + params.batch_users]
             idx, valid = index_t[users], mask_t[users]
