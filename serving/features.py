@@ -299,6 +299,16 @@ class ServingFeatures:
             return _NO_ITEMS
         return np.asarray(user.get(RECENT_ITEMS, _NO_ITEMS), dtype=np.int64)
 
+    def kept_recent_items(self, user_id: int) -> np.ndarray:
+        """The recent items of ``user_id``'s kept online row (:meth:`recent_items` without a
+        read: whatever its age or materialization), empty when no row is kept. For an answer
+        that must not wait on the store, such as the degraded path's when a model failed."""
+        with self._lock:
+            kept = self._users.get(int(user_id))
+        if kept is None or kept[1] is None:
+            return _NO_ITEMS
+        return np.asarray(kept[1].get(RECENT_ITEMS, _NO_ITEMS), dtype=np.int64)
+
     def has_recent_items(self, user_id: int) -> tuple[bool, bool]:
         """(whether the last materialization gave ``user_id`` recent items in the online store,
         whether that answer is the last materialization's and not still the one before it's,

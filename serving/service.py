@@ -489,9 +489,11 @@ class RecommenderService:
         """The answer when the routed model is missing or failed: the user's last good answer
         (``cache``), topped up to ``k`` with popular items when it is shorter, else a loaded
         release's popularity list, else the lake's (``degraded``); None if nothing can answer.
-        Items the user has seen (when a loaded release knows the user) and excluded items are
-        never in it."""
-        avoid = [*exclude, *_seen_items(models, user_id)]
+        Items the user has seen (when a loaded release knows the user, or the online store's
+        row of the user read for this request or kept from an earlier one lists them: no store
+        read here) and excluded items are never in it."""
+        recent = self.features.kept_recent_items(user_id).tolist()
+        avoid = [*exclude, *_seen_items(models, user_id), *recent]
         last = self.cache.last_good(user_id)
         if last is not None:
             items, scores = _filtered(last.item_ids, last.scores, avoid, k)

@@ -694,17 +694,19 @@ def test_items_a_user_had_after_the_training_cut_are_not_recommended_once_materi
     watched = int(shown.item_ids[0])
     newcomer, stranger = int(release.user_ids.max()) + 1000, int(release.user_ids.max()) + 2000
     trending = int(release.cold_start(1).item_ids[0])  # what a new user is shown first
+    seen = release.item_ids[release.seen_rows(release.user_row(user))].tolist()
+    popular = int(release.cold_start(1, seen).item_ids[0])  # what the user is shown degraded
 
     lake = copy.lake  # a new day lands: the user watched it
     newest = pd.Timestamp(lake.clean_batches()[-1], tz="UTC")
     day = (newest + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
     event = pd.DataFrame(
         {
-            "user_id": [user, newcomer],
-            "item_id": [watched, trending],
-            "event_type": ["view", "click"],
-            "value": [1.0, 1.0],
-            "timestamp": [pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=9)] * 2,
+            "user_id": [user, newcomer, user],
+            "item_id": [watched, trending, popular],
+            "event_type": ["view", "click", "view"],
+            "value": [1.0, 1.0, 1.0],
+            "timestamp": [pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=9)] * 3,
         }
     )
     lake.write_raw(lake.raw_batch_path(day), conform(event, INTERACTIONS_SCHEMA))
@@ -728,7 +730,9 @@ def test_items_a_user_had_after_the_training_cut_are_not_recommended_once_materi
     assert cold.item_ids[0] == trending  # nothing to leave out for an id nobody used
     assert again.features == "online"
     assert RECENT_ITEMS not in release.meta.get("feature_names", [])  # not a ranker input
-    with ServiceProcess(copy, env={"RECSYS_RELOAD_INTERVAL_S": "0"}) as proc:  # through HTTP
+    env = {"RECSYS_RELOAD_INTERVAL_S": "0", "RECSYS_FAULT_INJECTION": "true"}
+    env["RECSYS_ADMIN_TOKEN"] = token = "recent-items-token"
+    with ServiceProcess(copy, env=env) as proc:  # through HTTP
         body = httpx.post(f"{proc.url}/recommend", json={"user_id": user, "k": 5}).json()
         deadline = time.monotonic() + 30  # the users with recent items load in the background
         while True:
@@ -737,6 +741,15 @@ def test_items_a_user_had_after_the_training_cut_are_not_recommended_once_materi
             if trending not in items or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
+        # the model fails and no last good answer is left: the degraded popular list leaves
+        # out the recent items of the row kept from the user's first request, without a read
+        auth = {"authorization": f"Bearer {token}"}
+        drills = (("/admin/cache/flush", {}), ("/admin/fault", {"name": "model-error"}))
+        for path, payload in drills:
+            assert httpx.post(f"{proc.url}{path}", json=payload, headers=auth).status_code == 200
+        degraded = httpx.post(f"{proc.url}/recommend", json={"user_id": user, "k": 5}).json()
     assert body["features"] == "online" and body["model_version"]
     assert [i["item_id"] for i in body["items"]] == again.item_ids.tolist()
     assert answer.json()["fallback"] == "cold_start" and items == new.item_ids.tolist()
+    assert degraded["fallback"] == "degraded" and len(degraded["items"]) == 5
+    assert popular not in [i["item_id"] for i in degraded["items"]]
