@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     max_body_kb: int = Field(
         64, ge=1, le=10_240, description="Largest request body the service accepts (KiB)."
     )
+    body_timeout_s: float = Field(
+        5.0,
+        gt=0.0,
+        le=9.0,
+        description="Seconds a request body may take to arrive whole (a slower one is a 408); "
+        "under the service's 10 s request timeout.",
+    )
     canary_share: float = Field(
         0.1,
         ge=0.0,
@@ -169,9 +176,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `RECSYS_ALERT_WEBHOOK_URL=` in an env file means "none", not a URL that fails on every
-        # alert (nor an admin token that is the empty string).
-        if isinstance(value, str) and not value.strip():
-            return None
+        # alert (nor an admin token that is the empty string). A secret read from a file keeps
+        # its final newline (`RECSYS_ADMIN_TOKEN=$(cat token)` does not, `docker secret` files
+        # and env files may): the whitespace around a value is no part of it.
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            return value.strip() or None
         return value
 
     @field_serializer(

@@ -11,6 +11,16 @@ It does what BentoML's own request handling does not:
   ``error`` names each field and what is wrong with it (``"k: Input should be less than or
   equal to 100"``), the pydantic details kept under ``detail``;
 * gives every other error answer the same JSON body (the router's plain-text 404 and 405);
+* answers a path no route serves with that 404 itself: the router redirected ``/recommend/``
+  to a ``Location`` built from the client's ``Host`` header;
+* reads every ``POST`` body itself, within ``body_timeout_s``, before BentoML sees the
+  request: a client that disconnects meanwhile is let go without an answer (BentoML logged a
+  ``ClientDisconnect`` traceback and counted a 500, which the 5xx alert reads), one that
+  stalls gets a 408 (BentoML's request timeout answered 504, a server error), and a
+  compressed body (``Content-Encoding``) is a 415 (it was read as JSON and failed as such).
+
+BentoML's request metrics and access log run outside this middleware: they still see every
+request, a made-up path included (one metrics series per path; see ``docs/limits.md``).
 * publishes an OpenAPI document (``/docs.json``) that tells the truth about the answers: request
   bodies with required fields are required, every error status an endpoint can answer is listed
   with the one error body all of them share (``{"error": "...", "detail": ...}``), and the admin
@@ -19,8 +29,10 @@ It does what BentoML's own request handling does not:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -42,10 +54,13 @@ ERROR_SCHEMA = {
 }
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 BEARER = {"type": "http", "scheme": "bearer", "description": "RECSYS_ADMIN_TOKEN"}
+KNOWN_PATHS_KEPT = 256
+"""Paths remembered as served by a route (the rest are matched against the routes again)."""
 ERROR_STATUSES = {
     400: "Invalid request: the error names the field and the problem.",
+    408: "The request body did not arrive within RECSYS_BODY_TIMEOUT_S.",
     413: "The request body is larger than RECSYS_MAX_BODY_KB.",
-    415: "The body is not sent as Content-Type: application/json.",
+    415: "The body is not sent uncompressed as Content-Type: application/json.",
     500: "Unexpected error (a defect: the server log has the traceback).",
     504: "The request took longer than the service's request timeout.",
 }
@@ -102,9 +117,11 @@ def publishable_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-async def _answer(send: Send, status: int, payload: dict[str, Any]) -> None:
+async def _answer(send: Send, status: int, payload: dict[str, Any], *, close: bool = False) -> None:
     body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if close:  # the rest of a body that did not arrive must not be read as the next request
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -196,15 +213,21 @@ class RequestGuard:
     Args:
         app: the ASGI app it wraps.
         max_body_bytes: the largest request body accepted.
+        body_timeout_s: how long a ``POST`` body may take to arrive whole.
     """
 
-    def __init__(self, app: App, max_body_bytes: int) -> None:
+    def __init__(self, app: App, max_body_bytes: int, body_timeout_s: float = 5.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self._known: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if not self._routed(scope):
+            await _answer(send, 404, _not_found(scope["path"]))
             return
         if scope["method"] == "GET" and scope["path"].endswith("/docs.json"):
             await self.app(scope, receive, _rewriting(send, lambda s: s == 200, _truthful_spec))
@@ -221,21 +244,26 @@ class RequestGuard:
         if content_type is not None and not _is_json(content_type):
             await _answer(send, 415, self._not_json(content_type))
             return
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding not in (b"", b"identity"):
+            await _answer(send, 415, self._compressed(encoding))
+            return
         # the HTTP server refuses a malformed Content-Length itself; the read below bounds the rest
         declared = headers.get(b"content-length", b"").strip()
-        if declared.isdigit():
-            if int(declared) > self.max_body_bytes:
-                await _answer(send, 413, self._too_big(int(declared)))
-                return
-            # the server reads exactly Content-Length bytes as this body: nothing to count
-            await self.app(scope, receive, errors)
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            await _answer(send, 413, self._too_big(int(declared)))
             return
         chunks: list[bytes] = []
         size = 0
+        deadline = time.monotonic() + self.body_timeout_s
         while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
+            except TimeoutError:
+                await _answer(send, 408, self._too_slow(size), close=True)
                 return
+            if message["type"] == "http.disconnect":
+                return  # the client left: nobody to answer, nothing failed
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_body_bytes:
@@ -255,6 +283,35 @@ class RequestGuard:
 
         await self.app(scope, replay, errors)
 
+    def _routed(self, scope: Scope) -> bool:
+        """Whether a route of the app serves ``scope``'s path (for some method: a wrong method
+        is the router's 405). True when the routes cannot be seen: the router answers then."""
+        path = scope["path"]
+        if path in self._known:
+            return True
+        routes = getattr(scope.get("app"), "routes", None)
+        if routes is None:
+            return True
+        from starlette.routing import Match, Route
+
+        for route in routes:
+            if route.matches(scope)[0] != Match.NONE:
+                if isinstance(route, Route) and len(self._known) < KNOWN_PATHS_KEPT:
+                    self._known.add(path)  # a mount's paths are endless: matched each time
+                return True
+        return False
+
+    def _too_slow(self, size: int) -> dict[str, Any]:
+        return {
+            "error": f"the request body did not arrive within {self.body_timeout_s:g} s "
+            f"({size} bytes came; RECSYS_BODY_TIMEOUT_S)"
+        }
+
+    @staticmethod
+    def _compressed(encoding: bytes) -> dict[str, Any]:
+        sent = encoding.decode("latin-1")
+        return {"error": f"Content-Encoding {sent} is not supported: send the JSON uncompressed"}
+
     @staticmethod
     def _not_json(content_type: bytes) -> dict[str, Any]:
         sent = content_type.decode("latin-1").strip() or "an empty Content-Type"
@@ -266,6 +323,11 @@ class RequestGuard:
             "error": f"request body of {sent} bytes exceeds the limit of "
             f"{self.max_body_bytes} bytes (RECSYS_MAX_BODY_KB)"
         }
+
+
+def _not_found(path: str) -> dict[str, Any]:
+    shown = path if len(path) <= 100 else path[:100] + "..."
+    return {"error": f"Not Found: no endpoint at {shown} (the endpoints: GET /docs.json)"}
 
 
 class QuietClientErrors(logging.Filter):
@@ -283,6 +345,28 @@ class QuietClientErrors(logging.Filter):
             record.args = (*(record.args or ()), _what_was_refused(exc))
             record.exc_info, record.exc_text = None, None
         return True
+
+
+class EscapedControls(logging.Filter):
+    """Control characters (a newline, a NUL) in a record's text arguments are written escaped
+    (``\\n``, ``\\x00``): a client's path or field name could otherwise start a forged line
+    in the log (``/x%0a2026-... [ERROR] ...``) or make it binary to ``grep``. On BentoML's access
+    log and on the logger of its request errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(_escaped(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = _escaped(record.msg)
+        return True
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+def _escaped(text: str) -> str:
+    """``text`` with its control characters written as escapes."""
+    return text.translate(_CONTROLS) if not text.isprintable() else text
 
 
 def _what_was_refused(exc: BaseException) -> str:

@@ -69,7 +69,7 @@ from recsys.release import Release
 from serving.batching import Coalescer
 from serving.cache import CachedAnswer, RecommendationCache
 from serving.features import RELEASE_FALLBACK, ServingFeatures
-from serving.http import QuietClientErrors, RequestGuard
+from serving.http import EscapedControls, QuietClientErrors, RequestGuard
 from serving.logs import FeedbackLog, RequestLog, ServedRequests
 from serving.metrics import ServingMetrics
 from serving.ranking import RankedList, rank_for_user
@@ -95,6 +95,8 @@ for _package in ("recsys", "features"):
     logging.getLogger(_package).setLevel(_SETTINGS.log_level)
 # a client's bad input is an INFO line, not an ERROR with a traceback (serving.http)
 logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietClientErrors())
+for _name in ("bentoml._internal.server.http_app", "bentoml.access"):
+    logging.getLogger(_name).addFilter(EscapedControls())
 MAX_K = _SETTINGS.max_k
 MAX_EXCLUDE = _SETTINGS.max_exclude
 ALIASES = (CHAMPION, CHALLENGER)
@@ -870,4 +872,8 @@ def _refuse_unknown_fields(service) -> None:
 _refuse_unknown_fields(RecommenderService)
 # Bounds the body before BentoML parses it, makes 400s name the field, and publishes an OpenAPI
 # document whose error answers and required bodies are the real ones (serving/http.py).
-RecommenderService.add_asgi_middleware(RequestGuard, max_body_bytes=_SETTINGS.max_body_kb * 1024)
+RecommenderService.add_asgi_middleware(
+    RequestGuard,
+    max_body_bytes=_SETTINGS.max_body_kb * 1024,
+    body_timeout_s=_SETTINGS.body_timeout_s,
+)

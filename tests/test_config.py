@@ -121,6 +121,17 @@ def test_invalid_value_from_yaml_file_points_at_the_file(tmp_path, monkeypatch, 
         get_settings()
 
 
+def test_whitespace_around_a_secret_is_no_part_of_it(monkeypatch, data_dir):
+    """A token read from a secret file keeps its final newline: every admin call was a 401."""
+    monkeypatch.setenv("RECSYS_ADMIN_TOKEN", "tok-from-a-file\n")
+    monkeypatch.setenv("RECSYS_ALERT_WEBHOOK_URL", " http://127.0.0.1:9/hook\r\n")
+    settings = Settings()
+    assert settings.admin_token.get_secret_value() == "tok-from-a-file"
+    assert settings.alert_webhook_url.get_secret_value() == "http://127.0.0.1:9/hook"
+    monkeypatch.setenv("RECSYS_ADMIN_TOKEN", " \n")
+    assert Settings().admin_token is None
+
+
 def test_secrets_and_url_passwords_are_masked(data_dir):
     settings = Settings(
         admin_token="s3cret-token",

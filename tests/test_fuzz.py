@@ -380,6 +380,7 @@ def test_publishable_spec_leaves_operations_it_does_not_own_alone():
     assert set(out["paths"]["/x"]["post"]["responses"]) == {
         "200",
         "400",
+        "408",
         "413",
         "415",
         "500",

@@ -7,6 +7,8 @@ materialized (stale first, then brought up to date, then made unreadable).
 
 from __future__ import annotations
 
+import gzip
+import socket
 import time
 
 import httpx
@@ -19,12 +21,13 @@ from recsys.config import Settings
 from recsys.server import ServiceProcess
 
 pytestmark = pytest.mark.slow
+BODY_TIMEOUT_S = 1.0
 
 
 @pytest.fixture(scope="module")
 def service(trained_world):
     settings, registered, result = trained_world
-    with ServiceProcess(settings) as proc:
+    with ServiceProcess(settings, env={"RECSYS_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)}) as proc:
         yield proc, registered, result
 
 
@@ -126,6 +129,11 @@ def test_without_a_model_the_service_is_live_but_not_ready(tmp_path):
         # the router's own answers, plain text in BentoML, get the same JSON body
         ("GET", "/recommend", {}, b"", 405, "Method Not Allowed"),
         ("POST", "/no-such-route", {"content-type": "application/json"}, b"{}", 404, "Not Found"),
+        # the router redirected to a Location built from the client's Host header
+        ("POST", "/recommend/", {"host": "evil.example"}, b"{}", 404, "no endpoint at /recommend/"),
+        # a compressed body was parsed as JSON and refused as "Invalid JSON"
+        ("POST", "/recommend", {"content-type": "application/json", "content-encoding": "gzip"},
+         gzip.compress(b'{"user_id": 1}'), 415, "Content-Encoding gzip is not supported"),
         # NaN is not JSON: Python's parser takes it, the request log's readers would not
         ("POST", "/recommend", {"content-type": "application/json"},
          b'{"user_id": 1, "context": {"score": NaN}}', 400, "finite number"),
@@ -146,18 +154,62 @@ def test_a_refused_request_is_one_info_line_in_the_log_not_an_error_with_a_trace
     marker = "k-of-a-log-test"
     reply = httpx.post(f"{proc.url}/recommend", json={"user_id": 1, "k": marker})
     assert reply.status_code == 400
+    # a field name or a path with a newline (or a NUL) wrote a forged line into the log
+    forged = "2026-01-01T00:00:00+0000 [ERROR] [forged] FORGED"
+    named = httpx.post(f"{proc.url}/recommend", json={"user_id": 1, f"x\n{forged}": 1})
+    assert named.status_code == 400
+    assert httpx.get(f"{proc.url}/livez%0a{forged}%00").status_code == 404
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         lines = proc.log_path.read_text(errors="replace").splitlines()
         refused = [line for line in lines if "refused /recommend [POST]" in line]
-        if refused:
+        if len(refused) >= 2:
             break
         time.sleep(0.2)
-    assert refused, proc.log_tail(20)
-    assert "[INFO]" in refused[-1] and "k: Input should be a valid integer" in refused[-1]
+    assert len(refused) >= 2, proc.log_tail(20)
+    assert all("[INFO]" in line for line in refused)
+    assert [line for line in refused if "k: Input should be a valid integer" in line]
     assert marker not in "\n".join(lines)  # the client's values stay out of the log
     assert not [line for line in lines if "Exception on /recommend" in line]
     assert "Traceback" not in "\n".join(lines)
+    assert not [line for line in lines if line.startswith(forged)]
+    assert "\x00" not in proc.log_path.read_text(errors="replace")
+    assert [line for line in refused if f"x\\n{forged}: Extra inputs" in line]
+
+
+def test_a_client_that_leaves_or_stalls_mid_body_is_no_server_error(service):
+    """A client that disconnected mid-body was a logged ClientDisconnect traceback and a 500 in
+    the metrics the 5xx alert reads; one that stalled was BentoML's 504 after 10 s."""
+    proc, _, _ = service
+    head = (
+        b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"user_id": 1,'
+    )
+    for _ in range(3):  # leaves
+        with socket.create_connection((proc.host, proc.port), timeout=10) as sock:
+            sock.sendall(head)
+    with socket.create_connection((proc.host, proc.port), timeout=30) as sock:  # stalls
+        sock.sendall(head)
+        started = time.monotonic()
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+        waited = time.monotonic() - started
+    status, _, rest = answer.partition(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 408"), answer
+    assert b"RECSYS_BODY_TIMEOUT_S" in rest and b"connection: close" in rest.lower()
+    assert BODY_TIMEOUT_S - 0.5 < waited < 9.5  # not BentoML's 10 s request timeout
+    assert httpx.post(f"{proc.url}/recommend", json={"user_id": 1}).status_code == 200
+    metrics = httpx.get(f"{proc.url}/metrics").text
+    served = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("bentoml_service_request_total{") and 'endpoint="/recommend"' in line
+    ]
+    errors = [line for line in served if 'http_response_code="5' in line]
+    assert served and sum(float(line.rsplit(" ", 1)[1]) for line in errors) == 0, served
+    log = proc.log_path.read_text(errors="replace")
+    assert "ClientDisconnect" not in log and "Exception on /recommend" not in log
 
 
 def test_an_answer_with_nothing_left_to_rank_says_no_features(service):
