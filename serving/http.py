@@ -30,11 +30,14 @@ request, a made-up path included (one metrics series per path; see ``docs/limits
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 Scope = dict[str, Any]
@@ -118,8 +121,13 @@ def publishable_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _answer(send: Send, status: int, payload: dict[str, Any], *, close: bool = False) -> None:
-    body = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await _answer_bytes(send, status, json.dumps(payload).encode(), b"application/json", close)
+
+
+async def _answer_bytes(
+    send: Send, status: int, body: bytes, content_type: bytes, close: bool = False
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
     if close:  # the rest of a body that did not arrive must not be read as the next request
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -197,7 +205,28 @@ def _readable_400(payload: Any) -> bytes | None:
     detail = payload.get("detail") if isinstance(payload, dict) else None
     if not isinstance(detail, list) or not all(isinstance(d, dict) for d in detail):
         return None
+    # pydantic's documentation link of each error names the library and its version
+    detail = [{k: v for k, v in d.items() if k != "url"} for d in detail]
     return json.dumps({"error": readable_validation_error(detail), "detail": detail}).encode()
+
+
+_TAG_MANAGER = re.compile(
+    r"\s*<!-- Google Tag Manager.*?<!-- End Google Tag Manager[^>]*-->", re.DOTALL
+)
+
+
+@functools.cache
+def _index_page() -> bytes | None:
+    """BentoML's index page (its Swagger UI over ``/docs.json``, served from local files)
+    without the Google Tag Manager it embeds: a browser that opened the service's root page
+    loaded Google's tracker. None if the page is not where BentoML 1.4 keeps it."""
+    try:
+        import _bentoml_impl.server as server
+
+        page = (Path(server.__file__).parent / "main-openapi.html").read_text(encoding="utf-8")
+    except (ImportError, OSError):
+        return None
+    return _TAG_MANAGER.sub("", page).encode()
 
 
 def _truthful_spec(status: int, content_type: bytes, body: bytes) -> bytes | None:
@@ -228,6 +257,9 @@ class RequestGuard:
             return
         if not self._routed(scope):
             await _answer(send, 404, _not_found(scope["path"]))
+            return
+        if scope["method"] == "GET" and scope["path"] == "/" and (page := _index_page()):
+            await _answer_bytes(send, 200, page, b"text/html; charset=utf-8")
             return
         if scope["method"] == "GET" and scope["path"].endswith("/docs.json"):
             await self.app(scope, receive, _rewriting(send, lambda s: s == 200, _truthful_spec))

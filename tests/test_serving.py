@@ -36,6 +36,10 @@ def test_health_endpoints_answer(service):
     assert httpx.get(f"{proc.url}/livez").status_code == 200
     assert httpx.get(f"{proc.url}/readyz").status_code == 200
     assert proc.host == "127.0.0.1"
+    # the root page is BentoML's Swagger UI, without the Google Tag Manager it embeds
+    page = httpx.get(f"{proc.url}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "swagger-ui" in page.text and "googletagmanager" not in page.text.lower()
 
 
 def test_recommend_returns_ranked_unseen_items_from_the_champion(service):
@@ -80,6 +84,7 @@ def test_invalid_input_is_a_4xx_that_says_what_is_wrong(service, payload, needle
     reply = httpx.post(f"{proc.url}/recommend", json=payload)
     assert 400 <= reply.status_code < 500
     assert needle in reply.text
+    assert "pydantic.dev" not in reply.text  # its links name the library's version
 
 
 def test_every_endpoint_refuses_a_field_it_does_not_have(service):
