@@ -20,7 +20,8 @@ It does what BentoML's own request handling does not:
   compressed body (``Content-Encoding``) is a 415 (it was read as JSON and failed as such).
 
 BentoML's request metrics and access log run outside this middleware: they still see every
-request, a made-up path included (one metrics series per path; see ``docs/limits.md``).
+request, a made-up path included. :func:`routed_series_only` keeps the series of made-up paths
+out of ``/metrics`` (see ``docs/limits.md``).
 * publishes an OpenAPI document (``/docs.json``) that tells the truth about the answers: request
   bodies with required fields are required, every error status an endpoint can answer is listed
   with the one error body all of them share (``{"error": "...", "detail": ...}``), and the admin
@@ -355,6 +356,27 @@ class RequestGuard:
             "error": f"request body of {sent} bytes exceeds the limit of "
             f"{self.max_body_bytes} bytes (RECSYS_MAX_BODY_KB)"
         }
+
+
+_ENDPOINT = re.compile(r'endpoint="((?:[^"\\]|\\.)*)"')
+PAGES = frozenset({"/", "/docs.json", "/schema.json"})
+"""BentoML's own pages whose request series ``/metrics`` keeps beside the service's routes."""
+
+
+def routed_series_only(content: str, endpoints: frozenset[str]) -> str:
+    """Prometheus text without the samples whose ``endpoint`` label is none of ``endpoints``.
+
+    BentoML's request metrics label each series by the path the client sent, before any of the
+    service's middleware runs, so every made-up path (answered 404) added series to ``/metrics``
+    and to the Prometheus server that scrapes it: a client could grow both without bound."""
+    kept = []
+    for line in content.splitlines(keepends=True):
+        if not line.startswith("#") and 'endpoint="' in line:
+            match = _ENDPOINT.search(line)
+            if match is not None and match.group(1) not in endpoints:
+                continue
+        kept.append(line)
+    return "".join(kept)
 
 
 def _not_found(path: str) -> dict[str, Any]:

@@ -69,7 +69,7 @@ from recsys.release import Release
 from serving.batching import Coalescer
 from serving.cache import CachedAnswer, RecommendationCache
 from serving.features import RELEASE_FALLBACK, ServingFeatures
-from serving.http import EscapedControls, QuietClientErrors, RequestGuard
+from serving.http import PAGES, EscapedControls, QuietClientErrors, RequestGuard, routed_series_only
 from serving.logs import FeedbackLog, RequestLog, ServedRequests
 from serving.metrics import ServingMetrics
 from serving.ranking import RankedList, rank_for_user
@@ -811,6 +811,7 @@ class RecommenderService:
             ),
         }
         features = {**self.features.freshness(), "source": self.features.state}
+        content = routed_series_only(content, _ENDPOINTS)
         return content + self.metrics.render(extra, features=features)
 
 
@@ -872,6 +873,8 @@ def _refuse_unknown_fields(service) -> None:
 _refuse_unknown_fields(RecommenderService)
 # Bounds the body before BentoML parses it, makes 400s name the field, and publishes an OpenAPI
 # document whose error answers and required bodies are the real ones (serving/http.py).
+_ENDPOINTS = PAGES | {api.route for api in RecommenderService.apis.values()}
+"""The paths whose BentoML request series ``/metrics`` shows: no made-up path's."""
 RecommenderService.add_asgi_middleware(
     RequestGuard,
     max_body_bytes=_SETTINGS.max_body_kb * 1024,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import socket
 import time
+import uuid
 
 import httpx
 import numpy as np
@@ -184,7 +185,8 @@ def test_a_refused_request_is_one_info_line_in_the_log_not_an_error_with_a_trace
 
 def test_a_client_that_leaves_or_stalls_mid_body_is_no_server_error(service):
     """A client that disconnected mid-body was a logged ClientDisconnect traceback and a 500 in
-    the metrics the 5xx alert reads; one that stalled was BentoML's 504 after 10 s."""
+    the metrics the 5xx alert reads; one that stalled was BentoML's 504 after 10 s. A made-up
+    path added series to /metrics each."""
     proc, _, _ = service
     head = (
         b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -204,8 +206,13 @@ def test_a_client_that_leaves_or_stalls_mid_body_is_no_server_error(service):
     assert status.startswith(b"HTTP/1.1 408"), answer
     assert b"RECSYS_BODY_TIMEOUT_S" in rest and b"connection: close" in rest.lower()
     assert BODY_TIMEOUT_S - 0.5 < waited < 9.5  # not BentoML's 10 s request timeout
+    made_up = [f"/made-up-{uuid.uuid4().hex}" for _ in range(3)]
+    for path in made_up:
+        missing = httpx.get(f"{proc.url}{path}")
+        assert missing.status_code == 404 and "no endpoint at" in missing.json()["error"]
     assert httpx.post(f"{proc.url}/recommend", json={"user_id": 1}).status_code == 200
     metrics = httpx.get(f"{proc.url}/metrics").text
+    assert not [path for path in made_up if path in metrics]
     served = [
         line
         for line in metrics.splitlines()
