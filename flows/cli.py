@@ -41,7 +41,9 @@ def _prefect(quiet: bool = True):
 
 
 def ingest_command(
-    path: Annotated[Path, typer.Argument(help="A batch file: parquet, CSV/TSV, or u.data.")],
+    path: Annotated[
+        Path, typer.Argument(help="A batch file: parquet, CSV/TSV (or .csv.gz), or u.data.")
+    ],
     batch: Annotated[
         str | None,
         typer.Option(

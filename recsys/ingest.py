@@ -15,8 +15,10 @@ delivery day of its rows (``batch_day``: before the day of its earliest event, g
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import re
 import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from recsys.console import clip
 from recsys.contract import (
     EARLIEST_TIMESTAMP,
     FUTURE_TOLERANCE,
@@ -276,37 +279,96 @@ def _clean_rows(lake: Lake, batch: str) -> int:
 
 
 _READERS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".data": "udata"}
+_COMPRESSIONS = {".gz": "gzip"}
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_RAGGED = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 
 
-def read_batch_file(path: Path) -> pd.DataFrame:
+def read_batch_file(path: Path, *, empty: pd.DataFrame | None = None) -> pd.DataFrame:
     """Read a delivered batch as it is (no type coercion: the contract judges the values).
 
-    Parquet, CSV and TSV with a header, or the GroupLens ``u.data`` layout
-    (user, item, rating, unix time; tab separated, no header).
+    Parquet, CSV and TSV with a header (UTF-8, or UTF-16 with its byte-order mark; CSV and TSV
+    also gzip-compressed, ``.csv.gz``), or the GroupLens ``u.data`` layout (user, item, rating,
+    unix time; tab separated, no header). A file of 0 bytes is ``empty`` when given (a producer's
+    "nothing today"), else refused.
 
     Raises:
-        RecsysError: the file is missing, of an unknown kind, or cannot be parsed.
+        RecsysError: the file is missing, of an unknown kind, or cannot be parsed; one line that
+            says why (a duplicate column, the line of a byte that is not UTF-8, the line whose
+            fields the header does not have).
     """
     path = Path(path)
     if not path.is_file():
         raise RecsysError(f"no such file: {path}")
-    kind = _READERS.get(path.suffix.lower())
-    if kind is None:
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = _COMPRESSIONS.get(suffixes[-1]) if suffixes else None
+    if compression is not None:
+        suffixes = suffixes[:-1]
+    kind = _READERS.get(suffixes[-1]) if suffixes else None
+    if kind is None or (compression is not None and kind not in ("csv", "tsv")):
         raise RecsysError(
-            f"cannot read {path.name}: use .parquet, .csv, .tsv or a GroupLens u.data file"
+            f"cannot read {path.name}: use .parquet, .csv, .tsv (.csv.gz and .tsv.gz too) or a "
+            "GroupLens u.data file"
         )
+    if path.stat().st_size == 0:
+        if empty is not None:
+            return empty
+        raise RecsysError(f"cannot read {path.name}: the file is empty (0 bytes)")
     try:
         if kind == "parquet":
             import pyarrow.parquet as pq
 
+            _refuse_duplicate_columns(pq.read_schema(path).names)
             return pq.read_table(path).to_pandas()
         if kind == "udata":
             from recsys.movielens import read_udata
 
             return read_udata(path)
-        return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str)
+        return _read_delimited(path, "\t" if kind == "tsv" else ",", compression)
+    except RecsysError as exc:
+        raise RecsysError(f"cannot read {path.name}: {exc}") from None
     except Exception as exc:  # any parse failure is the producer's problem, said in one line
-        raise RecsysError(f"cannot read {path.name}: {type(exc).__name__}: {exc}") from None
+        said = " ".join(f"{type(exc).__name__}: {exc}".split())
+        ragged = _RAGGED.search(said)
+        if ragged is not None:
+            want, line, saw = ragged.groups()
+            said = (
+                f"line {line} has {saw} fields where the header has {want} (a separator inside "
+                "an unquoted value?): the file is refused whole"
+            )
+        raise RecsysError(f"cannot read {path.name}: {clip(said, 300)}") from None
+
+
+def _read_delimited(path: Path, sep: str, compression: str | None) -> pd.DataFrame:
+    """A CSV or TSV file as text columns, after checking its encoding and its header."""
+    import csv
+    import gzip
+
+    opener = gzip.open if compression == "gzip" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    utf16 = data.startswith(_UTF16_BOMS)
+    try:  # a byte-order mark is no part of the first column's name
+        text = data.decode("utf-16" if utf16 else "utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RecsysError(
+            f"not {'UTF-16' if utf16 else 'UTF-8'} text: byte 0x{data[exc.start]:02x} on line "
+            f"{line}; save the file as UTF-8 (a latin-1 or Windows-1252 export is not read: "
+            "which characters its bytes mean would be a guess)"
+        ) from None
+    header = next(csv.reader(io.StringIO(text), delimiter=sep), [])
+    _refuse_duplicate_columns([name.strip() for name in header])
+    return pd.read_csv(io.StringIO(text), sep=sep, dtype=str)
+
+
+def _refuse_duplicate_columns(names: list[str]) -> None:
+    seen: set[str] = set()
+    twice = sorted({name for name in names if name in seen or seen.add(name)})
+    if twice:
+        raise RecsysError(
+            f"duplicate column {', '.join(twice)}: which of the two holds the values cannot be told"
+        )
 
 
 def quarantine_unreadable(lake: Lake, batch: str, path: Path, reason: str) -> Path:
@@ -396,7 +458,7 @@ def land_file(lake: Lake, path: Path, batch: str | None = None) -> str:
     path = Path(path)
     name = delivery_batch(path, batch)
     try:
-        frame = read_batch_file(path)
+        frame = read_batch_file(path, empty=INTERACTIONS_SCHEMA.empty_table().to_pandas())
         table = pa.Table.from_pandas(frame, preserve_index=False)
     except (RecsysError, pa.ArrowException) as exc:
         kept = quarantine_unreadable(lake, name, path, str(exc))

@@ -3,6 +3,7 @@ codes 0/3/4/2, nothing lost; redeliveries and idempotent re-ingest; the row-coun
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pandas as pd
@@ -482,20 +483,26 @@ def test_a_team_delivers_its_own_catalog_and_events_that_waited_for_it_are_accep
             "timestamp": ["2026-02-10T10:00:00Z"] * 4,
         }
     )
-    batch = tmp_path / "2026-02-10.csv"
-    events.to_csv(batch, index=False)
+    batch = tmp_path / "2026-02-10.csv.gz"  # as producers compress them
+    events.to_csv(batch, index=False, compression="gzip")
     code, out, _ = _run(["ingest", str(batch), "--json"], capsys)
     assert code == 3 and json.loads(out)["reasons"] == {"unknown_item": 2}
 
-    second = tmp_path / "items-fixed.csv"  # item 3 dated right, item 1 renamed
-    second.write_text("item_id,title,category\n3,Future,Drama\n1,Alpha (restored),Drama\n")
+    # item 3 dated right, item 1 renamed; comma-separated genres (were one genre "Drama, War")
+    # and a column the contract does not read (refused the whole catalog)
+    second = tmp_path / "items-fixed.csv"
+    second.write_text(
+        'item_id,title,genres,price\n3,Future,"Drama, War",9.5\n1,Alpha (restored),Drama,2\n'
+    )
     code, out, _ = _run(["data", "catalog", str(second)], capsys)
     assert code == 0, out
+    assert "ignored (kept in the raw delivery): price" in out
     assert "2 event(s) quarantined as unknown_item" in out and "2026-02-10" in out
     assert len(lake.read_clean_interactions(["2026-02-10"])) == 4  # nothing left waiting
     assert not (lake.quarantine_dir("2026-02-10") / "rows.parquet").exists()
     catalog = lake.read_clean_catalog("items").set_index("item_id")
     assert catalog.loc[1, "title"] == "Alpha (restored)"
+    assert catalog.loc[3, "category"] == "Drama" and catalog.loc[3, "genres"] == "Drama|War"
     assert catalog.loc[1, "created_at"] == pd.Timestamp("2025-06-01", tz="UTC")  # kept
     assert list(catalog.index) == [1, 2, 3, 4]
 
@@ -514,6 +521,57 @@ def test_a_team_delivers_its_own_catalog_and_events_that_waited_for_it_are_accep
     assert code == 2 and "cannot read broken.parquet" in err and "kept as" in err
     assert len(lake.catalog_deliveries()) == 2
     assert list((lake.zone("quarantine") / "catalog" / "refused").glob("unreadable-1*"))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "said"),
+    [
+        # pyarrow's message ran over ten lines of its internal fields
+        ("dup.parquet", "parquet-dup", "duplicate column user_id"),
+        # pandas named the second one user_id.1: "unknown column user_id.1"
+        ("dup.csv", b"user_id,item_id,user_id\n1,2,3\n", "duplicate column user_id"),
+        # one latin-1 byte: "UnicodeDecodeError ... in position 138"
+        ("latin.csv", b"item_id,title\n1,ok\n2,caf\xe9\n", "byte 0xe9 on line 3"),
+        # pandas' "Expected 2 fields in line 3, saw 3" and a line break in the message
+        ("ragged.csv", b"a,b\n1,2\n3,4,5\n", "line 3 has 3 fields where the header has 2"),
+        ("nothing.csv", b"", "the file is empty (0 bytes)"),
+        ("x.parquet.gz", b"x", "use .parquet, .csv, .tsv (.csv.gz and .tsv.gz too)"),
+    ],
+)
+def test_an_unreadable_delivery_is_one_line_that_says_why(tmp_path, name, content, said):
+    from recsys.errors import RecsysError
+    from recsys.ingest import read_batch_file
+
+    path = tmp_path / name
+    if content == "parquet-dup":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table([[1], [2], [3]], names=["user_id", "item_id", "user_id"]), path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(RecsysError) as raised:
+        read_batch_file(path)
+    message = str(raised.value)
+    assert said in message and "\n" not in message and len(message) < 400, message
+
+
+def test_utf16_gzip_and_empty_deliveries_are_read(tmp_path):
+    from recsys.ingest import read_batch_file
+
+    text = "user_id\titem_id\n1\t2\n"
+    utf16 = tmp_path / "excel.tsv"  # Excel's "Unicode text"
+    utf16.write_bytes(text.encode("utf-16"))
+    packed = tmp_path / "day.tsv.gz"
+    packed.write_bytes(gzip.compress(("\ufeff" + text).encode("utf-8")))  # with a UTF-8 BOM
+    for path in (utf16, packed):
+        frame = read_batch_file(path)
+        assert list(frame.columns) == ["user_id", "item_id"] and frame.values.tolist() == [
+            ["1", "2"]
+        ]
+    nothing = tmp_path / "2026-02-11.csv"
+    nothing.write_bytes(b"")  # a producer's "no events today"
+    assert read_batch_file(nothing, empty=pd.DataFrame({"user_id": []})).empty
 
 
 def test_the_doctor_sees_a_newest_delivery_that_could_not_be_read(small_world, tmp_path, capsys):
