@@ -49,6 +49,7 @@ class CatalogReport:
     quarantine_dir: str | None = None
     already_delivered: bool = False
     rechecked: dict[str, int] = field(default_factory=dict)  # batch -> rows accepted now
+    ignored_columns: list[str] = field(default_factory=list)  # kept in the raw delivery only
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -142,6 +143,7 @@ def rebuild_catalog(lake: Lake, *, now: datetime | None = None) -> list[CatalogR
                 reasons=reasons,
                 schema_errors=result.schema_errors,
                 quarantine_dir=str(folder) if folder is not None else None,
+                ignored_columns=result.ignored_columns,
                 **counts,
             )
         )

@@ -202,13 +202,15 @@ def data_ingest() -> None:
 @data_app.command("catalog")
 def data_catalog(
     path: Annotated[
-        Path, typer.Argument(help="The item catalog: parquet, CSV or TSV with a header.")
+        Path,
+        typer.Argument(help="The item catalog: parquet, CSV or TSV (or .csv.gz) with a header."),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
 ) -> None:
-    """Deliver your item catalog: item_id and category or |-separated genres (title and
-    created_at optional). Its rows are contract-checked and merged into the lake's catalog
-    (new items added, listed ones replaced); events that waited for their items are accepted.
+    """Deliver your item catalog: item_id and category or genres (|, comma or ;-separated;
+    title and created_at optional; other columns are ignored). Its rows are contract-checked
+    and merged into the lake's catalog (new items added, listed ones replaced); events that
+    waited for their items are accepted.
 
     Exit 0: every row accepted; 3: some rows quarantined (kept with their reasons); 2: the file
     cannot be read (kept in the quarantine).
@@ -250,6 +252,11 @@ def data_catalog(
                 ],
             )
         )
+        if report.ignored_columns:
+            console.print(
+                "columns the catalog contract does not read, ignored (kept in the raw "
+                f"delivery): {', '.join(report.ignored_columns)}"
+            )
         if report.quarantined_rows:
             console.print(quarantine_table(report.reasons, report.schema_errors))
             console.print(f"kept in {report.quarantine_dir}")

@@ -81,6 +81,7 @@ class ContractResult:
     clean: pd.DataFrame
     rejected: pd.DataFrame
     schema_errors: list[str] = field(default_factory=list)
+    ignored_columns: list[str] = field(default_factory=list)
 
     @property
     def n_input(self) -> int:
@@ -256,7 +257,11 @@ def describe_reason(code: str) -> str:
         column = column.replace("%3B", ";").replace("%25", "%")
         hint = "; a ;-separated file? the contract's CSV is comma-separated"
         hint = hint if ";" in column else ""
-        return f"the file's columns changed ({what.replace('_', ' ')} {column}{hint})"
+        if detail == "missing_column:category":  # a catalog's: genres would do as well
+            return "the file's columns are not the contract's (neither category nor genres)"
+        return (
+            f"the file's columns are not the contract's ({what.replace('_', ' ')} {column}{hint})"
+        )
     return code
 
 
@@ -388,8 +393,12 @@ def validate_interactions(
 
 
 ITEM_DELIVERY_COLUMNS = ("item_id", "title", "category", "genres", "created_at")
-"""Columns a delivered item catalog may have: ``item_id`` and ``category`` or ``genres`` are
-needed, ``title`` and ``created_at`` optional."""
+"""Columns of a delivered item catalog the contract reads: ``item_id`` and ``category`` or
+``genres`` are needed, ``title`` and ``created_at`` optional; others are ignored (a catalog
+has prices, brands, descriptions: they stay in the raw delivery)."""
+GENRE_SEPARATORS = r"[|,;]"
+"""What separates a delivered catalog's genres: ``|`` (MovieLens, the lake's own), ``,`` or
+``;``; a JSON list (``["Drama", "War"]``) is read too."""
 UNKNOWN_CREATED_AT = EARLIEST_TIMESTAMP
 """``created_at`` of a delivered item without one (and not in the catalog before): it counts as
 available from the contract's earliest time on, so it has features on every past day."""
@@ -402,9 +411,11 @@ def validate_items(frame: pd.DataFrame, *, now: datetime | None = None) -> Contr
         A :class:`ContractResult` whose ``clean`` rows are in ``ITEMS_SCHEMA``'s columns: a
         missing title is ``item <id>``, a missing category the first of the genres, missing
         genres the category; a missing ``created_at`` is NaT (the caller keeps the catalog's
-        date, else :data:`UNKNOWN_CREATED_AT`). Schema problems (no ``item_id``, neither
-        ``category`` nor ``genres``, a column the contract does not know) reject every row with
-        a ``schema:`` reason. Row problems reject only that row: ``null:item_id``,
+        date, else :data:`UNKNOWN_CREATED_AT`). Genres are split at any of
+        :data:`GENRE_SEPARATORS`. Schema problems (no ``item_id``, neither ``category`` nor
+        ``genres``) reject every row with a ``schema:`` reason, naming the columns the contract
+        does not know too (an ``id`` where ``item_id`` was meant); without them, those columns
+        are ignored (``ignored_columns``). Row problems reject only that row: ``null:item_id``,
         ``type:item_id``, ``null:category`` (neither a category nor genres),
         ``type:created_at`` (not a date), ``range:created_at`` (more than a day in the
         future), ``duplicate`` (an exact copy of an earlier row) and ``conflict:item_id``
@@ -416,10 +427,9 @@ def validate_items(frame: pd.DataFrame, *, now: datetime | None = None) -> Contr
     schema_errors = [] if "item_id" in columns else ["schema:missing_column:item_id"]
     if "category" not in columns and "genres" not in columns:
         schema_errors.append("schema:missing_column:category")
-    schema_errors += [
-        f"schema:unknown_column:{_code_safe(c)}" for c in columns if c not in ITEM_DELIVERY_COLUMNS
-    ]
+    unknown = [c for c in columns if c not in ITEM_DELIVERY_COLUMNS]
     if schema_errors:
+        schema_errors += [f"schema:unknown_column:{_code_safe(c)}" for c in unknown]
         return _refused_whole(frame, columns, schema_errors, ITEMS_SCHEMA.empty_table().to_pandas())
 
     frame = frame.reset_index(drop=True)
@@ -436,10 +446,11 @@ def validate_items(frame: pd.DataFrame, *, now: datetime | None = None) -> Contr
     flag("type:item_id", bad_item)
     category, genres = text("category"), text("genres")
     genres = (
-        genres.str.split("|")
+        genres.str.replace(r"^\[(.*)\]$", r"\1", regex=True)  # a JSON list's brackets
+        .str.split(GENRE_SEPARATORS, regex=True)
         .map(
             lambda parts: (
-                "|".join(p.strip() for p in parts if p.strip()) or pd.NA
+                "|".join(p for p in (q.strip().strip("\"'").strip() for q in parts) if p) or pd.NA
                 if isinstance(parts, list)
                 else pd.NA
             )
@@ -481,7 +492,7 @@ def validate_items(frame: pd.DataFrame, *, now: datetime | None = None) -> Contr
         {"item_id": "int64", "title": "object", "category": "object", "genres": "object"}
     )
     clean["created_at"] = clean["created_at"].astype("datetime64[us, UTC]")
-    return ContractResult(clean, rejected, [])
+    return ContractResult(clean, rejected, [], unknown)
 
 
 def row_keys(frame: pd.DataFrame) -> pd.Series:

@@ -266,7 +266,7 @@ def test_a_timestamp_beyond_pandas_nanosecond_range_is_out_of_range_not_a_crash(
     assert result.rejected.loc[0, "user_id"] == 8
 
 
-def test_a_delivered_catalog_with_changed_columns_is_refused_whole():
+def test_a_delivered_catalog_without_its_columns_is_refused_whole():
     from recsys.contract import describe_reason, validate_items
 
     frame = pd.DataFrame({"id": [1, 2], "title": ["a", "b"], "price": [3, 4]})
@@ -275,10 +275,10 @@ def test_a_delivered_catalog_with_changed_columns_is_refused_whole():
     assert result.schema_errors == [
         "schema:missing_column:item_id",
         "schema:missing_column:category",
-        "schema:unknown_column:id",
+        "schema:unknown_column:id",  # named: an id where item_id was meant
         "schema:unknown_column:price",
     ]
-    assert "missing column category" in describe_reason(result.schema_errors[1])
+    assert "neither category nor genres" in describe_reason(result.schema_errors[1])
     # genres alone name the category (their first); a category alone is the genres
     ok = validate_items(pd.DataFrame({"item_id": ["7", "8"], "genres": ["Sci-Fi | Drama", None]}))
     assert ok.reason_counts() == {"null:category": 1}
@@ -286,3 +286,20 @@ def test_a_delivered_catalog_with_changed_columns_is_refused_whole():
         [7, "Sci-Fi", "Sci-Fi|Drama"]
     ]
     assert ok.clean["created_at"].isna().all()  # the lake fills it, not the contract
+
+
+def test_a_catalogs_genres_split_at_any_separator_and_its_other_columns_are_ignored():
+    from recsys.contract import validate_items
+
+    genres = ["Drama, War", "Comedy;Romance", '["Horror", "Thriller"]', "Sci-Fi|Drama", "Noir"]
+    frame = pd.DataFrame({"item_id": [1, 2, 3, 4, 5], "genres": genres, "price": [1] * 5})
+    result = validate_items(frame)
+    assert result.rejected.empty and result.ignored_columns == ["price"]
+    assert result.clean["genres"].tolist() == [
+        "Drama|War",
+        "Comedy|Romance",
+        "Horror|Thriller",
+        "Sci-Fi|Drama",
+        "Noir",
+    ]
+    assert result.clean["category"].tolist() == ["Drama", "Comedy", "Horror", "Sci-Fi", "Noir"]
