@@ -118,7 +118,7 @@ def _utc_timestamps(series: pd.Series) -> tuple[pd.Series, np.ndarray]:
         # A number is not a timestamp in this contract: seconds or milliseconds is a guess.
         return pd.Series(pd.NaT, index=series.index, dtype="datetime64[us, UTC]"), beyond
     # pandas reads a naive value after one with an offset in that offset: parse them apart
-    text = series.astype("string")
+    text = series.astype("string").str.replace(_UTC_WORD, "+00:00", regex=True)
     aware = text.str.contains(_UTC_OFFSET, na=False).to_numpy(dtype=bool)
     naive = text.notna().to_numpy(dtype=bool) & ~aware
     utc = np.full(len(series), np.datetime64("NaT", "us"))
@@ -160,6 +160,9 @@ _UTC_OFFSET = re.compile(
     r"[Tt ][0-9]{2}(?::?[0-9]{2}){0,2}(?:[.,][0-9]+)?\s*(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)$"
 )
 """A time of day followed by ``Z`` or ``+hh[:mm]``: the ISO 8601 values that say their offset."""
+_UTC_WORD = r"(?<=[0-9])\s*UTC$"
+"""A time of day followed by the word ``UTC``, as BigQuery and PostgreSQL exports write it
+(``2026-02-06 00:04:28.862002 UTC``): read as ``+00:00``."""
 
 
 def _naive_as_utc(text: pd.Series) -> pd.Series:
