@@ -89,11 +89,17 @@ def ingest_command(
             "schema_errors": report["schema_errors"],
             "row_count": result["row_count"],
             "quarantine_dir": str(settings.lake.quarantine_dir(report["delivery"])),
+            "already_delivered": result["already_delivered"],
         }
         print(json.dumps(payload, indent=2, default=str))
     else:
         console.print(ingest_table([IngestReport(**report)]))
-        if report["delivery"] != report["batch"]:
+        if result["already_delivered"]:
+            console.print(
+                f"the same rows as the newest delivery of batch {report['batch']} "
+                f"({report['delivery']}): nothing new landed; its rows were checked again"
+            )
+        elif report["delivery"] != report["batch"]:
             console.print(
                 f"[bold yellow]redelivery[/]: batch {report['batch']} was already delivered; "
                 f"this file landed beside it as {report['delivery']} and its rows now replace "

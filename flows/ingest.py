@@ -26,7 +26,7 @@ from recsys.ingest import (
 
 
 @task(name="land delivered file", retries=2, retry_delay_seconds=1, retry_condition_fn=transient)
-def land_delivered_file(settings: Settings, path: str, batch: str | None) -> str:
+def land_delivered_file(settings: Settings, path: str, batch: str | None) -> tuple[str, bool]:
     return land_file(settings.lake, Path(path), batch)
 
 
@@ -52,18 +52,30 @@ def ingest_flow(
 ) -> list[dict[str, Any]]:
     """Ingest ``batches`` already in the raw zone, or the file at ``path`` (landed first).
 
-    Returns one record per batch: the ingest report and the row-count check. Idempotent: a
-    re-ingest of a window gives the same clean rows and quarantine.
+    Returns one record per batch: the ingest report, the row-count check and, for the file at
+    ``path``, whether it was the same as the batch's newest delivery (``already_delivered``:
+    nothing landed, its rows were checked again). Idempotent: a re-ingest of a window gives the
+    same clean rows and quarantine.
     """
     settings = settings or get_settings()
     names = list(batches or [])
+    again = set()
     if path is not None:
-        names.append(land_delivered_file(settings, path, batch_name))
+        name, landed = land_delivered_file(settings, path, batch_name)
+        names.append(name)
+        if not landed:
+            again.add(name)
     results = []
     for batch in names:
         report = contract_check(settings, batch)
         rows = row_count(settings, batch)
-        results.append({"report": report.as_dict(), "row_count": rows.as_dict()})
+        results.append(
+            {
+                "report": report.as_dict(),
+                "row_count": rows.as_dict(),
+                "already_delivered": batch in again,
+            }
+        )
     create_table_artifact(
         key=artifact_key("ingest", names[-1] if names else "none"),
         table=[

@@ -250,10 +250,6 @@ def row_count_check(
 
     Batches without clean rows (refused whole, or empty) are no baseline: they were flagged
     themselves, and counting them as 0 would make the next healthy batch look anomalous."""
-    rule = (
-        f"clean rows outside [{low:g}, {high:g}] x median of the {trailing} previous batches "
-        "with clean rows"
-    )
     rows = _clean_rows(lake, batch)
     earlier: list[int] = []
     for name in reversed([n for n in lake.clean_batches() if n < batch]):
@@ -262,6 +258,10 @@ def row_count_check(
             earlier.append(count)
             if len(earlier) == trailing:
                 break
+    rule = (
+        f"clean rows outside [{low:g}, {high:g}] x median of the {len(earlier)} previous "
+        f"batches with clean rows (up to {trailing})"
+    )
     if len(earlier) < 3:
         if rows == 0:
             return RowCountCheck(batch, 0, None, None, True, "no clean rows in the batch")
@@ -442,10 +442,11 @@ def delivery_batch(path: Path, batch: str | None = None) -> str:
         ) from None
 
 
-def land_file(lake: Lake, path: Path, batch: str | None = None) -> str:
-    """Land a delivered batch file in the raw zone; returns the batch name: its delivery day
-    ``YYYY-MM-DD`` (default: the file name's stem). A second, different delivery of the same
-    batch lands as a redelivery, whose rows replace the batch's at ingest.
+def land_file(lake: Lake, path: Path, batch: str | None = None) -> tuple[str, bool]:
+    """Land a delivered batch file in the raw zone; returns the batch name, its delivery day
+    ``YYYY-MM-DD`` (default: the file name's stem), and whether anything landed: a second,
+    different delivery of the same batch lands as a redelivery, whose rows replace the batch's
+    at ingest; the same rows as the batch's newest delivery land nothing.
 
     Raises:
         RecsysError: no such file, a batch name that is not a day, a file that cannot be
@@ -471,9 +472,10 @@ def land_file(lake: Lake, path: Path, batch: str | None = None) -> str:
     require_catalog(lake)  # before the raw zone: a landed batch could not be ingested
     lake.init()
     if lake.raw_batch_path(name).exists():
-        return batch_of(lake.land_redelivery(name, table))
+        known = len(lake.deliveries(name))
+        return batch_of(lake.land_redelivery(name, table)), len(lake.deliveries(name)) > known
     lake.write_raw(lake.raw_batch_path(name), table)
-    return name
+    return name, True
 
 
 def ingest_all(

@@ -50,6 +50,11 @@ def test_recsys_ingest_exit_codes_and_nothing_lost(small_world, tmp_path, capsys
     assert code == 0
     payload = json.loads(out)
     assert payload["accepted"] == len(frame) and payload["quarantined"] == 0
+    assert payload["already_delivered"] is False
+    # the same file again: exit 0 and the same table, and no word that nothing landed
+    code, out, _ = _run(["ingest", str(good)], capsys)
+    assert code == 0 and "the same rows as the newest delivery of batch 2026-02-10" in out
+    assert settings.lake.deliveries("2026-02-10") == ["2026-02-10"]
 
     bad = frame.copy()
     bad.loc[bad.index[:3], "user_id"] = None
@@ -85,6 +90,11 @@ def test_recsys_ingest_exit_codes_and_nothing_lost(small_world, tmp_path, capsys
     assert payload["raw_rows"] == 0 and payload["row_count"]["anomalous"]
     code, out, _ = _run(["ingest", str(empty), "--batch", "2026-02-14"], capsys)
     assert code == 4 and "row-count anomaly" in out and "0 clean rows" in out
+    nothing = tmp_path / "2026-02-16.csv"  # 0 bytes, a producer's "no events today":
+    nothing.write_bytes(b"")  # was unreadable, exit 2, the day not landed
+    code, out, _ = _run(["ingest", str(nothing), "--json"], capsys)
+    assert code == 4 and json.loads(out)["raw_rows"] == 0
+    assert settings.lake.deliveries("2026-02-16") == ["2026-02-16"]
 
     garbage = tmp_path / "2026-02-12.parquet"
     garbage.write_bytes(b"this is not parquet at all")
