@@ -16,16 +16,17 @@ It does what BentoML's own request handling does not:
 * reads every ``POST`` body itself, within ``body_timeout_s``, before BentoML sees the
   request: a client that disconnects meanwhile is let go without an answer (BentoML logged a
   ``ClientDisconnect`` traceback and counted a 500, which the 5xx alert reads), one that
-  stalls gets a 408 (BentoML's request timeout answered 504, a server error), and a
-  compressed body (``Content-Encoding``) is a 415 (it was read as JSON and failed as such).
-
-BentoML's request metrics and access log run outside this middleware: they still see every
-request, a made-up path included. :func:`routed_series_only` keeps the series of made-up paths
-out of ``/metrics`` (see ``docs/limits.md``).
+  stalls gets a 408 (BentoML's request timeout answered 504, a server error), a compressed
+  body (``Content-Encoding``) is a 415 (it was read as JSON and failed as such), and a key
+  given twice in an object is a 400 (the parser kept the last one);
 * publishes an OpenAPI document (``/docs.json``) that tells the truth about the answers: request
   bodies with required fields are required, every error status an endpoint can answer is listed
   with the one error body all of them share (``{"error": "...", "detail": ...}``), and the admin
   endpoints declare their bearer token.
+
+BentoML's request metrics and access log run outside this middleware: they still see every
+request, a made-up path included. :func:`routed_series_only` keeps the series of made-up paths
+out of ``/metrics`` (see ``docs/limits.md``).
 """
 
 from __future__ import annotations
@@ -305,6 +306,10 @@ class RequestGuard:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
+        twice = _keys_given_twice(body)
+        if twice:
+            await _answer(send, 400, {"error": f"invalid request: {twice}: given twice"})
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -377,6 +382,27 @@ def routed_series_only(content: str, endpoints: frozenset[str]) -> str:
                 continue
         kept.append(line)
     return "".join(kept)
+
+
+def _keys_given_twice(body: bytes) -> str | None:
+    """The first key an object of the JSON ``body`` holds twice (``{"user_id": 5, "user_id":
+    6}``: the parser keeps the last one, and the request was answered for user 6), else None;
+    None too for a body that is not JSON (BentoML's validation says so)."""
+    if body.count(b'"') < 4:  # two keys at least
+        return None
+    found: list[str] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        if not found and len(set(keys)) < len(keys):
+            found.append(next(key for i, key in enumerate(keys) if key in keys[:i]))
+        return dict(pairs)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs_hook)
+    except (ValueError, RecursionError):
+        return None
+    return _escaped(found[0])[:100] if found else None
 
 
 def _not_found(path: str) -> dict[str, Any]:

@@ -140,6 +140,9 @@ def test_without_a_model_the_service_is_live_but_not_ready(tmp_path):
         # a compressed body was parsed as JSON and refused as "Invalid JSON"
         ("POST", "/recommend", {"content-type": "application/json", "content-encoding": "gzip"},
          gzip.compress(b'{"user_id": 1}'), 415, "Content-Encoding gzip is not supported"),
+        # the parser kept the last one: answered for user 6
+        ("POST", "/recommend", {"content-type": "application/json"},
+         b'{"user_id": 5, "k": 3, "user_id": 6}', 400, "user_id: given twice"),
         # NaN is not JSON: Python's parser takes it, the request log's readers would not
         ("POST", "/recommend", {"content-type": "application/json"},
          b'{"user_id": 1, "context": {"score": NaN}}', 400, "finite number"),
