@@ -5,10 +5,12 @@ and before, nothing later); its ``event_timestamp`` is that midnight. Recomputin
 its file whole, and the same inputs give the same bytes, so a recompute never duplicates rows.
 
 A manifest keeps, per day, a fingerprint of everything the snapshot depends on (the code
-version, the item catalog's feature columns and every clean batch up to that day).
-``build_offline_features`` without ``days`` recomputes exactly the days whose fingerprint
-changed: new days, and every day from a re-ingested batch on (features are cumulative, so a
-changed batch changes later days).
+version, the catalog's categories, the catalog rows of the items that count by that day and
+every clean batch up to it). ``build_offline_features`` without ``days`` recomputes exactly the
+days whose fingerprint changed: new days, and every day from a re-ingested batch on (features
+are cumulative, so a changed batch changes later days); a catalog delivery, the days from the
+first one its changed items count on (a new item created yesterday: yesterday and today; a
+new category: every day, since it reorders every affinity vector).
 """
 
 from __future__ import annotations
@@ -80,27 +82,52 @@ FEATURE_CATALOG_COLUMNS = ("item_id", "category", "created_at")
 genres recomputes no day."""
 
 
-def _catalog_fingerprint(lake) -> str:
-    """SHA-256 of the catalog's :data:`FEATURE_CATALOG_COLUMNS`, rows in item order."""
+def _catalog_days(lake, first_day: str) -> tuple[str, dict[str, str]]:
+    """(SHA-256 of the category vocabulary, day -> SHA-256 of the
+    :data:`FEATURE_CATALOG_COLUMNS` of the items that first count on that day).
+
+    An item counts from the day it was created (its item row) or of its first event (its
+    category in the affinity of the event's user), whichever is earlier; ``first_day`` for an
+    item from before it. A snapshot of day D depends on the catalog rows of the items counting
+    on D or before, and on the vocabulary (the order of the affinity vector)."""
+    import pyarrow.parquet as pq
+
     items = lake.read_clean_catalog("items")[list(FEATURE_CATALOG_COLUMNS)]
-    items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
-    rows = pd.util.hash_pandas_object(items, index=False).to_numpy()
-    return hashlib.sha256(rows.tobytes()).hexdigest()
+    vocabulary = json.dumps(category_vocabulary(items)).encode()
+    firsts = []
+    for batch in lake.clean_batches():
+        events = pq.read_table(
+            lake.clean_batch_path(batch), columns=["item_id", "timestamp"]
+        ).to_pandas()
+        firsts.append(events.groupby("item_id")["timestamp"].min())
+    starts = pd.to_datetime(items["created_at"], utc=True)
+    if firsts:
+        first_event = pd.concat(firsts).groupby(level=0).min()
+        seen = pd.to_datetime(items["item_id"].map(first_event), utc=True)
+        starts = starts.where(seen.isna() | (starts <= seen), seen)
+    days = starts.dt.strftime("%Y-%m-%d").fillna(first_day)
+    days = days.where(days >= first_day, first_day)
+    chunks = {}
+    for day, group in items.groupby(days.to_numpy(), sort=True):
+        ordered = group.sort_values("item_id", kind="stable")
+        rows = pd.util.hash_pandas_object(ordered, index=False).to_numpy()
+        chunks[str(day)] = hashlib.sha256(rows.tobytes()).hexdigest()
+    return hashlib.sha256(vocabulary).hexdigest(), chunks
 
 
 def _fingerprints(settings: Settings, days: list[str]) -> dict[str, str]:
-    """Chain fingerprint per day: code version + the catalog's feature columns + every clean
-    batch up to it."""
+    """Chain fingerprint per day: code version + the category vocabulary, then per day its
+    clean batch and the catalog rows of the items that first count on it
+    (:func:`_catalog_days`)."""
     lake = settings.lake
-    base = hashlib.sha256(
-        f"{FEATURE_CODE_VERSION}|{_catalog_fingerprint(lake)}".encode()
-    ).hexdigest()
+    vocabulary, chunks = _catalog_days(lake, days[0]) if days else ("", {})
+    running = hashlib.sha256(f"{FEATURE_CODE_VERSION}|{vocabulary}".encode()).hexdigest()
     present = set(lake.clean_batches())
     out: dict[str, str] = {}
-    running = base
     for day in days:
         batch = file_sha256(lake.clean_batch_path(day)) if day in present else "none"
-        running = hashlib.sha256(f"{running}|{day}|{batch}".encode()).hexdigest()
+        catalog = chunks.get(day, "none")
+        running = hashlib.sha256(f"{running}|{day}|{batch}|{catalog}".encode()).hexdigest()
         out[day] = running
     return out
 
