@@ -617,7 +617,7 @@ def rollback_champion(
     Raises:
         RecsysError: no champion; nothing to roll back to (no ``previous`` and no
             ``to_version``); ``to_version`` does not exist, is rejected, is the champion or the
-            running challenger.
+            running challenger, cannot be served, or never served as champion.
     """
     client = configure_mlflow(settings)
     name = settings.model_name
@@ -656,6 +656,14 @@ def rollback_champion(
         raise RecsysError(
             f"v{target} cannot be served ({broken[:200]}); roll back to a good version with "
             "--to VERSION"
+        )
+    if target not in champion_sequence(promotion_history(settings)):
+        # it would tag the good champion rejected for a version nobody has measured
+        served = [v for v in champion_sequence(promotion_history(settings)) if v != bad]
+        raise RecsysError(
+            f"v{target} never served as champion (a challenger replaced or stopped before its "
+            "canary's verdict): a rollback returns to a version that served"
+            + (f" ({', '.join('v' + v for v in dict.fromkeys(served))})" if served else "")
         )
     action = "rollback_champion" if actor == "guardian" else "manual_rollback"
     move = _move_champion(settings, action, before, target, reason, evidence, actor)

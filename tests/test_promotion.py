@@ -195,6 +195,21 @@ def test_impossible_rollbacks_are_readable_errors(registry, to_version, needle):
     assert len(promotion_history(registry)) == moves
 
 
+def test_no_rollback_onto_a_version_that_never_served(registry):
+    """A challenger replaced before its canary's verdict was a rollback target: the rollback
+    tagged the good champion rejected, and nothing could go back to it."""
+    promote(registry, "2")
+    register_challenger(registry, "3")
+    register_challenger(registry, "4")  # v3 replaced, never measured
+    before, moves = aliases(registry), len(promotion_history(registry))
+    with pytest.raises(RecsysError) as caught:
+        rollback_champion(registry, "typo", {}, to_version="3")
+    assert "v3 never served as champion" in str(caught.value) and "(v1)" in str(caught.value)
+    assert aliases(registry) == before and len(promotion_history(registry)) == moves
+    assert "rejected" not in version_tags(registry, "2")
+    assert rollback_champion(registry, "fine", {}, to_version="1").aliases_after["champion"] == "1"
+
+
 def test_no_rollback_onto_a_version_whose_artifacts_are_gone(registry, tmp_path):
     # the champion moved onto it, and the service then failed to load its champion
     promote(registry, "2")
