@@ -404,6 +404,12 @@ def benchmark_quality(
             f"none of the {len(unknown)} users of {test_path} is in {train_path}: "
             "no user to score (is it the split of another file?)"
         )
+    new_items = float((~test["item_id"].isin(train["item_id"])).mean())
+    if new_items == 1.0:
+        raise RecsysError(
+            f"none of the items of {test_path} is in {train_path}: nothing TRAIN learnt can be "
+            "recommended (is it the split of another file?)"
+        )
     labels = label_protocol(train, test, labels)
     item_ids = np.unique(np.concatenate([train.item_id, test.item_id]))
     catalog = read_items_file(items_path, item_ids, train)
@@ -414,6 +420,12 @@ def benchmark_quality(
     rows, score = holdout_scorer(stage, test, k)
     recs, _ = rank_users(stage, model.ranker, rows, k, params.candidates)
     metrics = {"pipeline": score(recs)}
+    if not metrics["pipeline"]["users"]:
+        raise RecsysError(
+            f"no user of {test_path} to score: every row of a {train_path} user is an item "
+            f"{train_path} already has for them (seen items are removed: is {test_path} a "
+            f"part of {train_path}?)"
+        )
     for name, source in stage.sources.items():
         metrics[name] = score(top_k_unseen(source, rows, stage.seen, k))
     if recs_out is not None:
@@ -429,7 +441,15 @@ def benchmark_quality(
         "metrics": metrics,
         "lift_over_als": None if (lift := lift_over(metrics)) is None else round(lift, 4),
         "best_single_source": max(stage.sources, key=lambda name: metrics[name]["ndcg"]),
-        "notes": verdict(metrics, k, model.ranker),
+        "notes": verdict(metrics, k, model.ranker)
+        + (
+            [
+                f"NOTE: {new_items:.0%} of the TEST rows are items TRAIN does not have: no "
+                "model can recommend them, every metric is bounded below 1 by that"
+            ]
+            if new_items > 0.25
+            else []
+        ),
         "params": params.as_dict(),
     }
 

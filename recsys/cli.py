@@ -355,9 +355,9 @@ def evaluate(
 
     Its configuration and ranker are refit on the days before the holdout, so the score is
     never measured on data the model has seen."""
-    from recsys.pipeline import fit_stage
+    from recsys.pipeline import fit_stage, rank_users
     from recsys.registry import load_release
-    from recsys.train import evaluate_stage, holdout_days, holdout_start
+    from recsys.train import evaluate_stage, holdout_days, holdout_scorer, holdout_start
 
     settings = _settings()
     frame = settings.lake.read_clean_interactions()
@@ -370,14 +370,25 @@ def evaluate(
         stage = fit_stage(
             frame[frame["timestamp"] < cut], catalog, item_ids, release.params, as_of=cut
         )
-        metrics = evaluate_stage(
-            stage, release.ranker, frame[frame["timestamp"] >= cut], k, release.params.candidates
+        future = frame[frame["timestamp"] >= cut]
+        metrics = evaluate_stage(stage, release.ranker, future, k, release.params.candidates)
+        if "pipeline" not in metrics:  # no ranker: the release serves its candidate order
+            rows, score = holdout_scorer(stage, future, k)
+            pipeline = score(rank_users(stage, None, rows, k, release.params.candidates)[0])
+            metrics = {"pipeline (candidate order: no ranker)": pipeline, **metrics}
+    users = max(int(m.get("users", 0)) for m in metrics.values())
+    if not users:
+        raise RecsysError(
+            f"the holdout from {cut.date()} has no user to measure v{version} on (no user of "
+            f"its {test_days} day(s) has events before it and an item new to them there): "
+            "widen --test-days, or evaluate once more days are ingested"
         )
     names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage", "novelty"]
     named = "" if alias.strip().lstrip("vV") == version else f" ({alias})"
     console.print(
         table(
-            f"{settings.model_name} v{version}{named} at k={k}: holdout from {cut.date()}",
+            f"{settings.model_name} v{version}{named} at k={k}: holdout from {cut.date()}, "
+            f"{users} user(s)",
             ["model", *names],
             [[m, *(v[n] for n in names)] for m, v in metrics.items()],
         )
@@ -491,6 +502,13 @@ def benchmark_split(
     else:
         train_part, test_part = bench.random_split(frame, f"{by}_id", train_share, seed)
         how = f"by {by}, seed {seed}"
+    if frame.empty:
+        raise RecsysError(f"nothing to split: {data_file} has no rows")
+    if by in {"item", "user"} and frame[f"{by}_id"].value_counts().max() < 2:
+        raise RecsysError(  # no share can work: a one-row group goes whole to one side
+            f"every {by} of {data_file} has one row: a split by {by} needs {by}s with two "
+            "rows or more (--by time splits one moment's past from its future)"
+        )
     for name, part in (("train", train_part), ("test", test_part)):
         if part.empty:
             raise RecsysError(

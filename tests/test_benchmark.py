@@ -399,13 +399,23 @@ def test_splits_and_runs_that_cannot_score_anything_are_one_line_errors(tmp_path
     ratings.head(0).to_csv(empty, index=False)
     others = tmp_path / "others.csv"
     ratings.assign(user_id=ratings["user_id"] + 100).to_csv(others, index=False)
+    one_each = tmp_path / "one-each.csv"
+    ratings.assign(item_id=range(6)).to_csv(one_each, index=False)
+    new_items = tmp_path / "new-items.csv"
+    ratings.assign(item_id=ratings["item_id"] + 100).to_csv(new_items, index=False)
     split = ["benchmark", "split", "--data", str(data), "--out-dir", str(tmp_path / "out")]
     quality = ["benchmark", "quality", "--train", str(data), "--test"]
     cases = [
         ([*split, "--train-share", "0.99"], "leaves test empty (6 rows): nothing written"),
         ([*split, "--seed", "-1"], "'--seed'"),
+        # "lower --train-share" at 0.75 and "raise --train-share" at 0.01: no share can work
+        ([*split[:2], "--data", str(one_each), *split[4:]], "has one row: a split by item"),
+        ([*split[:2], "--data", str(empty), *split[4:]], "nothing to split:"),
         ([*quality, str(empty)], "empty.csv has no rows: nothing to score"),
         ([*quality, str(others)], "none of the 3 users of"),
+        # exit 0 with every metric 0.0000 (and a WARNING of a tie)
+        ([*quality, str(new_items)], "none of the items of"),
+        ([*quality, str(data)], "to score: every row of a"),
     ]
     for argv, message in cases:
         error = one_error_line(argv, capsys)

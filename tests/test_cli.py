@@ -159,6 +159,25 @@ def test_evaluate_takes_a_version_number_for_its_alias(trained_world):
         resolve_version(settings, "previous")
 
 
+def test_evaluate_refuses_a_holdout_with_no_user_to_measure(trained_world, tmp_path):
+    """Every holdout user only repeated items they had: exit 0 and a table of 0.0000."""
+    import shutil
+
+    from recsys.config import Settings
+
+    settings, _, _ = trained_world
+    folder = tmp_path / "data"
+    shutil.copytree(settings.data_dir, folder, ignore=shutil.ignore_patterns("logs", "bentoml"))
+    lake = Settings(data_dir=folder).lake
+    *earlier, last = lake.clean_batches()
+    had = lake.read_clean_interactions(earlier).groupby("user_id")["item_id"].first()
+    day = lake.read_clean_interactions([last])
+    day = day[day["user_id"].isin(had.index)]
+    lake.write_clean_batch(last, day.assign(item_id=day["user_id"].map(had)))
+    proc = run(["evaluate", "--test-days", "1"], folder)
+    assert_one_line_error(proc, 2, f"the holdout from {last} has no user to measure v1 on")
+
+
 def test_evaluate_refuses_a_holdout_that_leaves_no_day_to_fit_on(trained_world):
     settings, _, _ = trained_world
     assert settings.lake.read_clean_interactions()["timestamp"].dt.floor("D").nunique() == 12
