@@ -297,9 +297,11 @@ def train(
 ) -> None:
     """Search, train ALS + item-kNN + ranker, evaluate on a temporal holdout, gate, register."""
     from recsys.gate import register_with_gate
+    from recsys.registry import preflight
     from recsys.train import lift_text, pipeline_params, train_and_evaluate
 
     settings = _settings()
+    preflight(settings)  # a registry it cannot use is said before any training
     with console.status(f"searching ({budget_s:g}s budget) and training"):
         result = train_and_evaluate(
             settings.lake,
@@ -870,9 +872,19 @@ _FILESYSTEM_REFUSALS = {
 def _filesystem_refusal(exc: BaseException) -> RecsysError | None:
     """The one-line error for a path the machine refuses (a data dir that is a file, read-only
     or full), which is the setup's problem, not a bug of ours."""
-    if not isinstance(exc, OSError) or exc.errno not in _FILESYSTEM_REFUSALS:
+    if not isinstance(exc, OSError):
         return None
     where = os.environ.get("RECSYS_DATA_DIR") or "./.recsys"
+    if exc.errno == errno.ENOENT and exc.filename is not None:
+        # a folder that cannot be created where it was asked (/proc/recsys): ours to say
+        data_dir = Path(where).expanduser().absolute()
+        if Path(os.fsdecode(exc.filename)).absolute() in (data_dir, *data_dir.parents):
+            return RecsysError(
+                f"cannot create {exc.filename}: {exc.strerror}; check RECSYS_DATA_DIR ({where}): "
+                "it must be a folder this user can write, on a disk with space left"
+            )
+    if exc.errno not in _FILESYSTEM_REFUSALS:
+        return None
     problem = exc.strerror
     if exc.errno in (errno.EEXIST, errno.ENOTDIR) and exc.filename:
         problem = "a file stands where a folder must be"

@@ -60,7 +60,9 @@ class Settings(BaseSettings):
         Path(".recsys"),
         description="Root of the data lake, the local stores and the logs (local profile).",
     )
-    seed: int = Field(42, description="Seed for every random choice the pipeline makes.")
+    seed: int = Field(
+        42, ge=0, le=2**32 - 1, description="Seed for every random choice the pipeline makes."
+    )
 
     # Registry
     model_name: str = Field("recsys-recommender", description="MLflow registered model name.")

@@ -52,10 +52,51 @@ def configure_mlflow(settings: Settings) -> Any:
 
     if settings.profile == "local":
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.tracking_uri.startswith("sqlite:///"):
+        check_writable(Path(settings.tracking_uri.removeprefix("sqlite:///")).parent)
     check_reachable(settings.tracking_uri)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     return MlflowClient(settings.tracking_uri, settings.tracking_uri)
+
+
+_WRITABLE: set[Path] = set()
+
+
+def check_writable(folder: Path) -> None:
+    """Create and delete a file in the folder of a SQLite registry, once per process: MLflow
+    opening a registry it cannot write retried for about 100 s before an OperationalError (a
+    read-only or immutable data dir, where the permission bits say nothing to root).
+
+    Raises:
+        RecsysError: the folder cannot be written.
+    """
+    if folder in _WRITABLE:
+        return
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".recsys-write-probe-"):
+            pass
+    except OSError as exc:
+        raise RecsysError(
+            f"cannot write in {folder} ({exc.strerror}): the model registry (mlflow.db) is "
+            "kept there; RECSYS_DATA_DIR must be a folder this user can write"
+        ) from None
+    _WRITABLE.add(folder)
+
+
+def preflight(settings: Settings) -> None:
+    """Say before any training what would fail when it registers: a SQLite registry's folder
+    that cannot be written, a tracking server that does not answer. Creates nothing.
+
+    Raises:
+        RecsysError: as :func:`check_writable` or :func:`check_reachable`.
+    """
+    if settings.tracking_uri.startswith("sqlite:///"):
+        folder = Path(settings.tracking_uri.removeprefix("sqlite:///")).parent
+        if folder.is_dir():
+            check_writable(folder)
+    else:
+        check_reachable(settings.tracking_uri)
 
 
 _ANSWERED: set[str] = set()

@@ -300,3 +300,17 @@ def test_a_data_dir_that_is_a_file_is_one_line(tmp_path):
         proc = run(args, afile)
         assert_one_line_error(proc, 2, "a file stands where a folder must be; check RECSYS_DATA")
     assert afile.read_text() == "not a folder\n"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_data_dir_that_cannot_be_written_or_created_is_one_line_at_once():
+    # /proc/self: a folder no file can be made in, even by root (for whom permission bits
+    # and a read-only data dir say nothing): `recsys train` trained, then MLflow retried the
+    # registry for ~100 s before an OperationalError; /proc/recsys was an internal error
+    proc = run(["train", "--budget-s", "0"], Path("/proc/self"))
+    assert_one_line_error(proc, 2, "cannot write in /proc/")
+    assert "the model registry (mlflow.db) is kept there" in proc.stderr
+    proc = run(["data", "generate", "--days", "3", "--users", "20"], Path("/proc/recsys"))
+    assert_one_line_error(proc, 2, "cannot create /proc/recsys: No such file or directory")
+    proc = run(["config", "show"], Path("/tmp"), RECSYS_SEED="-1")  # train said ValueError
+    assert_one_line_error(proc, 2, "seed: Input should be greater than or equal to 0")
