@@ -72,7 +72,10 @@ ERROR_STATUSES = {
 """Statuses every endpoint can answer."""
 API_ERRORS = {
     "recommend": {503: "No model is loaded and no fallback could answer."},
-    "feedback": {409: "The request_id served another user."},
+    "feedback": {
+        409: "The request_id served another user.",
+        503: "The feedback log cannot be written: nothing was kept, send it again later.",
+    },
     "admin_": {
         401: "Missing or wrong Authorization: Bearer token.",
         404: "Admin disabled (RECSYS_ADMIN_TOKEN unset), or the drill is disabled.",

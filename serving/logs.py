@@ -8,6 +8,8 @@ budget and deletes the oldest rotated files beyond it.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import random
 import threading
@@ -17,6 +19,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger("recsys.serving.logs")
 
 
 def _append_line(path: Path, record: dict[str, Any], *, sync: bool) -> int:
@@ -58,19 +62,37 @@ class RequestLog:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.written = 0
+        self.failed = 0
+        self.last_error: str | None = None
+        self._warned_at = -math.inf
 
     def maybe_write(self, record: dict[str, Any] | Callable[[], dict[str, Any]]) -> bool:
         """Write ``record`` with probability ``sample``; returns whether it was written.
-        ``record`` may be a function that builds it: called only for a sampled request."""
+        ``record`` may be a function that builds it: called only for a sampled request. A
+        write the disk refuses (full, read-only, permissions) is counted in ``failed`` and
+        logged at most once a minute, never raised: the answer it samples is given anyway."""
         with self._lock:
             if self.sample <= 0 or self._rng.random() >= self.sample:
                 return False
             if callable(record):
                 record = record()
-            _append_line(self.current, {**record, "logged_at": time.time()}, sync=False)
-            self.written += 1
-            if self.current.stat().st_size >= self.max_bytes / 4:
-                self._rotate()
+            try:
+                _append_line(self.current, {**record, "logged_at": time.time()}, sync=False)
+                self.written += 1
+                if self.current.stat().st_size >= self.max_bytes / 4:
+                    self._rotate()
+            except OSError as exc:
+                self.failed += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                if time.monotonic() - self._warned_at >= 60:
+                    self._warned_at = time.monotonic()
+                    logger.warning(
+                        "the request log cannot be written (%s): answers go on, their samples "
+                        "are lost (%d so far)",
+                        self.last_error,
+                        self.failed,
+                    )
+                return False
             return True
 
     def _rotate(self) -> None:

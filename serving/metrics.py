@@ -15,6 +15,9 @@ What the alert rules (``infra/prometheus/alerts.yml``) and the dashboards read:
     recsys_serving_converted_requests_total{variant,version}  answers with at least one purchase
     recsys_serving_fallbacks_total{kind}                      degraded answers (cold_start, ...)
     recsys_serving_model_errors_total{variant,version}        model failures during /recommend
+    recsys_serving_log_write_errors_total{log}                failed writes of the request log
+                                                              (the answer went out) or of the
+                                                              feedback log (a 503: not kept)
     recsys_serving_stage_latency_seconds{stage}               per-stage latency histogram
     recsys_serving_model_trained_timestamp_seconds{variant,version}   when the release was trained
     recsys_serving_model_loaded_timestamp_seconds{variant,version}    when it was loaded here
@@ -79,6 +82,10 @@ COUNTER_HELP: dict[str, str] = {
     ),
     "fallbacks_total": "Degraded answers by kind.",
     "model_errors_total": "Model failures during /recommend by variant and version.",
+    "log_write_errors_total": (
+        "Failed writes of the service's logs by log: requests (the answer was given, its sample "
+        "lost) or feedback (the event was refused with a 503, nothing kept)."
+    ),
     "cache_requests_total": "Cache lookups by result.",
     "feature_answers_total": (
         "Ranked answers by where their features came from (online, release, release_fallback)."
@@ -92,6 +99,7 @@ COUNTER_HELP: dict[str, str] = {
 _DECLARED: dict[str, tuple[str, tuple[str, ...]]] = {
     "fallbacks_total": ("kind", FALLBACK_KINDS),
     "cache_requests_total": ("result", ("hit", "miss")),
+    "log_write_errors_total": ("log", ("requests", "feedback")),
     "feature_answers_total": ("features", ("online", "release", "release_fallback")),
     "feature_fallbacks_total": ("reason", ("unreachable", "missing_user", "missing_items")),
 }

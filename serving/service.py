@@ -557,7 +557,8 @@ class RecommenderService:
             self.metrics.inc("feature_answers_total", features=response.features)
         for reason in feature_reasons:
             self.metrics.inc("feature_fallbacks_total", reason=reason)
-        # built only for the sampled requests
+        # built only for the sampled requests; a write the disk refuses costs the sample only
+        failed = self.request_log.failed
         self.request_log.maybe_write(
             lambda: {
                 "request_id": response.request_id,
@@ -576,6 +577,8 @@ class RecommenderService:
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3),
             }
         )
+        if self.request_log.failed != failed:
+            self.metrics.inc("log_write_errors_total", log="requests")
         self._stage("total", started)
 
     # ---- feedback --------------------------------------------------------------------------
@@ -613,19 +616,29 @@ class RecommenderService:
         variant = served["variant"] if served else None
         version = served["model_version"] if served else None
         shown = item_id in served["items"] if served else None
-        self.feedback_log.append(
-            {
-                "request_id": request_id,
-                "user_id": user_id,
-                "item_id": item_id,
-                "event": event,
-                "value": value,
-                "variant": variant,
-                "model_version": version,
-                "attributed": served is not None,
-                "shown": shown,
-            }
-        )
+        try:
+            self.feedback_log.append(
+                {
+                    "request_id": request_id,
+                    "user_id": user_id,
+                    "item_id": item_id,
+                    "event": event,
+                    "value": value,
+                    "variant": variant,
+                    "model_version": version,
+                    "attributed": served is not None,
+                    "shown": shown,
+                }
+            )
+        except OSError as exc:  # the disk refused it: the client must know it was not kept
+            self.metrics.inc("log_write_errors_total", log="feedback")
+            logger.error("the feedback log cannot be written: %s", exc)
+            return _error(
+                None,
+                503,
+                f"the feedback was not recorded: its log cannot be written ({exc.strerror}); "
+                "nothing was kept, send it again later",
+            )
         self.metrics.record_feedback(event, served, shown)
         return FeedbackResponse(
             request_id=request_id,
@@ -690,9 +703,17 @@ class RecommenderService:
             "request_log": {
                 "sample": self.request_log.sample,
                 "written": self.request_log.written,
-                "disk_bytes": self.request_log.disk_bytes(),
+                "write_errors": self.request_log.failed,
+                "last_error": self.request_log.last_error,
+                "disk_bytes": self._request_log_bytes(),
             },
         }
+
+    def _request_log_bytes(self) -> int | None:
+        try:
+            return self.request_log.disk_bytes()
+        except OSError:  # a folder it cannot list (request_log.last_error says why)
+            return None
 
     @bentoml.api(route="/admin/reload")
     def admin_reload(self, ctx: bentoml.Context) -> dict:

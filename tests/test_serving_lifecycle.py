@@ -347,6 +347,42 @@ def test_request_log_is_sampled_and_rotated_within_its_budget(live):
     assert {"request_id", "user_id", "items", "variant", "model_version"} <= set(record)
 
 
+def test_a_log_the_disk_refuses_never_fails_an_answer_and_never_loses_feedback_quietly(live):
+    """A request log that could not be written made every sampled /recommend a 500 (the
+    answer was computed); a feedback log, an opaque 500."""
+    import shutil
+    from datetime import UTC, datetime
+
+    proc, settings, _, result = live
+    logs = settings.data_dir / "logs"
+    current = logs / "requests" / "requests.jsonl"
+    feedback = logs / "feedback" / f"feedback-{datetime.now(UTC):%Y-%m-%d}.jsonl"
+    kept = {path: path.read_bytes() if path.exists() else None for path in (current, feedback)}
+    for path in kept:  # a folder where the file goes: no write can succeed, whoever runs it
+        path.unlink(missing_ok=True)
+        path.mkdir()
+    try:
+        user = int(result.release.user_ids[7])
+        answers = [recommend(proc, user, k=k) for k in (2, 3, 4)]  # sample 1: each one written
+        item = answers[0]["items"][0]["item_id"]
+        event = {"request_id": answers[0]["request_id"], "user_id": user, "item_id": item}
+        refused = httpx.post(f"{proc.url}/feedback", json={**event, "event": "click"})
+        status = admin(proc, "/admin/status").json()["request_log"]
+        metrics = httpx.get(f"{proc.url}/metrics").text
+    finally:
+        for path, data in kept.items():
+            shutil.rmtree(path)
+            if data is not None:
+                path.write_bytes(data)
+    assert [len(a["items"]) for a in answers] == [2, 3, 4]
+    assert refused.status_code == 503 and "the feedback was not recorded" in refused.json()["error"]
+    assert status["write_errors"] >= 3 and "IsADirectoryError" in status["last_error"]
+    assert _series_sum(metrics, 'recsys_serving_log_write_errors_total{log="requests"}') >= 3
+    assert _series_sum(metrics, 'recsys_serving_log_write_errors_total{log="feedback"}') == 1
+    again = httpx.post(f"{proc.url}/feedback", json={**event, "event": "click"})
+    assert again.status_code == 200  # the log is writable again: kept
+
+
 def test_without_a_champion_the_service_answers_degraded_from_the_lake(world, tmp_path):
     settings, _, _ = world
     copy = tmp_path / "no-registry"
