@@ -53,7 +53,9 @@ def configure_mlflow(settings: Settings) -> Any:
     if settings.profile == "local":
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.tracking_uri.startswith("sqlite:///"):
-        check_writable(Path(settings.tracking_uri.removeprefix("sqlite:///")).parent)
+        database = Path(settings.tracking_uri.removeprefix("sqlite:///"))
+        check_writable(database.parent)
+        check_not_lost(settings, database)
     check_reachable(settings.tracking_uri)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
@@ -84,6 +86,25 @@ def check_writable(folder: Path) -> None:
     _WRITABLE.add(folder)
 
 
+def check_not_lost(settings: Settings, database: Path) -> None:
+    """Refuse to open a SQLite registry that is gone while the data dir says it held models (a
+    promotion history): MLflow would create an empty one, and a lost registry would look like
+    one where nothing was ever trained (the doctor advised a reload).
+
+    Raises:
+        RecsysError: ``database`` is missing and the promotion history is not.
+    """
+    if database.exists():
+        return
+    history = Path(settings.data_dir) / "logs" / "promotions.jsonl"
+    if history.exists() and history.stat().st_size:
+        raise RecsysError(
+            f"the model registry {database} is missing, but {history} records the aliases it "
+            "held: restore mlflow.db from a backup (to start a new registry instead, move that "
+            "history and mlartifacts/ away)"
+        )
+
+
 def preflight(settings: Settings) -> None:
     """Say before any training what would fail when it registers: a SQLite registry's folder
     that cannot be written, a tracking server that does not answer. Creates nothing.
@@ -92,9 +113,10 @@ def preflight(settings: Settings) -> None:
         RecsysError: as :func:`check_writable` or :func:`check_reachable`.
     """
     if settings.tracking_uri.startswith("sqlite:///"):
-        folder = Path(settings.tracking_uri.removeprefix("sqlite:///")).parent
-        if folder.is_dir():
-            check_writable(folder)
+        database = Path(settings.tracking_uri.removeprefix("sqlite:///"))
+        if database.parent.is_dir():
+            check_writable(database.parent)
+            check_not_lost(settings, database)
     else:
         check_reachable(settings.tracking_uri)
 
@@ -372,6 +394,14 @@ def _signature():
 _REFUSED = {"UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED", "PERMISSION_DENIED"}
 
 
+_NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+"""MLflow's error codes for a registered model that does not exist or an alias not set."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
 def raise_if_refused(settings: Settings, exc: Exception) -> None:
     """Raise one readable line when the registry refused the caller (HTTP 401/403): a lookup
     that catches MLflow's errors as "not found" would otherwise read missing credentials as
@@ -409,12 +439,21 @@ def version_for_alias(settings: Settings, alias: str) -> str | None:
     """
     from mlflow.exceptions import MlflowException
 
+    from recsys.config import mask_url
+
     client = configure_mlflow(settings)
     try:
         return str(client.get_model_version_by_alias(settings.model_name, alias).version)
     except MlflowException as exc:
         raise_if_refused(settings, exc)
-        return None
+        if exc.error_code in _NOT_FOUND:  # no such model, or the alias is not set
+            return None
+        # anything else (a corrupt mlflow.db: "file is not a database") is no answer: read as
+        # "unset", a serving service dropped its challenger and ended the canary unseen
+        raise RecsysError(
+            f"the model registry at {mask_url(settings.tracking_uri)} cannot be read "
+            f"({exc.error_code}: {_first_line(exc)}); restore it from a backup"
+        ) from None
 
 
 def resolve_version(settings: Settings, alias: str) -> str:

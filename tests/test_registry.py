@@ -67,6 +67,36 @@ def test_missing_alias_is_a_readable_error(trained_world):
         load_release(settings, "no-such-alias")
 
 
+def test_an_unreadable_registry_is_no_unset_alias(trained_world, tmp_path):
+    """A corrupt mlflow.db read as "alias not set": a serving service dropped its challenger
+    (the canary ended unseen) and the doctor said the aliases had moved."""
+    import shutil
+
+    from recsys.config import Settings
+
+    settings, _, _ = trained_world
+    copy = Settings(data_dir=tmp_path / "data")
+    copy.data_dir.mkdir()
+    shutil.copy(settings.data_dir / "mlflow.db", copy.data_dir / "mlflow.db")
+    assert version_for_alias(copy, CHAMPION) == "1"
+    assert version_for_alias(copy, "challenger") is None  # not set: None, as before
+    (copy.data_dir / "mlflow.db").write_bytes(os.urandom(20_000))
+    with pytest.raises(RecsysError, match=r"model registry at .* cannot be read .*file is not a"):
+        version_for_alias(copy, "challenger")
+    # deleted, with the history of the aliases it held: MLflow created an empty registry and
+    # the doctor advised a reload
+    from recsys.promotion import history_path
+
+    (copy.data_dir / "mlflow.db").unlink()
+    history_path(copy).parent.mkdir()
+    history_path(copy).write_text(
+        '{"action": "first_champion", "aliases_before": {}, "aliases_after": {"champion": "1"}}\n'
+    )
+    with pytest.raises(RecsysError, match=r"mlflow.db is missing, but .*restore mlflow.db"):
+        version_for_alias(copy, CHAMPION)
+    assert not (copy.data_dir / "mlflow.db").exists()
+
+
 def test_an_alias_of_a_registry_with_no_model_says_to_train_first(settings):
     with pytest.raises(RecsysError, match=r"no model version has alias 'champion'.*recsys train"):
         load_release(settings, "champion")
