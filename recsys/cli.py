@@ -190,11 +190,19 @@ def data_movielens(
 
 @data_app.command("ingest")
 def data_ingest() -> None:
-    """Contract-check every raw batch into the clean zone (bad rows to quarantine). Idempotent."""
+    """Contract-check every raw batch into the clean zone (bad rows to quarantine). Idempotent.
+
+    Exit 0: every row accepted; 3: some rows quarantined; 2: a raw delivery cannot be read (its
+    batch is left as it was, the others are ingested)."""
     from recsys.ingest import ingest_all
 
     reports = ingest_all(_settings().lake, show_progress=True)
     _print_ingest(reports)
+    damaged = [r for r in reports if r.damaged]
+    for report in damaged:
+        err_console.print(f"recsys: error: batch {report.batch}: {report.damaged}", markup=False)
+    if damaged:
+        raise typer.Exit(2)
     if any(r.quarantined_rows for r in reports):
         raise typer.Exit(3)
 

@@ -62,6 +62,7 @@ class IngestReport:
     schema_errors: list[str] = field(default_factory=list)
     delivery: str | None = None
     rechecked: list[str] = field(default_factory=list)
+    damaged: str | None = None  # the raw delivery could not be read: nothing was changed
 
     @property
     def accepted_all(self) -> bool:
@@ -137,8 +138,13 @@ def _check_delivery(
     frame: pd.DataFrame | None,
 ) -> tuple[IngestReport, bool]:
     """:func:`ingest_batch` of one batch: (its report, whether its clean copy lost rows)."""
+    import pyarrow as pa
+
     delivery = lake.deliveries(batch)[-1] if frame is None else batch
-    raw = lake.read_raw_delivery(delivery) if frame is None else frame
+    try:
+        raw = lake.read_raw_delivery(delivery) if frame is None else frame
+    except (pa.ArrowException, OSError) as exc:
+        raise DamagedRaw(lake.delivery_path(delivery), exc) from None
     result = validate_interactions(
         raw,
         known_items=known_items,
@@ -160,6 +166,20 @@ def _check_delivery(
         delivery=delivery,
     )
     return report, lost
+
+
+class DamagedRaw(RecsysError):
+    """The raw zone's copy of a delivery cannot be read: the lake's record of what was
+    delivered, which nothing can rebuild."""
+
+    def __init__(self, path: Path, exc: BaseException) -> None:
+        said = " ".join(f"{type(exc).__name__}: {exc}".split())
+        super().__init__(
+            f"the raw delivery {path} cannot be read ({clip(said, 160)}): it is the lake's "
+            "record of that delivery and nothing can rebuild it; its clean rows are left as "
+            "they were: restore the file from a backup, or deliver the day again (`recsys "
+            "ingest FILE --batch DAY`)"
+        )
 
 
 def _row_keys_of_clean(lake: Lake, batch: str) -> pd.Series | None:
@@ -482,7 +502,9 @@ def ingest_all(
     lake: Lake, batches: list[str] | None = None, *, show_progress: bool = False
 ) -> list[IngestReport]:
     """Ingest the catalog and every raw batch (or ``batches``). Idempotent. A clean batch
-    file that cannot be read is set aside first (``clean/damaged/``) and rebuilt from raw."""
+    file that cannot be read is set aside first (``clean/damaged/``) and rebuilt from raw; a
+    raw delivery that cannot be read leaves its batch as it was, with a report that says so
+    (``damaged``), and the others are ingested."""
     for name in lake.set_aside_damaged_clean():
         logger.warning("clean batch %s could not be read: set aside, rebuilt from raw", name)
         if batches is not None and name not in batches:
@@ -492,7 +514,11 @@ def ingest_all(
     names = lake.raw_batches() if batches is None else batches
     if not names:
         raise RecsysError(f"no raw batches under {lake.zone('raw')}; generate or land data first")
-    return [
-        ingest_batch(lake, name, known_items=known)
-        for name in tqdm(names, desc="ingest", unit="batch", disable=not show_progress)
-    ]
+    reports = []
+    for name in tqdm(names, desc="ingest", unit="batch", disable=not show_progress):
+        try:
+            reports.append(ingest_batch(lake, name, known_items=known))
+        except DamagedRaw as exc:  # one damaged file stopped the whole re-ingest
+            logger.error("%s", exc)
+            reports.append(IngestReport(name, 0, 0, 0, damaged=str(exc)))
+    return reports

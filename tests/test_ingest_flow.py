@@ -651,3 +651,11 @@ def test_a_damaged_clean_batch_is_one_line_and_data_ingest_rebuilds_it(small_wor
     pd.testing.assert_frame_equal(lake.read_clean_interactions(), before)
     [kept] = (lake.zone("clean") / "damaged").glob(f"{batch}-*.parquet")
     assert len(kept.read_bytes()) == 100  # the damaged file is kept, not deleted
+
+    # a damaged raw delivery stopped the whole re-ingest with an internal error (ArrowInvalid)
+    raw = lake.raw_batch_path(lake.raw_batches()[1])
+    raw.write_bytes(b"garbage" * 100)
+    code, out, err = _run(["data", "ingest"], capsys)
+    assert code == 2 and "the raw delivery" in err and "cannot be read" in err, err
+    assert "restore the file from a backup, or deliver the day again" in err
+    pd.testing.assert_frame_equal(lake.read_clean_interactions(), before)  # nothing changed
