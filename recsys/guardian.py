@@ -129,6 +129,18 @@ def check_delivery(cycle: Cycle) -> Finding:
     from recsys.ingest import row_count_check
 
     lake = cycle.settings.lake
+    damaged = lake.damaged_clean()
+    if damaged:  # the row count below cannot read them (it was a traceback and no advice)
+        return Finding(
+            "data",
+            "delivery",
+            False,
+            f"clean batch(es) {', '.join(damaged)} cannot be read "
+            f"({damaged_reason(lake, damaged[0])}): `recsys data ingest` rebuilds them from "
+            "the raw zone",
+            {"damaged_clean": damaged},
+            fix="rebuild_clean",
+        )
     bad: dict[str, Any] = {}
     for batch in cycle.batches:
         refused = _refused_last(lake, batch)
@@ -222,6 +234,37 @@ def fix_redeliver_reingest(cycle: Cycle, finding: Finding) -> FixOutcome:
         "redeliver+reingest",
         after.ok,
         {"landed": landed, "reingested": [r.as_dict() for r in reports], "after": after.seen},
+    )
+
+
+def damaged_reason(lake, batch: str) -> str:
+    """Why the clean file of ``batch`` cannot be read, in one short line."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = lake.clean_batch_path(batch)
+    try:
+        pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        said = str(exc).replace(f"'{path}'", "").replace(str(path), "")
+        return " ".join(f"{type(exc).__name__}: {said}".split())[:100]
+    return "readable now"
+
+
+def fix_rebuild_clean(cycle: Cycle, finding: Finding) -> FixOutcome:
+    """Set the damaged clean batch files aside (kept in ``clean/damaged/``) and rebuild them
+    from the raw zone; the features of the days they change are rebuilt. Verifies with
+    :func:`check_delivery`."""
+    from recsys.ingest import ingest_all
+
+    damaged = list(finding.evidence["damaged_clean"])
+    reports = ingest_all(cycle.settings.lake, damaged)
+    _rebuild_features(cycle)
+    after = check_delivery(cycle)
+    return FixOutcome(
+        "rebuild clean batches from raw",
+        after.ok or "cannot be read" not in after.seen,
+        {"rebuilt": damaged, "reports": [r.as_dict() for r in reports], "after": after.seen},
     )
 
 
@@ -1084,6 +1127,7 @@ CHECKS: tuple[tuple[str, Callable[[Cycle], Finding]], ...] = (
 
 FIXES: dict[str, Callable[[Cycle, Finding], FixOutcome]] = {
     "redeliver_reingest": fix_redeliver_reingest,
+    "rebuild_clean": fix_rebuild_clean,
     "reload": fix_reload,
     "flush_cache": fix_flush_cache,
     "backfill": fix_backfill,

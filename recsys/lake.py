@@ -291,6 +291,17 @@ class Lake:
                 "batch file is kept in clean/damaged/)"
             ) from None
 
+    def damaged_clean(self) -> list[str]:
+        """The clean batches whose file cannot be opened as parquet (its footer read only: a
+        check cheap enough for every cycle; :meth:`set_aside_damaged_clean` reads them whole)."""
+        damaged = []
+        for name in self.clean_batches():
+            try:
+                pq.read_metadata(self.clean_batch_path(name))
+            except (pa.ArrowException, OSError):
+                damaged.append(name)
+        return damaged
+
     def set_aside_damaged_clean(self) -> list[str]:
         """Move every clean batch file that cannot be read to ``clean/damaged/`` (kept, named
         with the time) so that ingesting its raw batch again rebuilds it; returns the batches.

@@ -646,6 +646,13 @@ def test_a_damaged_clean_batch_is_one_line_and_data_ingest_rebuilds_it(small_wor
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("recsys: error:"), err
     assert f"{path} cannot be read" in lines[0] and "`recsys data ingest` rebuilds it" in lines[0]
+    # the doctor's delivery check: a traceback and "the check itself failed", no advice
+    from flows.guardian import live_cycle
+    from recsys.guardian import run_check
+
+    finding = run_check(live_cycle(settings), "delivery")
+    assert not finding.ok and finding.fix == "rebuild_clean"
+    assert f"clean batch(es) {batch} cannot be read (ArrowInvalid" in finding.seen
     code, _, err = _run(["data", "ingest"], capsys)
     assert code == 0, err
     pd.testing.assert_frame_equal(lake.read_clean_interactions(), before)
@@ -655,7 +662,7 @@ def test_a_damaged_clean_batch_is_one_line_and_data_ingest_rebuilds_it(small_wor
     # a damaged raw delivery stopped the whole re-ingest with an internal error (ArrowInvalid)
     raw = lake.raw_batch_path(lake.raw_batches()[1])
     raw.write_bytes(b"garbage" * 100)
-    code, out, err = _run(["data", "ingest"], capsys)
+    code, _, err = _run(["data", "ingest"], capsys)
     assert code == 2 and "the raw delivery" in err and "cannot be read" in err, err
     assert "restore the file from a backup, or deliver the day again" in err
     pd.testing.assert_frame_equal(lake.read_clean_interactions(), before)  # nothing changed
