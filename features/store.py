@@ -339,7 +339,14 @@ def apply_repo(settings: Settings) -> dict[str, Any]:
     Returns:
         ``{"project", "registry", "online_store", "objects": [names], "feature_service"}``.
     """
+    from features.registry_store import set_aside_unparsable
+
     defs = definitions(settings)
+    moved = set_aside_unparsable(FeaturePaths(settings.data_dir).registry(settings.profile))
+    if moved is not None:
+        logger.warning(
+            "the Feast registry could not be parsed: kept as %s, registered again", moved
+        )
     store = feature_store(settings)
     with quiet_feast():
         store.apply(defs.objects())

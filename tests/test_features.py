@@ -325,6 +325,24 @@ def test_feast_is_imported_without_typeguard_except_where_definitions_are_writte
     assert any((tmp_path / "data").rglob("registry*")), "the apply wrote no registry"
 
 
+def test_a_registry_that_cannot_be_parsed_is_said_and_apply_registers_again(tmp_path):
+    """A registry file that is not one made every features command an internal DecodeError,
+    `recsys features apply` included: the only way out was deleting it by hand."""
+    from features.store import apply_repo, feature_status
+
+    settings = Settings(data_dir=tmp_path / "data")
+    apply_repo(settings)
+    registry = FeaturePaths(settings.data_dir).registry(settings.profile)
+    registry.write_bytes(b"garbage" * 500)
+    with pytest.raises(RecsysError, match=r"registry .* cannot be parsed .*features apply"):
+        feature_status(settings)
+    applied = apply_repo(settings)
+    assert FEATURE_SERVICE_NAME in applied["feature_service"]
+    [kept] = registry.parent.glob(f"{registry.name}.unreadable-*")
+    assert kept.read_bytes() == b"garbage" * 500
+    assert feature_status(settings)["applied"]
+
+
 def test_one_factory_builds_the_store_of_each_profile(tmp_path):
     from features.store import redis_connection_string, repo_config
 
