@@ -107,8 +107,9 @@ def decide(
             None,
             None,
             tolerance,
-            "the holdout has no user to measure the model on (no test-window user with a "
-            "train-window history): not served; train on more days or widen --test-days",
+            "the holdout has no user to measure the model on (none of its users has both a "
+            "history before it and an item new to them in it: only repeats, or only new "
+            "users): not served; train on more days or widen --test-days",
         )
     version, champion_ndcg, how, champion_se = champion_on_same_holdout(settings, result)
     new_se = float(result.metrics[metric].get("ndcg_se", 0.0))

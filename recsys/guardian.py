@@ -130,15 +130,20 @@ def check_delivery(cycle: Cycle) -> Finding:
 
     lake = cycle.settings.lake
     damaged = lake.damaged_clean()
-    if damaged:  # the row count below cannot read them (it was a traceback and no advice)
+    missing = [b for b in lake.raw_batches() if not lake.clean_batch_path(b).exists()]
+    if damaged or missing:  # the row count below could not read them (a traceback), or read 0
+        said = []
+        if damaged:
+            reason = damaged_reason(lake, damaged[0])
+            said.append(f"clean batch(es) {', '.join(damaged)} cannot be read ({reason})")
+        if missing:
+            said.append(f"clean batch(es) {', '.join(missing)} are missing though landed")
         return Finding(
             "data",
             "delivery",
             False,
-            f"clean batch(es) {', '.join(damaged)} cannot be read "
-            f"({damaged_reason(lake, damaged[0])}): `recsys data ingest` rebuilds them from "
-            "the raw zone",
-            {"damaged_clean": damaged},
+            "; ".join(said) + ": `recsys data ingest` rebuilds them from the raw zone",
+            {"damaged_clean": damaged + missing},
             fix="rebuild_clean",
         )
     bad: dict[str, Any] = {}
@@ -182,9 +187,21 @@ def check_delivery(cycle: Cycle) -> Finding:
         )
     else:
         worst = max(bad.values(), key=lambda b: b["quarantined_share"])
-        seen = (
-            f"batch(es) {', '.join(bad)} failed the contract or row count: "
+        said = [
             f"{worst['quarantined_share']:.0%} of rows quarantined ({worst['reasons']})"
+            if worst["quarantined_share"] > cycle.policy.max_quarantine_share
+            else ""
+        ]
+        counted = [(b, v) for b, v in bad.items() if v.get("row_count_anomaly")]
+        if counted:  # said as "0% of rows quarantined ({})", which is no reason at all
+            day, first = counted[0]
+            baseline = first["baseline_rows"]
+            said.append(
+                f"{day} has {first['clean_rows']} clean rows"
+                + (f" against a trailing median of {baseline:.0f}" if baseline else "")
+            )
+        seen = f"batch(es) {', '.join(bad)} failed the contract or row count: " + "; ".join(
+            part for part in said if part
         )
     return Finding("data", "delivery", False, seen, {"batches": bad}, fix="redeliver_reingest")
 
@@ -252,9 +269,9 @@ def damaged_reason(lake, batch: str) -> str:
 
 
 def fix_rebuild_clean(cycle: Cycle, finding: Finding) -> FixOutcome:
-    """Set the damaged clean batch files aside (kept in ``clean/damaged/``) and rebuild them
-    from the raw zone; the features of the days they change are rebuilt. Verifies with
-    :func:`check_delivery`."""
+    """Set the damaged clean batch files aside (kept in ``clean/damaged/``) and rebuild them,
+    and the missing ones, from the raw zone; the features of the days they change are rebuilt.
+    Verifies with :func:`check_delivery`."""
     from recsys.ingest import ingest_all
 
     damaged = list(finding.evidence["damaged_clean"])
@@ -263,7 +280,7 @@ def fix_rebuild_clean(cycle: Cycle, finding: Finding) -> FixOutcome:
     after = check_delivery(cycle)
     return FixOutcome(
         "rebuild clean batches from raw",
-        after.ok or "cannot be read" not in after.seen,
+        after.ok or not ("cannot be read" in after.seen or "are missing" in after.seen),
         {"rebuilt": damaged, "reports": [r.as_dict() for r in reports], "after": after.seen},
     )
 
@@ -634,7 +651,16 @@ def check_feature_skew(cycle: Cycle) -> Finding:
             "features", "feature_skew", False, seen, {"problem": exc.problem}, "backfill"
         )
     except RecsysError as exc:
-        return Finding("features", "feature_skew", True, f"nothing to compare yet: {exc}")
+        from features.spec import FeaturePaths
+
+        if not FeaturePaths(cycle.settings.data_dir).materialized_marker.exists():
+            return Finding("features", "feature_skew", True, f"nothing to compare yet: {exc}")
+        # materialized before: what was there is gone or broken (the offline snapshots, the
+        # Feast registry), which read "nothing to compare yet" and ok
+        seen = f"the skew check cannot run on a materialized store: {exc}"
+        return Finding(
+            "features", "feature_skew", False, seen, {"problem": str(exc)[:300]}, "backfill"
+        )
     failing = report.failing_views()
     evidence = {"failing_views": failing, "report": _small(report.as_dict())}
     if not failing:

@@ -687,6 +687,19 @@ def test_a_lost_or_corrupt_online_store_fails_the_checks_and_backfill_rebuilds_i
     assert not backfill(fresh, sample_size=1000).rematerialized
 
 
+def test_lost_offline_snapshots_of_a_materialized_store_fail_the_skew_check(fresh):
+    """The skew check read any error as "nothing to compare yet" and passed: a store whose
+    offline snapshots were deleted (or whose Feast registry broke) looked healthy."""
+    from recsys.guardian import check_feature_skew, fix_backfill
+
+    shutil.rmtree(FeaturePaths(fresh.data_dir).root / "offline")
+    finding = check_feature_skew(_guardian_cycle(fresh))
+    assert not finding.ok and finding.fix == "backfill"
+    assert "cannot run on a materialized store: no offline features" in finding.seen
+    outcome = fix_backfill(_guardian_cycle(fresh), finding)
+    assert outcome.verified, outcome
+
+
 def test_materialize_onto_a_corrupt_online_store_rebuilds_it(fresh):
     from features.store import materialize
 

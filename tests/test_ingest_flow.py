@@ -633,7 +633,9 @@ def test_the_doctor_sees_a_newest_delivery_that_could_not_be_read(small_world, t
     assert len(settings.lake.read_clean_interactions([new_day])) == len(again)
 
 
-def test_a_damaged_clean_batch_is_one_line_and_data_ingest_rebuilds_it(small_world, capsys):
+def test_a_damaged_clean_batch_is_one_line_and_data_ingest_rebuilds_it(
+    small_world, tmp_path, capsys
+):
     # a truncated clean file made every command an internal error (ArrowInvalid), and nothing
     # rebuilt it
     settings, _ = small_world
@@ -653,6 +655,12 @@ def test_a_damaged_clean_batch_is_one_line_and_data_ingest_rebuilds_it(small_wor
     finding = run_check(live_cycle(settings), "delivery")
     assert not finding.ok and finding.fix == "rebuild_clean"
     assert f"clean batch(es) {batch} cannot be read (ArrowInvalid" in finding.seen
+    gone = lake.clean_batches()[3]  # deleted: "0% of rows quarantined ({})", no re-send
+    moved = lake.clean_batch_path(gone).rename(tmp_path / "gone.parquet")
+    finding = run_check(live_cycle(settings), "delivery")
+    assert f"clean batch(es) {gone} are missing though landed" in finding.seen
+    assert finding.evidence["damaged_clean"] == [batch, gone]
+    moved.rename(lake.clean_batch_path(gone))
     code, _, err = _run(["data", "ingest"], capsys)
     assert code == 0, err
     pd.testing.assert_frame_equal(lake.read_clean_interactions(), before)
