@@ -617,7 +617,8 @@ def rollback_champion(
     Raises:
         RecsysError: no champion; nothing to roll back to (no ``previous`` and no
             ``to_version``); ``to_version`` does not exist, is rejected, is the champion or the
-            running challenger, cannot be served, or never served as champion.
+            running challenger, cannot be served, or (named, and not ``previous``) never
+            served as champion in the promotion history.
     """
     client = configure_mlflow(settings)
     name = settings.model_name
@@ -657,7 +658,8 @@ def rollback_champion(
             f"v{target} cannot be served ({broken[:200]}); roll back to a good version with "
             "--to VERSION"
         )
-    if target not in champion_sequence(promotion_history(settings)):
+    named = to_version is not None and target != before[PREVIOUS]
+    if named and target not in champion_sequence(promotion_history(settings)):
         # it would tag the good champion rejected for a version nobody has measured
         served = [v for v in champion_sequence(promotion_history(settings)) if v != bad]
         raise RecsysError(
