@@ -94,9 +94,11 @@ def check_not_lost(settings: Settings, database: Path) -> None:
     Raises:
         RecsysError: ``database`` is missing and the promotion history is not.
     """
+    from recsys.promotion import history_path
+
     if database.exists():
         return
-    history = Path(settings.data_dir) / "logs" / "promotions.jsonl"
+    history = history_path(settings)
     if history.exists() and history.stat().st_size:
         raise RecsysError(
             f"the model registry {database} is missing, but {history} records the aliases it "
