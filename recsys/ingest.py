@@ -168,12 +168,17 @@ def _check_delivery(
     return report, lost
 
 
+def _said(exc: BaseException) -> str:
+    """``exc`` as one line: its type and message, whitespace collapsed."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
 class DamagedRaw(RecsysError):
     """The raw zone's copy of a delivery cannot be read: the lake's record of what was
     delivered, which nothing can rebuild."""
 
     def __init__(self, path: Path, exc: BaseException) -> None:
-        said = " ".join(f"{type(exc).__name__}: {exc}".split())
+        said = _said(exc)
         super().__init__(
             f"the raw delivery {path} cannot be read ({clip(said, 160)}): it is the lake's "
             "record of that delivery and nothing can rebuild it; its clean rows are left as "
@@ -348,7 +353,7 @@ def read_batch_file(path: Path, *, empty: pd.DataFrame | None = None) -> pd.Data
     except RecsysError as exc:
         raise RecsysError(f"cannot read {path.name}: {exc}") from None
     except Exception as exc:  # any parse failure is the producer's problem, said in one line
-        said = " ".join(f"{type(exc).__name__}: {exc}".split())
+        said = _said(exc)
         ragged = _RAGGED.search(said)
         if ragged is not None:
             want, line, saw = ragged.groups()
